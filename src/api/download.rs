@@ -1,0 +1,121 @@
+//! Streaming a job's zip to disk.
+//!
+//! The link is a pre-signed blob URL: it is fetched with a separate plain request that never
+//! carries the Itron bearer token (Azure rejects a SAS request with an Authorization header).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::redact::redact_url;
+use super::{ApiError, DpssClient, error_chain, jittered};
+
+impl DpssClient {
+    /// Streams `url` into `dest` (via `dest.part`, renamed when complete) and returns the size.
+    /// Transient failures (network, 5xx, a truncated body) are retried; a 403/404 means the link
+    /// itself is dead and comes back as [`ApiError::LinkRejected`] for the caller to re-poll.
+    pub async fn download(&self, url: &str, dest: &Path, max_bytes: u64) -> Result<u64, ApiError> {
+        let shown = redact_url(url);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.download_once(url, &shown, dest, max_bytes).await {
+                Ok(n) => return Ok(n),
+                Err(e @ (ApiError::LinkRejected { .. } | ApiError::TooLarge { .. })) => return Err(e),
+                Err(e) if attempt >= self.settings.max_attempts => return Err(e),
+                Err(e) => {
+                    let wait = jittered(self.settings.retry_base, self.settings.retry_cap, attempt);
+                    tracing::warn!(url = %shown, attempt, wait_ms = wait.as_millis() as u64, error = %e, "download failed, retrying");
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn download_once(&self, url: &str, shown: &str, dest: &Path, max_bytes: u64) -> Result<u64, ApiError> {
+        let fail = |detail: String| ApiError::Download {
+            url: shown.to_string(),
+            detail,
+        };
+        let started = Instant::now();
+        self.stats.downloads.fetch_add(1, Ordering::Relaxed);
+        // A plain request: no bearer, no Itron headers.
+        let resp = self
+            .http
+            .get(url)
+            .timeout(std::time::Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .map_err(|e| fail(error_chain(&e.without_url())))?;
+        let status = resp.status();
+        tracing::info!(endpoint = "download", url = %shown, status = status.as_u16(), duration_ms = started.elapsed().as_millis() as u64, "download response");
+        if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::NOT_FOUND {
+            return Err(ApiError::LinkRejected {
+                url: shown.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        if !status.is_success() {
+            return Err(fail(format!("HTTP {status}")));
+        }
+        let expected = resp.content_length();
+        if expected.is_some_and(|n| n > max_bytes) {
+            return Err(ApiError::TooLarge {
+                url: shown.to_string(),
+                limit: max_bytes,
+            });
+        }
+        let part = dest.with_extension("part");
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| fail(format!("cannot create {}: {e}", part.display())))?;
+        let mut written = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    drop(file);
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(fail(format!(
+                        "connection broke after {written} bytes: {}",
+                        error_chain(&e.without_url())
+                    )));
+                }
+            };
+            written += chunk.len() as u64;
+            if written > max_bytes {
+                drop(file);
+                let _ = tokio::fs::remove_file(&part).await;
+                return Err(ApiError::TooLarge {
+                    url: shown.to_string(),
+                    limit: max_bytes,
+                });
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| fail(format!("cannot write {}: {e}", part.display())))?;
+        }
+        if let Some(n) = expected
+            && n != written
+        {
+            drop(file);
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(fail(format!("truncated: got {written} of {n} bytes")));
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| fail(format!("cannot flush {}: {e}", part.display())))?;
+        drop(file);
+        tokio::fs::rename(&part, dest)
+            .await
+            .map_err(|e| fail(format!("cannot rename {}: {e}", part.display())))?;
+        self.stats.bytes_downloaded.fetch_add(written, Ordering::Relaxed);
+        tracing::info!(url = %shown, bytes = written, duration_ms = started.elapsed().as_millis() as u64, "downloaded");
+        Ok(written)
+    }
+}

@@ -1,0 +1,228 @@
+//! The command line of DESIGN.md. Each command loads the configuration, opens what it needs and
+//! reports in words an operator can act on. Exit codes: 0 ok, 1 a run failed, 2 bad usage or
+//! configuration.
+
+mod daemon;
+mod demo;
+mod query;
+mod report;
+mod simulate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings, Sources};
+use crate::product::Product;
+use crate::sync::{Pipeline, SyncError};
+
+#[derive(Debug, Parser)]
+#[command(name = "dpss-sync", version, about = "Keeps a data lake in sync with Itron DPSS data products")]
+pub struct Cli {
+    /// Configuration file (TOML); repeat to layer several, later ones win. Environment variables
+    /// DPSS_SYNC__SECTION__KEY override any file.
+    #[arg(long = "config", global = true, value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: scheduler plus metrics and health server, until SIGTERM/SIGINT.
+    Run,
+    /// One incremental cycle now, then exit (0 = every window committed).
+    Sync(ProductArg),
+    /// (Re)load a range of days; clamps to the 13-month availability and says so.
+    Backfill {
+        /// First UTC day, YYYY-MM-DD.
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last UTC day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        to: NaiveDate,
+        #[command(flatten)]
+        product: ProductArg,
+    },
+    /// Dry run: the windows and jobs the next cycle would run, and why.
+    Plan(ProductArg),
+    /// Watermarks, in-flight jobs, last runs, lake location.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration (with --online, also reach the API and the lake).
+    CheckConfig {
+        #[arg(long)]
+        online: bool,
+    },
+    /// The on-demand endpoint, for ad-hoc look-ups (1,000 rows at most).
+    Query(query::QueryArgs),
+    /// Normalize local export files (zip, csv, json, parquet, orc) into the lake.
+    Import {
+        #[arg(long)]
+        product: Product,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Serve the built-in DPSS simulator (token endpoint included).
+    Simulate(simulate::SimulateArgs),
+    /// Simulator + one full sync into ./lake with the embedded defaults.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+pub struct ProductArg {
+    /// Only this product (default: every configured product).
+    #[arg(long)]
+    pub product: Option<Product>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Sync(SyncError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<SyncError> for CliError {
+    fn from(e: SyncError) -> Self {
+        match e {
+            SyncError::Config(c) => CliError::Config(c),
+            SyncError::Usage(u) => CliError::Usage(u),
+            other => CliError::Sync(other),
+        }
+    }
+}
+
+impl From<crate::state::StateError> for CliError {
+    fn from(e: crate::state::StateError) -> Self {
+        CliError::Sync(e.into())
+    }
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) => ExitCode::from(2),
+            CliError::Sync(_) | CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
+}
+
+pub fn load_settings(cli: &Cli) -> Result<Settings, ConfigError> {
+    Settings::load(&Sources {
+        files: cli.config.clone(),
+        inline: Vec::new(),
+        env: true,
+    })
+}
+
+fn products(settings: &Settings, only: Option<Product>) -> Result<Vec<Product>, CliError> {
+    match only {
+        Some(p) => {
+            settings.product(p)?;
+            Ok(vec![p])
+        }
+        None if settings.products.is_empty() => Err(ConfigError::Missing {
+            key: "products".into(),
+            hint: "configure at least [products.hid_work_orders]".into(),
+        }
+        .into()),
+        None => Ok(settings.products.keys().copied().collect()),
+    }
+}
+
+impl Command {
+    /// `simulate` and `demo` run on their own embedded defaults.
+    pub fn needs_config(&self) -> bool {
+        !matches!(self, Command::Simulate(_) | Command::Demo)
+    }
+}
+
+/// Runs a parsed command line; `settings` were loaded by the caller (logging needs them first)
+/// for every command that [`Command::needs_config`].
+pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, CliError> {
+    let need = || settings.clone().ok_or_else(|| CliError::Usage("no configuration loaded".into()));
+    match cli.command {
+        Command::Run => daemon::run(need()?).await,
+        Command::Sync(p) => {
+            let settings = need()?;
+            let products = products(&settings, p.product)?;
+            settings.require_api()?;
+            let pipeline = Pipeline::open(settings, true).await?;
+            let mut ok = true;
+            for product in products {
+                let report = pipeline.sync(product).await?;
+                report::print_run(product, &report);
+                ok &= report.ok();
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Backfill { from, to, product } => {
+            let settings = need()?;
+            let products = products(&settings, product.product)?;
+            settings.require_api()?;
+            let pipeline = Pipeline::open(settings, true).await?;
+            let mut ok = true;
+            for product in products {
+                let report = pipeline.backfill(product, from, to).await?;
+                report::print_run(product, &report);
+                ok &= report.ok();
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Plan(p) => {
+            let settings = need()?;
+            let products = products(&settings, p.product)?;
+            let pipeline = Pipeline::open(settings, false).await?;
+            let today = Utc::now().date_naive();
+            for product in products {
+                let wm = pipeline.state.watermark(product).await?;
+                println!(
+                    "{product}: watermark {}, today {today} (UTC)",
+                    wm.map(|d| d.to_string()).unwrap_or_else(|| "none".into())
+                );
+                for (plan, existing) in pipeline.preview(product, today).await? {
+                    let tokens = serde_json::to_string(&plan.tokens).expect("map");
+                    let last = existing
+                        .map(|w| format!(" [last: {}, {} attempt(s)]", w.stage.as_str(), w.attempts))
+                        .unwrap_or_default();
+                    println!("  {:<10} {}..{} tokens {tokens}{last}\n             {}", plan.key, plan.from, plan.to, plan.reason);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let settings = need()?;
+            let pipeline = Pipeline::open(settings, false).await?;
+            report::print_status(&pipeline, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { online } => report::check_config(need()?, online).await,
+        Command::Query(args) => query::run(need()?, args).await,
+        Command::Import { product, files } => {
+            let settings = need()?;
+            for f in &files {
+                if !f.exists() {
+                    return Err(CliError::Usage(format!("{}: no such file", f.display())));
+                }
+            }
+            settings.product(product)?;
+            let pipeline = Pipeline::open(settings, false).await?;
+            let report = pipeline.import(product, files).await?;
+            report::print_run(product, &report);
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Demo => demo::run().await,
+    }
+}

@@ -1,0 +1,81 @@
+//! `simulate`: the built-in DPSS simulator as a server, for curl or any other client.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::CliError;
+use crate::sim::{self, Faults, SimConfig};
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Seed of the generated data; the same seed serves the same rows.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Status rows per day (about).
+    #[arg(long, default_value_t = 300)]
+    rows_per_day: u64,
+    /// Faults to inject, e.g. "429=3,5xx=4,token-expiry=5,slow-jobs=20s,failed-jobs=2,truncated=2,expired-links=2".
+    #[arg(long, default_value = "")]
+    faults: String,
+    #[arg(long, default_value = "dpss-sim-client")]
+    client_id: String,
+    #[arg(long, default_value = "dpss-sim-secret")]
+    client_secret: String,
+    #[arg(long, default_value = "00000000-0000-4000-8000-00000000beef")]
+    subscriber_id: String,
+    #[arg(long, default_value = "00000000-0000-4000-8000-00000000cafe")]
+    subscription_id: String,
+    /// How long a job takes from New to Success.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    job_delay: Duration,
+    /// Lifetime of issued access tokens.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    token_ttl: Duration,
+    /// Most part files in one export zip (each job gets 1..=N).
+    #[arg(long, default_value_t = 3)]
+    max_parts: usize,
+}
+
+pub async fn run(a: SimulateArgs) -> Result<ExitCode, CliError> {
+    let faults = Faults::parse(&a.faults).map_err(|e| CliError::Usage(format!("--faults: {e}")))?;
+    if a.max_parts == 0 {
+        return Err(CliError::Usage("--max-parts must be at least 1".into()));
+    }
+    let cfg = SimConfig {
+        seed: a.seed,
+        rows_per_day: a.rows_per_day,
+        client_id: a.client_id,
+        client_secret: a.client_secret,
+        subscriber_id: a.subscriber_id,
+        subscription_id: a.subscription_id,
+        job_delay: a.job_delay,
+        token_ttl: a.token_ttl,
+        link_ttl: Duration::from_secs(3600),
+        max_parts: a.max_parts,
+        faults,
+    };
+    let handle = sim::spawn(cfg.clone(), a.listen)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", a.listen)))?;
+    let base = handle.base_url();
+    println!("DPSS simulator listening on {base}");
+    println!("  token URL        {base}/connect/token");
+    println!("  API base         {base}/dpss/api/v1");
+    println!("  client_id        {}", cfg.client_id);
+    println!("  client_secret    {}", cfg.client_secret);
+    println!("  DataSubscriberId {}", cfg.subscriber_id);
+    println!("  SubscriptionId   {}", cfg.subscription_id);
+    println!("  seed {}, ~{} rows/day, job delay {}, faults: {}", cfg.seed, cfg.rows_per_day, humantime::format_duration(cfg.job_delay), if a.faults.is_empty() { "none" } else { &a.faults });
+    println!("Ctrl-C stops it.");
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| CliError::Failed(format!("waiting for Ctrl-C: {e}")))?;
+    handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

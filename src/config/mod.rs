@@ -1,0 +1,397 @@
+//! Configuration: layered TOML files, then `DPSS_SYNC__SECTION__KEY` environment variables.
+//!
+//! The `config` crate merges the sources; this module then walks the merged tree itself instead
+//! of handing it to serde, so that every problem (an unknown key, a missing one, a bad value) is
+//! reported with the full dotted key and, where known, the file or variable it came from.
+//! Operators fix configs from that message alone; "invalid type" without a key is useless at 3am.
+
+mod fields;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fields::Table;
+pub use secret::Secret;
+use url::Url;
+
+use crate::product::Product;
+
+/// The defaults a `demo` run uses: the embedded simulator, a lake and a state under `./`.
+pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Source(String),
+    #[error("unknown configuration key `{key}`{origin}")]
+    UnknownKey { key: String, origin: String },
+    #[error("missing required key `{key}`: {hint}")]
+    Missing { key: String, hint: String },
+    #[error("bad value for `{key}`{origin}: {reason}")]
+    Invalid {
+        key: String,
+        origin: String,
+        reason: String,
+    },
+}
+
+/// Where a configuration comes from: files in order, then the process environment.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub files: Vec<PathBuf>,
+    pub inline: Vec<String>,
+    pub env: bool,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub api: ApiSettings,
+    pub auth: AuthSettings,
+    pub lake: LakeSettings,
+    pub state: StateSettings,
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub products: BTreeMap<Product, ProductSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub base_url: Url,
+    pub subscriber_id: Option<String>,
+    pub poll_interval: Duration,
+    pub poll_max: Duration,
+    pub job_timeout: Duration,
+    pub max_concurrent_jobs: usize,
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub token_url: Url,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub scope: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LakeSettings {
+    pub url: Url,
+    pub target_file_size: u64,
+    pub max_uncompressed_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// The export file format asked of the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileType {
+    Csv,
+    Json,
+    Parquet,
+    Orc,
+}
+
+impl FileType {
+    pub const ALL: [FileType; 4] = [Self::Csv, Self::Json, Self::Parquet, Self::Orc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Csv => "csv",
+            Self::Json => "json",
+            Self::Parquet => "parquet",
+            Self::Orc => "orc",
+        }
+    }
+
+    /// Case-insensitive, as the vendor's own examples mix `Json`, `csv` and `Csv`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl std::fmt::Display for FileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProductSettings {
+    pub subscription_id: Option<String>,
+    pub file_type: FileType,
+    pub schedule: String,
+    pub lookback_days: u32,
+}
+
+impl Settings {
+    /// Merges the sources and validates every key.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        for file in &sources.files {
+            if !file.exists() {
+                return Err(ConfigError::Source(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(file.as_path()).required(true));
+        }
+        for text in &sources.inline {
+            builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+        }
+        if sources.env {
+            builder = builder.add_source(
+                config::Environment::with_prefix("DPSS_SYNC")
+                    .prefix_separator("__")
+                    .separator("__"),
+            );
+        }
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Source(e.to_string()))?;
+        let root: BTreeMap<String, config::Value> = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::Source(e.to_string()))?;
+        Self::from_table(Table::root(root))
+    }
+
+    fn from_table(mut root: Table) -> Result<Self, ConfigError> {
+        let mut api = root.table("api")?;
+        let mut auth = root.table("auth")?;
+        let mut lake = root.table("lake")?;
+        let mut state = root.table("state")?;
+        let mut server = root.table("server")?;
+        let mut log = root.table("log")?;
+        let mut products_table = root.table("products")?;
+
+        let settings = Settings {
+            api: ApiSettings {
+                base_url: api.url("base_url", "https://k8s.itrontotal.com")?,
+                subscriber_id: api.opt_string("subscriber_id")?,
+                poll_interval: api.duration("poll_interval", "30s")?,
+                poll_max: api.duration("poll_max", "5m")?,
+                job_timeout: api.duration("job_timeout", "2h")?,
+                max_concurrent_jobs: api.positive("max_concurrent_jobs", 4)? as usize,
+                request_timeout: api.duration("request_timeout", "60s")?,
+                max_attempts: api.positive("max_attempts", 6)? as u32,
+            },
+            auth: AuthSettings {
+                token_url: auth.url("token_url", "https://idenserver.itrontotal.com/connect/token")?,
+                client_id: auth.opt_string("client_id")?,
+                client_secret: auth.opt_string("client_secret")?.map(Secret::new),
+                scope: auth.string("scope", "DPSSSubscriberApi")?,
+            },
+            lake: LakeSettings {
+                url: lake.lake_url("url", "file:///var/lib/dpss-sync/lake")?,
+                target_file_size: lake.size("target_file_size", "256MiB")?,
+                max_uncompressed_size: lake.size("max_uncompressed_size", "64GiB")?,
+            },
+            state: StateSettings {
+                path: state.sqlite_path("url", "sqlite:///var/lib/dpss-sync/state.db")?,
+            },
+            server: ServerSettings {
+                listen: server.socket_addr("listen", "127.0.0.1:9464")?,
+                shutdown_grace: server.duration("shutdown_grace", "30s")?,
+            },
+            log: LogSettings {
+                format: match log.string("format", "text")?.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => return Err(log.invalid("format", format!("`{other}` is not one of text, json"))),
+                },
+                level: log.string("level", "info")?,
+            },
+            products: Self::products(&mut products_table)?,
+        };
+        if settings.api.poll_max < settings.api.poll_interval {
+            return Err(api.invalid("poll_max", "must not be shorter than api.poll_interval".into()));
+        }
+        for table in [api, auth, lake, state, server, log, products_table, root] {
+            table.finish()?;
+        }
+        Ok(settings)
+    }
+
+    fn products(table: &mut Table) -> Result<BTreeMap<Product, ProductSettings>, ConfigError> {
+        let mut products = BTreeMap::new();
+        for name in table.keys() {
+            let Some(product) = Product::from_config_name(&name) else {
+                return Err(ConfigError::UnknownKey {
+                    key: format!("products.{name}"),
+                    origin: format!(" (known products: {})", Product::config_names().join(", ")),
+                });
+            };
+            let mut p = table.table(&name)?;
+            let file_type_raw = p.string("file_type", "parquet")?;
+            let settings = ProductSettings {
+                subscription_id: p.opt_string("subscription_id")?,
+                file_type: FileType::parse(&file_type_raw).ok_or_else(|| {
+                    p.invalid("file_type", format!("`{file_type_raw}` is not one of csv, json, parquet, orc"))
+                })?,
+                schedule: p.cron("schedule", "0 */15 * * * *")?,
+                lookback_days: p.integer("lookback_days", 2, 0, 366)? as u32,
+            };
+            p.finish()?;
+            products.insert(product, settings);
+        }
+        Ok(products)
+    }
+
+    /// The keys the vendor API needs, checked by the commands that call it.
+    pub fn require_api(&self) -> Result<(), ConfigError> {
+        let hint = |var: &str| format!("set it in a config file or in {var}");
+        if self.api.subscriber_id.is_none() {
+            return Err(ConfigError::Missing {
+                key: "api.subscriber_id".into(),
+                hint: hint("DPSS_SYNC__API__SUBSCRIBER_ID"),
+            });
+        }
+        if self.auth.client_id.is_none() {
+            return Err(ConfigError::Missing {
+                key: "auth.client_id".into(),
+                hint: hint("DPSS_SYNC__AUTH__CLIENT_ID"),
+            });
+        }
+        if self.auth.client_secret.is_none() {
+            return Err(ConfigError::Missing {
+                key: "auth.client_secret".into(),
+                hint: hint("DPSS_SYNC__AUTH__CLIENT_SECRET"),
+            });
+        }
+        if self.products.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "products".into(),
+                hint: "configure at least [products.hid_work_orders]".into(),
+            });
+        }
+        for (product, p) in &self.products {
+            if p.subscription_id.is_none() {
+                let name = product.config_name();
+                return Err(ConfigError::Missing {
+                    key: format!("products.{name}.subscription_id"),
+                    hint: hint(&format!(
+                        "DPSS_SYNC__PRODUCTS__{}__SUBSCRIPTION_ID",
+                        name.to_ascii_uppercase()
+                    )),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings of one product, or a configuration error naming it.
+    pub fn product(&self, product: Product) -> Result<&ProductSettings, ConfigError> {
+        self.products.get(&product).ok_or_else(|| ConfigError::Missing {
+            key: format!("products.{}", product.config_name()),
+            hint: "the product is not configured".into(),
+        })
+    }
+
+    /// Downloads land next to the state database, on the volume the operator already keeps.
+    pub fn work_dir(&self) -> PathBuf {
+        self.state
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("downloads")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        Settings::load(&Sources {
+            inline: vec![text.to_string()],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn defaults_fill_every_key() {
+        let s = load("").unwrap();
+        assert_eq!(s.api.poll_interval, Duration::from_secs(30));
+        assert_eq!(s.api.job_timeout, Duration::from_secs(7200));
+        assert_eq!(s.lake.target_file_size, 256 * 1024 * 1024);
+        assert_eq!(s.state.path, PathBuf::from("/var/lib/dpss-sync/state.db"));
+        assert!(s.require_api().is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load("[api]\npol_interval = \"1s\"\n").unwrap_err();
+        assert!(err.to_string().contains("`api.pol_interval`"), "{err}");
+        let err = load("[products.hid_work_order]\nsubscription_id = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("`products.hid_work_order`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_reason() {
+        for (text, key) in [
+            ("[api]\npoll_interval = \"soon\"\n", "api.poll_interval"),
+            ("[api]\nmax_concurrent_jobs = 0\n", "api.max_concurrent_jobs"),
+            ("[api]\nbase_url = \"not a url\"\n", "api.base_url"),
+            ("[lake]\nurl = \"ftp://x/y\"\n", "lake.url"),
+            ("[lake]\ntarget_file_size = \"12 parsecs\"\n", "lake.target_file_size"),
+            ("[state]\nurl = \"postgres://x\"\n", "state.url"),
+            ("[products.hid_work_orders]\nschedule = \"every day\"\n", "products.hid_work_orders.schedule"),
+            ("[products.hid_work_orders]\nfile_type = \"xml\"\n", "products.hid_work_orders.file_type"),
+            ("[log]\nformat = \"yaml\"\n", "log.format"),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = load("[auth]\nclient_secret = \"hunter2-very-secret\"\nclient_id = \"id\"\n").unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert_eq!(s.auth.client_secret.unwrap().expose(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn file_type_is_case_insensitive() {
+        assert_eq!(FileType::parse("Json"), Some(FileType::Json));
+        assert_eq!(FileType::parse("PARQUET"), Some(FileType::Parquet));
+        assert_eq!(FileType::parse("xml"), None);
+    }
+
+    #[test]
+    fn demo_defaults_are_valid() {
+        let s = load(DEMO_TOML).unwrap();
+        assert!(s.products.contains_key(&Product::HidWorkOrders));
+        s.require_api().unwrap();
+    }
+}

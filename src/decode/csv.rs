@@ -1,0 +1,143 @@
+//! CSV by header name: any column order and casing, a BOM, CRLF, quoted commas, quotes and
+//! newlines, and the vendor's trailing comma (an unnamed empty last column).
+
+use std::io::Read;
+use std::sync::Arc;
+
+use super::{DecodeError, DecodeSummary, RawBuilder, Sink, map_header};
+
+pub fn decode(
+    reader: impl Read,
+    file: Arc<str>,
+    summary: &mut DecodeSummary,
+    sink: &mut Sink<'_>,
+) -> Result<(), DecodeError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(reader);
+    let malformed = |e: csv::Error| DecodeError::Malformed {
+        file: file.to_string(),
+        detail: format!("CSV read failed: {e}"),
+    };
+    let mut record = csv::ByteRecord::new();
+    if !rdr.read_byte_record(&mut record).map_err(malformed)? {
+        // A part with not even a header: nothing in it.
+        return Ok(());
+    }
+    let names: Vec<String> = record
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).trim_start_matches('\u{feff}').to_string())
+        .collect();
+    let mapping = map_header(&names, &file, summary)?;
+    let width = mapping.len();
+    let mut out = RawBuilder::new(file.clone());
+    while rdr.read_byte_record(&mut record).map_err(malformed)? {
+        let ragged = if record.len() < width {
+            Some(format!("row has {} fields; the header has {width}", record.len()))
+        } else if record.iter().skip(width).any(|f| !f.is_empty()) {
+            Some(format!("row has {} fields; the header has {width}", record.len()))
+        } else {
+            None
+        };
+        let not_utf8 = mapping
+            .iter()
+            .zip(record.iter())
+            .find(|(c, f)| c.is_some() && std::str::from_utf8(f).is_err())
+            .map(|(c, _)| format!("{} is not valid UTF-8", c.expect("mapped").lake_name()));
+        if let Some(reason) = ragged.or(not_utf8) {
+            let raw = record
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect::<Vec<_>>()
+                .join(",");
+            out.error_row(reason, Some(raw));
+        } else {
+            let mut seen = [false; 8];
+            for (col, field) in mapping.iter().zip(record.iter()) {
+                if let Some(c) = col
+                    && !seen[c.index()]
+                {
+                    seen[c.index()] = true;
+                    out.set(*c, Some(std::str::from_utf8(field).expect("checked above")));
+                }
+            }
+            out.end_row();
+        }
+        if out.is_full() {
+            sink(out.take().expect("full"))?;
+        }
+    }
+    if let Some(b) = out.take() {
+        sink(b)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::RawBatch;
+    use crate::product::Column;
+    use arrow::array::Array;
+
+    fn run(text: &[u8]) -> Result<(Vec<RawBatch>, DecodeSummary), DecodeError> {
+        let mut batches = Vec::new();
+        let mut summary = DecodeSummary::default();
+        decode(text, Arc::from("t.csv"), &mut summary, &mut |b| {
+            batches.push(b);
+            Ok(())
+        })?;
+        Ok((batches, summary))
+    }
+
+    fn cell(b: &RawBatch, c: Column, row: usize) -> Option<String> {
+        let a = &b.columns[c.index()];
+        (!a.is_null(row)).then(|| a.value(row).to_string())
+    }
+
+    #[test]
+    fn vendor_quirks() {
+        let text = "\u{feff}WorkOrderId,Phase,IssueID,Status,StatusDatetime,Reason,EventDate,ServicePointId,Extra,\r\n\
+                    123456,1,19865,Accepted,2024-06-15:00:00:13,\"Checked, \"\"twice\"\"\r\nthen left\",2024-06-13,9000053409,x,\r\n\
+                    78910212,2,19866,New,2024-08-04T00:00:13Z,Zählerprüfung,2024-08-03,9000053408,y,\r\n";
+        let (b, summary) = run(text.as_bytes()).unwrap();
+        assert_eq!(b.len(), 1);
+        let b = &b[0];
+        assert_eq!(b.num_rows(), 2);
+        assert!(b.errors.is_empty());
+        assert_eq!(cell(b, Column::WorkOrderId, 0).as_deref(), Some("123456"));
+        assert_eq!(cell(b, Column::Reason, 0).as_deref(), Some("Checked, \"twice\"\r\nthen left"));
+        assert_eq!(cell(b, Column::IssueId, 1).as_deref(), Some("19866"));
+        assert_eq!(cell(b, Column::Reason, 1).as_deref(), Some("Zählerprüfung"));
+        assert_eq!(summary.unknown_columns.into_iter().collect::<Vec<_>>(), vec!["Extra"]);
+    }
+
+    #[test]
+    fn ragged_and_binary_rows_become_row_errors() {
+        let mut text = b"ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n\
+                     1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n\
+                     1,1,2\n"
+            .to_vec();
+        text.extend_from_slice(b"1,1,2,New,2024-06-15T00:00:00Z,\xff\xfe,2024-06-15,3\n");
+        let (b, _) = run(&text).unwrap();
+        let b = &b[0];
+        assert_eq!(b.num_rows(), 3);
+        assert_eq!(b.errors.len(), 2);
+        assert!(b.errors[0].reason.contains("3 fields"), "{:?}", b.errors);
+        assert_eq!(b.errors[0].row, 1);
+        assert!(b.errors[1].reason.contains("reason is not valid UTF-8"));
+    }
+
+    #[test]
+    fn missing_column_names_it() {
+        let err = run(b"ServicePointId,Phase\n1,2\n").unwrap_err().to_string();
+        assert!(err.contains("`IssueId`") && err.contains("t.csv"), "{err}");
+    }
+
+    #[test]
+    fn empty_file_has_no_rows() {
+        assert!(run(b"").unwrap().0.is_empty());
+    }
+}

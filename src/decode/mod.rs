@@ -1,0 +1,402 @@
+//! Decoding an export: every part file in the zip (or a loose local file), in any of the four
+//! formats, streamed into [`RawBatch`]es of text columns in the product's canonical order.
+//!
+//! Decoders do not judge values; they only find columns by name (any casing, any order) and
+//! report rows they could not read at all (a ragged CSV line, a JSON line that does not parse) as
+//! [`RowError`]s, so the normalizer quarantines those too. A file without a required column
+//! fails the whole job: nothing in it could be trusted to line up.
+
+mod columnar;
+mod csv;
+mod json;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, StringArray, StringBuilder};
+
+use crate::config::FileType;
+use crate::product::Column;
+
+/// Rows per decoded batch: large enough to amortise per-batch work, small enough to stay cheap.
+pub const BATCH_ROWS: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{file}: required column `{column}` is missing (columns found: {found})")]
+    MissingColumn {
+        file: String,
+        column: &'static str,
+        found: String,
+    },
+    #[error("{file}: {detail}")]
+    Malformed { file: String, detail: String },
+    #[error("{file}: not a readable zip archive: {detail}")]
+    BadZip { file: String, detail: String },
+    #[error("{file}: the archive is empty (no part files and no _SUCCESS marker)")]
+    EmptyArchive { file: String },
+    #[error("{file}: uncompressed size exceeds lake.max_uncompressed_size ({limit} bytes)")]
+    TooLarge { file: String, limit: u64 },
+    #[error("{file}: unsupported file type (expected .csv, .json, .parquet or .orc, or a .zip of them)")]
+    UnsupportedFile { file: String },
+    #[error("{0}")]
+    Io(String),
+    #[error("stopped by the consumer: {0}")]
+    Sink(String),
+}
+
+/// A row that could not be read into columns, with why.
+#[derive(Debug, Clone)]
+pub struct RowError {
+    pub row: usize,
+    pub reason: String,
+    pub raw: Option<String>,
+}
+
+/// Up to [`BATCH_ROWS`] rows of one source file, each column as text (null where absent).
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    pub columns: [StringArray; 8],
+    pub errors: Vec<RowError>,
+    pub source: Arc<str>,
+    /// The 1-based row number of the first row within its source file.
+    pub first_row: u64,
+}
+
+impl RawBatch {
+    pub fn num_rows(&self) -> usize {
+        self.columns[0].len()
+    }
+}
+
+/// Builds a [`RawBatch`] row by row; shared by the text decoders.
+pub(crate) struct RawBuilder {
+    cols: [StringBuilder; 8],
+    errors: Vec<RowError>,
+    rows: usize,
+    source: Arc<str>,
+    next_row: u64,
+}
+
+impl RawBuilder {
+    pub fn new(source: Arc<str>) -> Self {
+        Self {
+            cols: std::array::from_fn(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16)),
+            errors: Vec::new(),
+            rows: 0,
+            source,
+            next_row: 1,
+        }
+    }
+
+    pub fn set(&mut self, col: Column, value: Option<&str>) {
+        match value {
+            Some(v) => self.cols[col.index()].append_value(v),
+            None => self.cols[col.index()].append_null(),
+        }
+    }
+
+    /// Ends the current row; `set` must have been called once per column.
+    pub fn end_row(&mut self) {
+        self.rows += 1;
+    }
+
+    /// A row that could not be read: all columns null, the reason kept.
+    pub fn error_row(&mut self, reason: String, raw: Option<String>) {
+        for c in &mut self.cols {
+            c.append_null();
+        }
+        self.errors.push(RowError {
+            row: self.rows,
+            reason,
+            raw,
+        });
+        self.rows += 1;
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.rows >= BATCH_ROWS
+    }
+
+    pub fn take(&mut self) -> Option<RawBatch> {
+        if self.rows == 0 {
+            return None;
+        }
+        let batch = RawBatch {
+            columns: std::array::from_fn(|i| self.cols[i].finish()),
+            errors: std::mem::take(&mut self.errors),
+            source: self.source.clone(),
+            first_row: self.next_row,
+        };
+        self.next_row += self.rows as u64;
+        self.rows = 0;
+        Some(batch)
+    }
+}
+
+/// What a decode saw besides rows: which files, and columns it did not know.
+#[derive(Debug, Default, Clone)]
+pub struct DecodeSummary {
+    pub files: Vec<String>,
+    pub unknown_columns: BTreeSet<String>,
+    pub uncompressed_bytes: u64,
+}
+
+pub type Sink<'a> = dyn FnMut(RawBatch) -> Result<(), DecodeError> + 'a;
+
+/// The format of a part file from its name, or `None` for side files (`_SUCCESS`, `.crc`, …).
+pub fn file_type_of(name: &str) -> Option<FileType> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if base.starts_with('_') || base.starts_with('.') {
+        return None;
+    }
+    let ext = base.rsplit_once('.')?.1.to_ascii_lowercase();
+    match ext.as_str() {
+        "csv" | "txt" => Some(FileType::Csv),
+        "json" | "jsonl" | "ndjson" => Some(FileType::Json),
+        "parquet" | "parq" => Some(FileType::Parquet),
+        "orc" => Some(FileType::Orc),
+        _ => None,
+    }
+}
+
+/// Counts bytes and stops at the limit, so a zip bomb fails instead of filling the disk.
+struct Limited<R> {
+    inner: R,
+    used: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.used += n as u64;
+        if self.used > self.limit {
+            return Err(io::Error::other(LIMIT_MARKER));
+        }
+        Ok(n)
+    }
+}
+
+const LIMIT_MARKER: &str = "uncompressed size limit exceeded";
+
+/// Decodes one local file: a zip of part files, or a single part file.
+pub fn decode_path(
+    path: &Path,
+    scratch: &Path,
+    max_uncompressed: u64,
+    sink: &mut Sink<'_>,
+) -> Result<DecodeSummary, DecodeError> {
+    let name = path.display().to_string();
+    let is_zip = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("zip"))
+        || sniff_zip(path);
+    let mut summary = DecodeSummary::default();
+    if is_zip {
+        decode_zip(path, scratch, max_uncompressed, &mut summary, sink)?;
+    } else {
+        let ft = file_type_of(&name).ok_or(DecodeError::UnsupportedFile { file: name.clone() })?;
+        summary.uncompressed_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        match ft {
+            FileType::Csv | FileType::Json => {
+                let file = File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
+                decode_text(ft, &name, file, &mut summary, sink)?;
+            }
+            FileType::Parquet | FileType::Orc => decode_columnar(ft, &name, path, &mut summary, sink)?,
+        }
+        summary.files.push(name);
+    }
+    Ok(summary)
+}
+
+fn sniff_zip(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|_| magic == *b"PK\x03\x04" || magic == *b"PK\x05\x06")
+}
+
+fn decode_zip(
+    path: &Path,
+    scratch: &Path,
+    max_uncompressed: u64,
+    summary: &mut DecodeSummary,
+    sink: &mut Sink<'_>,
+) -> Result<(), DecodeError> {
+    let name = path.display().to_string();
+    let bad = |detail: String| DecodeError::BadZip {
+        file: name.clone(),
+        detail,
+    };
+    let file = File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    if archive.is_empty() {
+        return Err(DecodeError::EmptyArchive { file: name });
+    }
+    let declared: u64 = (0..archive.len())
+        .filter_map(|i| archive.by_index_raw(i).ok().map(|e| e.size()))
+        .sum();
+    if declared > max_uncompressed {
+        return Err(DecodeError::TooLarge {
+            file: name,
+            limit: max_uncompressed,
+        });
+    }
+    let mut budget = max_uncompressed;
+    for i in 0..archive.len() {
+        let entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let entry_name = entry.name().map_err(|e| bad(e.to_string()))?.to_string();
+        let Some(ft) = file_type_of(&entry_name) else {
+            tracing::debug!(archive = %name, entry = %entry_name, "ignoring side file");
+            continue;
+        };
+        let label = format!("{name}!{entry_name}");
+        let mut limited = Limited {
+            inner: entry,
+            used: 0,
+            limit: budget,
+        };
+        let result = match ft {
+            FileType::Csv | FileType::Json => decode_text(ft, &label, &mut limited, summary, sink),
+            FileType::Parquet | FileType::Orc => {
+                let mut tmp = tempfile::NamedTempFile::new_in(scratch)
+                    .map_err(|e| DecodeError::Io(format!("scratch file in {}: {e}", scratch.display())))?;
+                match io::copy(&mut limited, tmp.as_file_mut()) {
+                    Ok(_) => decode_columnar(ft, &label, tmp.path(), summary, sink),
+                    Err(e) => Err(io_error(&label, e)),
+                }
+            }
+        };
+        budget = budget.saturating_sub(limited.used);
+        summary.uncompressed_bytes += limited.used;
+        match result {
+            Err(DecodeError::Malformed { detail, .. } | DecodeError::Io(detail)) if detail.contains(LIMIT_MARKER) => {
+                return Err(DecodeError::TooLarge {
+                    file: name,
+                    limit: max_uncompressed,
+                });
+            }
+            other => other?,
+        }
+        summary.files.push(label);
+    }
+    Ok(())
+}
+
+fn io_error(file: &str, e: io::Error) -> DecodeError {
+    DecodeError::Malformed {
+        file: file.to_string(),
+        detail: format!("read failed: {e}"),
+    }
+}
+
+fn decode_text(
+    ft: FileType,
+    label: &str,
+    reader: impl Read,
+    summary: &mut DecodeSummary,
+    sink: &mut Sink<'_>,
+) -> Result<(), DecodeError> {
+    let label: Arc<str> = Arc::from(label);
+    if ft == FileType::Csv {
+        csv::decode(reader, label, summary, sink)
+    } else {
+        json::decode(reader, label, summary, sink)
+    }
+}
+
+/// Parquet and ORC need random access, so they are read from a file on disk.
+fn decode_columnar(
+    ft: FileType,
+    label: &str,
+    path: &Path,
+    summary: &mut DecodeSummary,
+    sink: &mut Sink<'_>,
+) -> Result<(), DecodeError> {
+    let label: Arc<str> = Arc::from(label);
+    let file = File::open(path).map_err(|e| DecodeError::Io(format!("{label}: {e}")))?;
+    if ft == FileType::Parquet {
+        columnar::decode_parquet(file, label, summary, sink)
+    } else {
+        columnar::decode_orc(file, label, summary, sink)
+    }
+}
+
+/// Maps header names to columns; fails when a required column is absent.
+pub(crate) fn map_header(
+    names: &[String],
+    file: &str,
+    summary: &mut DecodeSummary,
+) -> Result<Vec<Option<Column>>, DecodeError> {
+    let mapping: Vec<Option<Column>> = names.iter().map(|n| Column::from_header(n)).collect();
+    for (n, c) in names.iter().zip(&mapping) {
+        if c.is_none() && !n.trim().trim_start_matches('\u{feff}').is_empty() {
+            summary.unknown_columns.insert(n.trim().to_string());
+        }
+    }
+    for col in Column::ALL {
+        if !mapping.contains(&Some(col)) {
+            return Err(DecodeError::MissingColumn {
+                file: file.to_string(),
+                column: col.vendor_name(),
+                found: names
+                    .iter()
+                    .filter(|n| !n.trim().is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    Ok(mapping)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_files_are_ignored() {
+        assert_eq!(file_type_of("part-00000-abc.csv"), Some(FileType::Csv));
+        assert_eq!(file_type_of("dir/part-1.PARQUET"), Some(FileType::Parquet));
+        assert_eq!(file_type_of("x.jsonl"), Some(FileType::Json));
+        assert_eq!(file_type_of("_SUCCESS"), None);
+        assert_eq!(file_type_of(".part-00000.csv.crc"), None);
+        assert_eq!(file_type_of("part-00000.csv.crc"), None);
+    }
+}
+
+/// On-demand rows (column name to text) as one batch, keys matched like any header.
+pub fn rows_to_batch(rows: &[crate::api::OnDemandRow], source: &str) -> (RawBatch, BTreeSet<String>) {
+    let mut out = RawBuilder::new(Arc::from(source));
+    let mut unknown = BTreeSet::new();
+    for row in rows {
+        let mut cells: [Option<&str>; 8] = [None; 8];
+        for (k, v) in row {
+            match Column::from_header(k) {
+                Some(c) => cells[c.index()] = v.as_deref(),
+                None => {
+                    unknown.insert(k.clone());
+                }
+            }
+        }
+        for c in Column::ALL {
+            out.set(c, cells[c.index()]);
+        }
+        out.end_row();
+    }
+    let batch = out.take().unwrap_or_else(|| RawBatch {
+        columns: std::array::from_fn(|_| StringArray::from(Vec::<Option<&str>>::new())),
+        errors: Vec::new(),
+        source: Arc::from(source),
+        first_row: 1,
+    });
+    (batch, unknown)
+}

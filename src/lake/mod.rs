@@ -1,0 +1,393 @@
+//! The lake: Hive-partitioned Parquet through `object_store`, on a local directory or any cloud.
+//!
+//! A partition `event_date=YYYY-MM-DD` is rewritten whole: the rows of the days being replaced
+//! come out, the new rows go in, and the result is written under deterministic names
+//! (`part-00000.parquet`, …). Each object is replaced in one put (single-part or a completed
+//! multipart upload), so a reader sees the old file or the new one, never a half. Rewriting the
+//! same input gives the same partition, which is what makes a crash at any point repairable by
+//! running again.
+
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, TimestampMicrosecondArray};
+use arrow::compute::{SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
+use chrono::NaiveDate;
+use futures::TryStreamExt;
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+pub use store::open_store;
+
+use crate::config::LakeSettings;
+use crate::normalize::time::day_of_micros;
+use crate::product::Product;
+
+/// Rows per row group: big enough for scans to skip by statistics, small enough to write with
+/// bounded memory.
+const ROW_GROUP_ROWS: usize = 1_000_000;
+/// Rows handed to the writer at a time, so the part-size check runs often enough to split.
+const WRITE_CHUNK_ROWS: usize = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("lake URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("object store ({path}): {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("Parquet ({path}): {detail}")]
+    Parquet { path: String, detail: String },
+    #[error("{path}: schema does not match the lake's: {detail}")]
+    Schema { path: String, detail: String },
+}
+
+fn store_err(path: &Path) -> impl FnOnce(object_store::Error) -> LakeError + '_ {
+    move |source| LakeError::Store {
+        path: path.to_string(),
+        source,
+    }
+}
+
+fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> LakeError + '_ {
+    move |e| LakeError::Parquet {
+        path: path.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// What one partition holds after a rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub status_days: BTreeSet<NaiveDate>,
+    pub rows: u64,
+    pub objects: Vec<String>,
+    pub bytes: u64,
+}
+
+#[derive(Clone)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    display: String,
+    target_file_size: u64,
+}
+
+impl Lake {
+    pub fn open(settings: &LakeSettings) -> Result<Self, LakeError> {
+        let (store, root) = open_store(&settings.url)?;
+        Ok(Self {
+            store,
+            root,
+            display: settings.url.to_string(),
+            target_file_size: settings.target_file_size,
+        })
+    }
+
+    pub fn location(&self) -> &str {
+        &self.display
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    fn table(&self, product: Product) -> Path {
+        self.root.clone().join(product.config_name())
+    }
+
+    fn partition(&self, product: Product, date: NaiveDate) -> Path {
+        // Built only from a validated date, so no input can steer the path.
+        self.table(product)
+            .join(format!("event_date={}", date.format("%Y-%m-%d")))
+    }
+
+    fn part_name(n: usize) -> String {
+        format!("part-{n:05}.parquet")
+    }
+
+    async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>, LakeError> {
+        let mut objects: Vec<_> = self
+            .store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(store_err(prefix))?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(objects)
+    }
+
+    async fn read_objects(&self, objects: &[object_store::ObjectMeta]) -> Result<Vec<RecordBatch>, LakeError> {
+        let mut out = Vec::new();
+        for meta in objects.iter().filter(|m| m.location.as_ref().ends_with(".parquet")) {
+            // Partitions are rewritten whole, so the whole object is needed anyway: one GET.
+            let bytes = self
+                .store
+                .get(&meta.location)
+                .await
+                .map_err(store_err(&meta.location))?
+                .bytes()
+                .await
+                .map_err(store_err(&meta.location))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .map_err(parquet_err(&meta.location))?
+                .with_batch_size(65_536)
+                .build()
+                .map_err(parquet_err(&meta.location))?;
+            for b in reader {
+                out.push(b.map_err(|e| LakeError::Parquet {
+                    path: meta.location.to_string(),
+                    detail: e.to_string(),
+                })?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every row of one partition.
+    pub async fn read_partition(&self, product: Product, date: NaiveDate) -> Result<Vec<RecordBatch>, LakeError> {
+        let objects = self.list(&self.partition(product, date)).await?;
+        self.read_objects(&objects).await
+    }
+
+    /// Every row of the table, with the partition date of each batch.
+    pub async fn read_table(&self, product: Product) -> Result<Vec<(NaiveDate, RecordBatch)>, LakeError> {
+        let objects = self.list(&self.table(product)).await?;
+        let mut out = Vec::new();
+        for meta in &objects {
+            let Some(date) = partition_date(&meta.location) else { continue };
+            for b in self.read_objects(std::slice::from_ref(meta)).await? {
+                out.push((date, b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every data object of the table: (path, size).
+    pub async fn objects(&self, product: Product) -> Result<Vec<(String, u64)>, LakeError> {
+        Ok(self
+            .list(&self.table(product))
+            .await?
+            .into_iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+            .map(|m| (m.location.to_string(), m.size))
+            .collect())
+    }
+
+    /// Rewrites one partition: its rows of `replaced` status days are dropped, `new` is added.
+    pub async fn rewrite_partition(
+        &self,
+        product: Product,
+        date: NaiveDate,
+        replaced: &BTreeSet<NaiveDate>,
+        new: Option<&RecordBatch>,
+    ) -> Result<PartitionState, LakeError> {
+        let prefix = self.partition(product, date);
+        let existing_objects = self.list(&prefix).await?;
+        let existing = self.read_objects(&existing_objects).await?;
+        let schema = product.lake_schema();
+        let mut keep = Vec::with_capacity(existing.len() + 1);
+        for b in existing {
+            let b = conform(&b, &schema).map_err(|detail| LakeError::Schema {
+                path: prefix.to_string(),
+                detail,
+            })?;
+            let ts = status_column(&b);
+            let mask: arrow::array::BooleanArray = ts
+                .values()
+                .iter()
+                .map(|&t| Some(!replaced.contains(&day_of_micros(t))))
+                .collect();
+            keep.push(filter_record_batch(&b, &mask).expect("mask length matches"));
+        }
+        if let Some(n) = new {
+            keep.push(n.clone());
+        }
+        let merged = concat_batches(&schema, &keep).expect("batches share the lake schema");
+        let merged = sort_rows(&merged);
+        let status_days: BTreeSet<NaiveDate> = status_column(&merged)
+            .values()
+            .iter()
+            .map(|&t| day_of_micros(t))
+            .collect();
+        let mut written = Vec::new();
+        let mut bytes = 0u64;
+        if merged.num_rows() > 0 {
+            let (names, size) = self.write_parts(&prefix, &merged).await?;
+            written = names;
+            bytes = size;
+        }
+        // Parts beyond the new count are stale once the new ones are in place.
+        for meta in existing_objects {
+            if !written.iter().any(|w: &String| w == meta.location.as_ref()) {
+                self.store
+                    .delete(&meta.location)
+                    .await
+                    .map_err(store_err(&meta.location))?;
+            }
+        }
+        Ok(PartitionState {
+            status_days,
+            rows: merged.num_rows() as u64,
+            objects: written,
+            bytes,
+        })
+    }
+
+    /// Writes sorted rows as one object, or numbered parts once one passes the target size.
+    async fn write_parts(&self, prefix: &Path, rows: &RecordBatch) -> Result<(Vec<String>, u64), LakeError> {
+        let props = writer_properties();
+        let mut names = Vec::new();
+        let mut total = 0u64;
+        let mut offset = 0;
+        while offset < rows.num_rows() {
+            let path = prefix.clone().join(Self::part_name(names.len()));
+            let sink = object_store::buffered::BufWriter::with_capacity(self.store.clone(), path.clone(), 8 << 20);
+            let mut w = AsyncArrowWriter::try_new(sink, rows.schema(), Some(props.clone())).map_err(parquet_err(&path))?;
+            while offset < rows.num_rows() {
+                let len = WRITE_CHUNK_ROWS.min(rows.num_rows() - offset);
+                w.write(&rows.slice(offset, len)).await.map_err(parquet_err(&path))?;
+                offset += len;
+                if (w.bytes_written() + w.in_progress_size()) as u64 >= self.target_file_size {
+                    break;
+                }
+            }
+            total += w.bytes_written() as u64;
+            w.close().await.map_err(parquet_err(&path))?;
+            names.push(path.to_string());
+        }
+        Ok((names, total))
+    }
+
+    /// Replaces the quarantine of one window; `None` removes it (a clean re-sync).
+    pub async fn write_quarantine(
+        &self,
+        product: Product,
+        window: &str,
+        rows: Option<&RecordBatch>,
+    ) -> Result<Vec<String>, LakeError> {
+        let prefix = self
+            .root
+            .clone()
+            .join("_quarantine")
+            .join(product.config_name())
+            .join(format!("window={window}"));
+        let existing = self.list(&prefix).await?;
+        let mut written = Vec::new();
+        if let Some(rows) = rows.filter(|r| r.num_rows() > 0) {
+            let (names, _) = self.write_parts(&prefix, rows).await?;
+            written = names;
+        }
+        for meta in existing {
+            if !written.iter().any(|w| w == meta.location.as_ref()) {
+                self.store
+                    .delete(&meta.location)
+                    .await
+                    .map_err(store_err(&meta.location))?;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Every quarantined row of a product.
+    pub async fn read_quarantine(&self, product: Product) -> Result<Vec<RecordBatch>, LakeError> {
+        let prefix = self.root.clone().join("_quarantine").join(product.config_name());
+        let objects = self.list(&prefix).await?;
+        self.read_objects(&objects).await
+    }
+
+    /// A write-read-delete round trip, for `check-config --online`.
+    pub async fn probe(&self) -> Result<(), LakeError> {
+        let path = self.root.clone().join("_dpss_sync_probe");
+        let payload = format!("probe {}", chrono::Utc::now().to_rfc3339());
+        self.store
+            .put(&path, payload.clone().into())
+            .await
+            .map_err(store_err(&path))?;
+        let back = self
+            .store
+            .get(&path)
+            .await
+            .map_err(store_err(&path))?
+            .bytes()
+            .await
+            .map_err(store_err(&path))?;
+        self.store.delete(&path).await.map_err(store_err(&path))?;
+        if back != payload.as_bytes() {
+            return Err(LakeError::Parquet {
+                path: path.to_string(),
+                detail: "probe read back different bytes".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(concat!("dpss-sync ", env!("CARGO_PKG_VERSION")).to_string())
+        .build()
+}
+
+fn status_column(b: &RecordBatch) -> &TimestampMicrosecondArray {
+    b.column_by_name("status_datetime")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .expect("lake batches have a status_datetime timestamp column")
+}
+
+/// Old files read back with the lake schema's field names; checks instead of trusting.
+fn conform(b: &RecordBatch, schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch, String> {
+    if b.num_columns() != schema.fields().len() {
+        return Err(format!("{} columns, expected {}", b.num_columns(), schema.fields().len()));
+    }
+    for (have, want) in b.schema().fields().iter().zip(schema.fields()) {
+        if have.name() != want.name() || have.data_type() != want.data_type() {
+            return Err(format!("column `{}` {:?}, expected `{}` {:?}", have.name(), have.data_type(), want.name(), want.data_type()));
+        }
+    }
+    RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|e| e.to_string())
+}
+
+/// Sorted by time and identity: deterministic output, tight min/max statistics on status_datetime.
+fn sort_rows(b: &RecordBatch) -> RecordBatch {
+    if b.num_rows() < 2 {
+        return b.clone();
+    }
+    let col = |n: &str| SortColumn {
+        values: b.column_by_name(n).expect("lake column").clone(),
+        options: None,
+    };
+    let idx = lexsort_to_indices(&[col("status_datetime"), col("work_order_id"), col("issue_id"), col("status")], None)
+        .expect("sortable columns");
+    take_record_batch(b, &idx).expect("indices in range")
+}
+
+/// The `event_date=` of an object path.
+pub fn partition_date(path: &Path) -> Option<NaiveDate> {
+    path.parts()
+        .find_map(|p| p.as_ref().strip_prefix("event_date=").and_then(|d| d.parse().ok()))
+}
+
+/// Rows of `batches` grouped by status day (for `status` and tests).
+pub fn count_by_status_day(batches: &[(NaiveDate, RecordBatch)]) -> BTreeMap<NaiveDate, u64> {
+    let mut out = BTreeMap::new();
+    for (_, b) in batches {
+        for &t in status_column(b).values().iter() {
+            *out.entry(day_of_micros(t)).or_insert(0) += 1;
+        }
+    }
+    out
+}

@@ -1,0 +1,73 @@
+//! Opening an object store from the lake URL. Credentials come the usual way for each cloud
+//! (AWS_*, AZURE_STORAGE_*, GOOGLE_* variables, instance roles), read by the builders' `from_env`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::path::Path;
+use url::Url;
+
+use super::LakeError;
+
+/// The store and the prefix inside it under which the lake lives.
+pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), LakeError> {
+    let bad = |reason: String| LakeError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let prefix = || Path::from(url.path().trim_matches('/'));
+    match url.scheme() {
+        "file" => {
+            let dir = local_dir(url).ok_or_else(|| bad("not a usable file path".into()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| bad(e.to_string()))?;
+            Ok((Arc::new(store), Path::default()))
+        }
+        "memory" => Ok((Arc::new(object_store::memory::InMemory::new()), Path::default())),
+        "s3" | "s3a" => {
+            let store = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            Ok((Arc::new(store), prefix()))
+        }
+        "az" | "abfs" | "abfss" | "azure" => {
+            let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            Ok((Arc::new(store), prefix()))
+        }
+        "gs" => {
+            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            Ok((Arc::new(store), prefix()))
+        }
+        other => Err(bad(format!("unsupported scheme `{other}`"))),
+    }
+}
+
+/// `file:///abs/path`, or `file://./rel/path` for a directory relative to the working directory.
+pub fn local_dir(url: &Url) -> Option<PathBuf> {
+    match url.host_str() {
+        Some(".") => Some(PathBuf::from(format!(".{}", url.path()))),
+        Some(h) if !h.is_empty() && h != "localhost" => None,
+        _ => url.to_file_path().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths() {
+        assert_eq!(local_dir(&Url::parse("file:///var/lib/x").unwrap()), Some(PathBuf::from("/var/lib/x")));
+        assert_eq!(local_dir(&Url::parse("file://./lake").unwrap()), Some(PathBuf::from("./lake")));
+        assert_eq!(local_dir(&Url::parse("file://elsewhere/x").unwrap()), None);
+    }
+}

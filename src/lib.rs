@@ -1,0 +1,19 @@
+//! dpss-sync keeps a data lake in sync with Itron DPSS data products.
+//!
+//! The modules follow the data: `config` -> `plan` -> `fetch` (through `api`) -> `decode` ->
+//! `normalize` -> `lake` -> `state`, with `sync` driving one pass and `sim` standing in for the
+//! vendor in tests and demos.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod fetch;
+pub mod lake;
+pub mod normalize;
+pub mod plan;
+pub mod product;
+pub mod schedule;
+pub mod sim;
+pub mod state;
+pub mod sync;

@@ -1,0 +1,94 @@
+//! Switchable faults: `--faults 429=3,5xx=4,token-expiry=5,slow-jobs=20s,failed-jobs=2,truncated=2,expired-links=2`.
+//!
+//! Every fault fires on a counter, not at random, so a test can say exactly what the client must
+//! have seen (the third request got a 429, the first job failed) and assert on it.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Each token is accepted for this many DPSS requests, then answered 401 as expired.
+    pub token_expiry: Option<u64>,
+    /// Every Nth DPSS request is answered 429 with `Retry-After: 1`.
+    pub too_many_requests: Option<u64>,
+    /// Every Nth DPSS request is answered 500, 502 or 503 in turn.
+    pub server_errors: Option<u64>,
+    /// Jobs take this long instead of `--job-delay`.
+    pub slow_jobs: Option<Duration>,
+    /// Jobs number 1, 1+N, 1+2N… end `Failed`.
+    pub failed_jobs: Option<u64>,
+    /// Every Nth download is cut off halfway.
+    pub truncated_downloads: Option<u64>,
+    /// Every Nth download link is issued already expired.
+    pub expired_links: Option<u64>,
+}
+
+impl Faults {
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut f = Faults::default();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, value) = match item.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (item, None),
+            };
+            let every = |default: u64| -> Result<Option<u64>, String> {
+                match value {
+                    None => Ok(Some(default)),
+                    Some(v) => match v.parse::<u64>() {
+                        Ok(n) if n > 0 => Ok(Some(n)),
+                        _ => Err(format!("fault `{name}`: `{v}` is not a positive count")),
+                    },
+                }
+            };
+            match name {
+                "token-expiry" => f.token_expiry = every(5)?,
+                "429" => f.too_many_requests = every(3)?,
+                "5xx" => f.server_errors = every(3)?,
+                "failed-jobs" => f.failed_jobs = every(2)?,
+                "truncated" => f.truncated_downloads = every(2)?,
+                "expired-links" => f.expired_links = every(2)?,
+                "slow-jobs" => {
+                    f.slow_jobs = Some(match value {
+                        None => Duration::from_secs(30),
+                        Some(v) => humantime::parse_duration(v)
+                            .map_err(|e| format!("fault `slow-jobs`: `{v}`: {e}"))?,
+                    })
+                }
+                other => {
+                    return Err(format!(
+                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links)"
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// Whether the `n`th event (1-based) is one that fires under "every Nth".
+pub fn fires(every: Option<u64>, n: u64) -> bool {
+    every.is_some_and(|e| n % e == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_spec() {
+        let f = Faults::parse("429=2, 5xx, slow-jobs=5s,failed-jobs=1").unwrap();
+        assert_eq!(f.too_many_requests, Some(2));
+        assert_eq!(f.server_errors, Some(3));
+        assert_eq!(f.slow_jobs, Some(Duration::from_secs(5)));
+        assert_eq!(f.failed_jobs, Some(1));
+        assert!(Faults::parse("gremlins").unwrap_err().contains("gremlins"));
+        assert!(Faults::parse("429=0").is_err());
+        assert_eq!(Faults::parse("").unwrap(), Faults::default());
+    }
+
+    #[test]
+    fn counters() {
+        assert!(!fires(None, 3));
+        assert!(fires(Some(3), 3) && fires(Some(3), 6) && !fires(Some(3), 4));
+    }
+}

@@ -1,0 +1,503 @@
+//! One pass of data through the house: plan the windows, fetch each export, decode and
+//! normalize it, rewrite the lake partitions it touches, then commit the window and move the
+//! watermark. Every stage is recorded, so a run killed anywhere is finished by the next one.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::api::DpssClient;
+use crate::config::{ConfigError, Settings};
+use crate::decode::{self, DecodeError};
+use crate::fetch::{FetchError, Fetcher};
+use crate::lake::{Lake, LakeError};
+use crate::normalize::{Counts, Coverage, Normalized, Normalizer};
+use crate::plan::{self, WindowPlan};
+use crate::product::Product;
+use crate::state::{RunTotals, Stage, State, StateError, WindowKind, WindowRow};
+
+/// Attempts per window within one run before it is left failed for the next run.
+const WINDOW_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("counts do not reconcile for {window}: read {} != written {} + quarantined {} + duplicates {} (lake received {lake_rows})", .counts.read, .counts.written, .counts.quarantined, .counts.duplicates)]
+    Reconcile {
+        window: String,
+        counts: Counts,
+        lake_rows: u64,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl SyncError {
+    fn is_permanent(&self) -> bool {
+        match self {
+            SyncError::Fetch(f) => f.is_permanent(),
+            SyncError::Config(_) | SyncError::Usage(_) | SyncError::Reconcile { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// How one window ended in a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WindowReport {
+    pub key: String,
+    pub job_id: Option<String>,
+    pub counts: Option<Counts>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunReport {
+    pub run_id: i64,
+    pub notes: Vec<String>,
+    pub windows: Vec<WindowReport>,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.windows.iter().all(|w| w.error.is_none())
+    }
+
+    pub fn totals(&self) -> RunTotals {
+        let mut t = RunTotals::default();
+        for w in &self.windows {
+            match (&w.counts, &w.error) {
+                (Some(c), None) => {
+                    t.committed += 1;
+                    t.counts.read += c.read;
+                    t.counts.written += c.written;
+                    t.counts.quarantined += c.quarantined;
+                    t.counts.duplicates += c.duplicates;
+                }
+                _ => t.failed += 1,
+            }
+        }
+        t
+    }
+}
+
+/// Everything a run needs, opened once.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub settings: Arc<Settings>,
+    pub state: State,
+    pub lake: Lake,
+    client: Option<Arc<DpssClient>>,
+    jobs: Arc<Semaphore>,
+    /// Lake rewrites are serialized: two windows may touch the same partition.
+    lake_lock: Arc<Mutex<()>>,
+}
+
+impl Pipeline {
+    /// Opens the state and the lake; with `online`, also the vendor client.
+    pub async fn open(settings: Settings, online: bool) -> Result<Self, SyncError> {
+        let client = if online {
+            Some(Arc::new(DpssClient::from_settings(&settings)?))
+        } else {
+            None
+        };
+        let state = State::open(&settings.state.path).await?;
+        let lake = Lake::open(&settings.lake)?;
+        let work = settings.work_dir();
+        std::fs::create_dir_all(&work)
+            .map_err(|e| SyncError::Usage(format!("cannot create {}: {e}", work.display())))?;
+        clean_partial_downloads(&work);
+        Ok(Self {
+            jobs: Arc::new(Semaphore::new(settings.api.max_concurrent_jobs)),
+            settings: Arc::new(settings),
+            state,
+            lake,
+            client,
+            lake_lock: Arc::default(),
+        })
+    }
+
+    pub fn client(&self) -> Option<&DpssClient> {
+        self.client.as_deref()
+    }
+
+    fn work_dir(&self) -> PathBuf {
+        self.settings.work_dir()
+    }
+
+    /// What the next cycle would run: jobs to resume first, then the planned windows.
+    pub async fn preview(&self, product: Product, today: NaiveDate) -> Result<Vec<(WindowPlan, Option<WindowRow>)>, SyncError> {
+        let p = self.settings.product(product)?;
+        let watermark = self.state.watermark(product).await?;
+        let mut plans = self.resumable(product, today).await?;
+        for w in plan::plan_cycle(product, watermark, p.lookback_days, today) {
+            if !plans.iter().any(|(x, _)| x.key == w.key) {
+                let existing = self.state.window(product, &w.key).await?;
+                plans.push((w, existing));
+            }
+        }
+        Ok(plans)
+    }
+
+    /// Windows with a recorded job that did not commit: their plan, rebuilt from the state.
+    async fn resumable(&self, product: Product, today: NaiveDate) -> Result<Vec<(WindowPlan, Option<WindowRow>)>, SyncError> {
+        let mut out = Vec::new();
+        for w in self.state.in_flight(product).await? {
+            let mut plan = match w.kind {
+                WindowKind::History => plan::history_window(product, today),
+                WindowKind::Day => plan::day_window(product, w.from, String::new()),
+            };
+            plan.from = w.from;
+            plan.to = w.to;
+            plan.reason = format!(
+                "resume: job {} was recorded at stage {}; it is polled, not requested again",
+                w.job_id.as_deref().unwrap_or("?"),
+                w.stage.as_str()
+            );
+            out.push((plan, Some(w)));
+        }
+        Ok(out)
+    }
+
+    /// One incremental cycle of a product.
+    pub async fn sync(&self, product: Product) -> Result<RunReport, SyncError> {
+        let today = Utc::now().date_naive();
+        let plans = self.preview(product, today).await?.into_iter().map(|(p, _)| p).collect();
+        self.run("sync", product, plans, Vec::new()).await
+    }
+
+    /// Explicit days, clamped to the availability; the watermark never moves backwards.
+    pub async fn backfill(&self, product: Product, from: NaiveDate, to: NaiveDate) -> Result<RunReport, SyncError> {
+        let today = Utc::now().date_naive();
+        let (plans, note) = plan::plan_backfill(product, from, to, today).map_err(SyncError::Usage)?;
+        let mut all: Vec<WindowPlan> = self.resumable(product, today).await?.into_iter().map(|(p, _)| p).collect();
+        for p in plans {
+            if !all.iter().any(|x| x.key == p.key) {
+                all.push(p);
+            }
+        }
+        self.run("backfill", product, all, note.into_iter().collect()).await
+    }
+
+    async fn run(&self, command: &str, product: Product, plans: Vec<WindowPlan>, notes: Vec<String>) -> Result<RunReport, SyncError> {
+        let settings = self.settings.product(product)?.clone();
+        if self.client.is_none() {
+            return Err(SyncError::Usage("the vendor client is not configured".into()));
+        }
+        for n in &notes {
+            tracing::warn!(product = %product, "{n}");
+        }
+        let run_id = self.state.start_run(command, Some(product)).await?;
+        let today = Utc::now().date_naive();
+        let tasks = plans.into_iter().map(|plan| {
+            let settings = settings.clone();
+            async move {
+                let result = self.run_window(product, &plan, &settings, run_id).await;
+                let window = self.state.window(product, &plan.key).await.ok().flatten();
+                let job_id = window.as_ref().and_then(|w| w.job_id.clone());
+                match result {
+                    Ok(counts) => WindowReport {
+                        key: plan.key,
+                        job_id,
+                        counts: Some(counts),
+                        error: None,
+                    },
+                    Err(e) => {
+                        tracing::error!(product = %product, window = %plan.key, error = %e, "window failed");
+                        WindowReport {
+                            key: plan.key,
+                            job_id,
+                            counts: window.and_then(|w| w.counts),
+                            error: Some(e.to_string()),
+                        }
+                    }
+                }
+            }
+        });
+        let windows = futures::future::join_all(tasks).await;
+        let report = RunReport { run_id, notes, windows };
+        self.advance_watermark(product, today).await?;
+        let first_error = report.windows.iter().find_map(|w| w.error.clone());
+        self.state.finish_run(run_id, report.totals(), first_error.as_deref()).await?;
+        Ok(report)
+    }
+
+    /// Moves the watermark past the contiguous committed closed days after it.
+    async fn advance_watermark(&self, product: Product, today: NaiveDate) -> Result<(), SyncError> {
+        let committed = self.state.committed_days(product).await?;
+        let start = match self.state.watermark(product).await? {
+            Some(w) => w.succ_opt().expect("in range"),
+            None => plan::available_from(today),
+        };
+        let mut last = None;
+        let mut d = start;
+        while d < today && committed.contains(&d) {
+            last = Some(d);
+            d = d.succ_opt().expect("in range");
+        }
+        if let Some(to) = last {
+            self.state.advance_watermark(product, to).await?;
+            tracing::info!(product = %product, watermark = %to, "watermark advanced");
+        }
+        Ok(())
+    }
+
+    /// Drives one window to committed, retrying with backoff within this run.
+    async fn run_window(
+        &self,
+        product: Product,
+        plan: &WindowPlan,
+        p: &crate::config::ProductSettings,
+        run_id: i64,
+    ) -> Result<Counts, SyncError> {
+        let client = self.client.as_deref().expect("checked in run");
+        let work = self.work_dir();
+        let fetcher = Fetcher {
+            client,
+            state: &self.state,
+            api: &self.settings.api,
+            work_dir: &work,
+        };
+        let subscription = p.subscription_id.clone().unwrap_or_default();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let window = self
+                .state
+                .plan_window(product, &plan.key, plan.kind, plan.from, plan.to, run_id)
+                .await?;
+            let resumed = window.stage.has_job();
+            let outcome = async {
+                let fetched = {
+                    let _slot = self.jobs.acquire().await.expect("semaphore open");
+                    let job_id = fetcher.submit(&window, &subscription, p.file_type, &plan.tokens).await?;
+                    fetcher.fetch(&window, &job_id, &subscription, resumed).await?
+                };
+                let coverage = match plan.kind {
+                    WindowKind::Day => Coverage::Days(BTreeSet::from([plan.from])),
+                    WindowKind::History => Coverage::Any,
+                };
+                let replaced = days_between(plan.from, plan.to);
+                let result = self
+                    .ingest(product, &window, &plan.key, &fetched.job_id, &fetched.path, coverage, replaced)
+                    .await;
+                if result.is_ok() {
+                    let _ = std::fs::remove_file(&fetched.path);
+                } else {
+                    // The file may be what is wrong (truncated, corrupt): fetch it again next time.
+                    let _ = std::fs::remove_file(&fetched.path);
+                    self.state.set_stage(window.id, Stage::Submitted, None).await?;
+                }
+                result
+            }
+            .await;
+            match outcome {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    let job_is_dead = matches!(
+                        e,
+                        SyncError::Fetch(
+                            FetchError::JobFailed { .. }
+                                | FetchError::JobTimeout { .. }
+                                | FetchError::JobGone { .. }
+                                | FetchError::LinksRefused { .. }
+                        )
+                    );
+                    let current = self.state.window(product, &plan.key).await?;
+                    match current {
+                        // A live recorded job is kept: the next attempt (or run) polls it again.
+                        Some(w) if w.stage.has_job() && !job_is_dead => {
+                            self.state.set_stage(w.id, w.stage, Some(&e.to_string())).await?
+                        }
+                        _ => self.state.set_stage(window.id, Stage::Failed, Some(&e.to_string())).await?,
+                    }
+                    if e.is_permanent() || attempt >= WINDOW_ATTEMPTS {
+                        return Err(e);
+                    }
+                    let wait = crate::api::jittered(self.settings.api.poll_interval, Duration::from_secs(300), attempt);
+                    tracing::warn!(product = %product, window = %plan.key, attempt, wait_ms = wait.as_millis() as u64, error = %e, "window attempt failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Decodes, normalizes and writes one export, then commits its window.
+    #[allow(clippy::too_many_arguments)]
+    async fn ingest(
+        &self,
+        product: Product,
+        window: &WindowRow,
+        quarantine_key: &str,
+        job_id: &str,
+        path: &Path,
+        coverage: Coverage,
+        replaced: BTreeSet<NaiveDate>,
+    ) -> Result<Counts, SyncError> {
+        let normalized = self.normalize_files(product, job_id, vec![path.to_path_buf()], coverage).await?;
+        let _lake = self.lake_lock.lock().await;
+        let counts = self
+            .write(product, quarantine_key, job_id, normalized, replaced)
+            .await?;
+        self.state.mark_written(window.id, counts).await?;
+        self.state.mark_committed(window.id).await?;
+        tracing::info!(
+            product = %product, window = %window.key, job_id,
+            rows_read = counts.read, rows_written = counts.written,
+            rows_quarantined = counts.quarantined, duplicates = counts.duplicates,
+            "window committed"
+        );
+        Ok(counts)
+    }
+
+    /// Decoding and normalizing are CPU work on a blocking thread, streamed batch by batch.
+    async fn normalize_files(&self, product: Product, job_id: &str, files: Vec<PathBuf>, coverage: Coverage) -> Result<Normalized, SyncError> {
+        let job_id = job_id.to_string();
+        let scratch = self.work_dir();
+        let limit = self.settings.lake.max_uncompressed_size;
+        tokio::task::spawn_blocking(move || {
+            let mut n = Normalizer::new(product, &job_id, coverage, Utc::now());
+            let mut unknown = BTreeSet::new();
+            for f in &files {
+                let summary = decode::decode_path(f, &scratch, limit, &mut |b| {
+                    n.push(&b);
+                    Ok(())
+                })?;
+                unknown.extend(summary.unknown_columns);
+            }
+            if !unknown.is_empty() {
+                tracing::warn!(job_id = %job_id, columns = ?unknown, "export has columns this product does not know; they are ignored");
+            }
+            Ok::<_, SyncError>(n.finish())
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))?
+    }
+
+    /// Rewrites every partition the replaced days or the new rows touch, then the quarantine.
+    async fn write(
+        &self,
+        product: Product,
+        quarantine_key: &str,
+        job_id: &str,
+        normalized: Normalized,
+        mut replaced: BTreeSet<NaiveDate>,
+    ) -> Result<Counts, SyncError> {
+        replaced.extend(normalized.status_days.iter().copied());
+        let known = self.state.partition_days(product).await?;
+        let mut touched: BTreeSet<NaiveDate> = known
+            .iter()
+            .filter(|(_, days)| !days.is_disjoint(&replaced))
+            .map(|(p, _)| *p)
+            .collect();
+        touched.extend(normalized.partitions.keys().copied());
+        let mut lake_rows = 0u64;
+        for date in touched {
+            let new = normalized.partitions.get(&date);
+            if let Some(batch) = new {
+                lake_rows += batch.num_rows() as u64;
+                self.state
+                    .add_partition_days(product, date, &batch_days(batch))
+                    .await?;
+            }
+            let state = self.lake.rewrite_partition(product, date, &replaced, new).await?;
+            self.state.set_partition(product, date, &state, job_id).await?;
+        }
+        self.lake
+            .write_quarantine(product, quarantine_key, normalized.quarantine.as_ref())
+            .await?;
+        let counts = normalized.counts;
+        if !counts.reconciles() || lake_rows != counts.written {
+            return Err(SyncError::Reconcile {
+                window: quarantine_key.to_string(),
+                counts,
+                lake_rows,
+            });
+        }
+        Ok(counts)
+    }
+
+    /// `import`: local export files into the lake, replacing the status days they hold.
+    pub async fn import(&self, product: Product, files: Vec<PathBuf>) -> Result<RunReport, SyncError> {
+        let run_id = self.state.start_run("import", Some(product)).await?;
+        let mut report = RunReport {
+            run_id,
+            ..Default::default()
+        };
+        for f in files {
+            let key = format!("import-{}", sanitize(&f));
+            let job_id = format!("import:{}", f.display());
+            let result = async {
+                let normalized = self.normalize_files(product, &job_id, vec![f.clone()], Coverage::Any).await?;
+                let _lake = self.lake_lock.lock().await;
+                self.write(product, &key, &job_id, normalized, BTreeSet::new()).await
+            }
+            .await;
+            report.windows.push(match result {
+                Ok(c) => WindowReport {
+                    key,
+                    job_id: Some(job_id),
+                    counts: Some(c),
+                    error: None,
+                },
+                Err(e) => WindowReport {
+                    key,
+                    job_id: Some(job_id),
+                    counts: None,
+                    error: Some(e.to_string()),
+                },
+            });
+        }
+        let first_error = report.windows.iter().find_map(|w| w.error.clone());
+        self.state.finish_run(run_id, report.totals(), first_error.as_deref()).await?;
+        Ok(report)
+    }
+}
+
+fn batch_days(b: &arrow::record_batch::RecordBatch) -> BTreeSet<NaiveDate> {
+    let ts = b
+        .column_by_name("status_datetime")
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::TimestampMicrosecondArray>())
+        .expect("lake batch");
+    ts.values().iter().map(|&t| crate::normalize::time::day_of_micros(t)).collect()
+}
+
+fn days_between(from: NaiveDate, to: NaiveDate) -> BTreeSet<NaiveDate> {
+    from.iter_days().take_while(|d| *d <= to).collect()
+}
+
+/// A file name as a quarantine window key: only characters safe in any object store path.
+fn sanitize(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect()
+}
+
+/// `.part` files are downloads a killed process left half-written; they are never resumed.
+fn clean_partial_downloads(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "part") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
