@@ -649,16 +649,16 @@ async fn download_inner(
     let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
     let body = if fires(s.cfg.faults.truncated_downloads, n) {
         // Half the promised bytes, then a broken connection.
-        let mut sent = 0u64;
-        let cut = len / 2;
+        let mut left = len / 2;
         let s = stream
-            .take_while(move |chunk| {
-                let keep = sent < cut;
-                if let Ok(c) = chunk {
-                    sent += c.len() as u64;
-                }
-                futures::future::ready(keep)
+            .map(move |chunk| {
+                chunk.map(|mut c| {
+                    c.truncate(left.min(c.len() as u64) as usize);
+                    left -= c.len() as u64;
+                    c
+                })
             })
+            .take_while(|c| futures::future::ready(c.as_ref().map(|c| !c.is_empty()).unwrap_or(true)))
             .chain(futures::stream::once(async {
                 Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated cut"))
             }));

@@ -1,0 +1,246 @@
+//! Shared helpers of the end-to-end tests: an in-process simulator, settings pointing at it, and
+//! readers of the lake (the project's own, and DuckDB as an independent one).
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use arrow::array::{Array, Int8Array, StringArray, TimestampMicrosecondArray};
+use chrono::{DateTime, NaiveDate, Utc};
+use dpss_sync::api::{ClientSettings, Credentials, DpssClient};
+use dpss_sync::config::{Secret, Settings, Sources};
+use dpss_sync::lake::Lake;
+use dpss_sync::product::Product;
+use dpss_sync::sim::data::{SimRow, expected_valid};
+use dpss_sync::sim::{self, Faults, SimConfig, SimHandle};
+
+pub const P: Product = Product::HidWorkOrders;
+
+/// A row as the lake holds it: (service_point_id, phase, issue_id, status, status_datetime µs,
+/// reason, event_date, work_order_id).
+pub type Row = (String, i64, String, String, i64, String, String, String);
+
+pub fn quick_sim(faults: &str) -> SimConfig {
+    SimConfig {
+        rows_per_day: 60,
+        job_delay: Duration::from_millis(60),
+        faults: Faults::parse(faults).unwrap(),
+        ..SimConfig::default()
+    }
+}
+
+pub async fn start(cfg: SimConfig) -> SimHandle {
+    sim::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+pub fn client(sim: &SimHandle) -> DpssClient {
+    let cfg = sim.state.config();
+    DpssClient::new(
+        ClientSettings {
+            base_url: sim.base_url().parse().unwrap(),
+            subscriber_id: cfg.subscriber_id.clone(),
+            request_timeout: Duration::from_secs(20),
+            max_attempts: 4,
+            retry_base: Duration::from_millis(20),
+            retry_cap: Duration::from_millis(200),
+        },
+        Credentials {
+            token_url: sim.token_url().parse().unwrap(),
+            client_id: cfg.client_id.clone(),
+            client_secret: Secret::new(cfg.client_secret.clone()),
+            scope: "DPSSSubscriberApi".into(),
+        },
+    )
+    .unwrap()
+}
+
+/// A configuration file's text pointing at `sim`, with the lake and the state under `dir`.
+pub fn config_text(sim: &SimHandle, dir: &Path, file_type: &str, lookback: u32) -> String {
+    let cfg = sim.state.config();
+    format!(
+        r#"
+[api]
+base_url = "{base}"
+subscriber_id = "{subscriber}"
+poll_interval = "50ms"
+poll_max = "200ms"
+job_timeout = "2m"
+max_concurrent_jobs = 3
+max_attempts = 5
+[auth]
+token_url = "{token}"
+client_id = "{client_id}"
+client_secret = "{secret}"
+[lake]
+url = "file://{lake}"
+[state]
+url = "sqlite://{state}"
+[products.hid_work_orders]
+subscription_id = "{sub}"
+file_type = "{file_type}"
+lookback_days = {lookback}
+"#,
+        base = sim.base_url(),
+        subscriber = cfg.subscriber_id,
+        token = sim.token_url(),
+        client_id = cfg.client_id,
+        secret = cfg.client_secret,
+        lake = dir.join("lake").display(),
+        state = dir.join("state/state.db").display(),
+        sub = cfg.subscription_id,
+    )
+}
+
+pub fn settings(sim: &SimHandle, dir: &Path, file_type: &str, lookback: u32) -> Settings {
+    Settings::load(&Sources {
+        inline: vec![config_text(sim, dir, file_type, lookback)],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn strings(b: &arrow::record_batch::RecordBatch, name: &str) -> StringArray {
+    b.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone()
+}
+
+/// Every row of the lake, read back through the project's own reader.
+pub async fn lake_rows(dir: &Path) -> Vec<Row> {
+    let lake = Lake::open(&settings_for_lake(dir)).unwrap();
+    let mut out = Vec::new();
+    for (date, b) in lake.read_table(P).await.unwrap() {
+        let phase = b.column_by_name("phase").unwrap().as_any().downcast_ref::<Int8Array>().unwrap().clone();
+        let ts = b
+            .column_by_name("status_datetime")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap()
+            .clone();
+        let (sp, issue, status, reason, wo) = (
+            strings(&b, "service_point_id"),
+            strings(&b, "issue_id"),
+            strings(&b, "status"),
+            strings(&b, "reason"),
+            strings(&b, "work_order_id"),
+        );
+        for i in 0..b.num_rows() {
+            out.push((
+                sp.value(i).to_string(),
+                phase.value(i) as i64,
+                issue.value(i).to_string(),
+                status.value(i).to_string(),
+                ts.value(i),
+                reason.value(i).to_string(),
+                date.to_string(),
+                wo.value(i).to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn settings_for_lake(dir: &Path) -> dpss_sync::config::LakeSettings {
+    dpss_sync::config::LakeSettings {
+        url: url::Url::from_directory_path(dir.join("lake")).unwrap(),
+        target_file_size: 256 << 20,
+        max_uncompressed_size: 1 << 34,
+    }
+}
+
+pub fn row_of(r: &SimRow) -> Row {
+    (
+        r.service_point_id.clone(),
+        r.phase,
+        r.issue_id.clone(),
+        r.status.to_string(),
+        r.status_datetime.timestamp_micros(),
+        r.reason.clone(),
+        r.event_date.to_string(),
+        r.work_order_id.clone(),
+    )
+}
+
+/// The rows a correct sync of `days` must hold: valid, each identity once, the last copy.
+pub fn expected(sim: &SimHandle, days: impl IntoIterator<Item = NaiveDate>, as_of: DateTime<Utc>) -> Vec<Row> {
+    let mut all = Vec::new();
+    for d in days {
+        all.extend(sim.state.rows_for_day(d, as_of));
+    }
+    let mut rows: Vec<Row> = expected_valid(all).iter().map(row_of).collect();
+    rows.sort();
+    rows
+}
+
+/// The invalid rows served for `days`, by (work_order_id, issue_id, status).
+pub fn expected_invalid(sim: &SimHandle, days: impl IntoIterator<Item = NaiveDate>, as_of: DateTime<Utc>) -> BTreeSet<(String, String, String)> {
+    days.into_iter()
+        .flat_map(|d| sim.state.rows_for_day(d, as_of))
+        .filter(|r| !r.is_valid())
+        .map(|r| (r.work_order_id, r.issue_id, r.status.to_string()))
+        .collect()
+}
+
+/// The quarantine's (work_order_id, issue_id, status) and reasons.
+pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String)> {
+    let lake = Lake::open(&settings_for_lake(dir)).unwrap();
+    let mut out = Vec::new();
+    for b in lake.read_quarantine(P).await.unwrap() {
+        let (wo, issue, status, reason) = (
+            strings(&b, "work_order_id"),
+            strings(&b, "issue_id"),
+            strings(&b, "status"),
+            strings(&b, "_reason"),
+        );
+        for i in 0..b.num_rows() {
+            let get = |a: &StringArray| if a.is_null(i) { String::new() } else { a.value(i).to_string() };
+            out.push((get(&wo), get(&issue), get(&status), get(&reason)));
+        }
+    }
+    out
+}
+
+pub fn days_before_today(n: i64) -> Vec<NaiveDate> {
+    let today = Utc::now().date_naive();
+    (1..=n).rev().map(|k| today - chrono::Duration::days(k)).collect()
+}
+
+/// DuckDB's view of the lake: its column types and every row, or `None` when Python's duckdb is
+/// not installed and this is not CI (in CI a missing independent reader is a failure).
+pub fn duckdb_rows(dir: &Path) -> Option<(String, Vec<Row>)> {
+    let script = r#"
+import sys, json, duckdb
+lake = sys.argv[1]
+con = duckdb.connect()
+src = f"read_parquet('{lake}/hid_work_orders/**/*.parquet', hive_partitioning = true)"
+print(",".join(f"{r[0]}:{r[1]}" for r in con.sql(f"DESCRIBE SELECT * FROM {src}").fetchall()))
+q = f"SELECT service_point_id, phase, issue_id, status, epoch_us(status_datetime), reason, CAST(event_date AS VARCHAR), work_order_id FROM {src}"
+for r in con.sql(q).fetchall():
+    print(json.dumps(list(r), ensure_ascii=False))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &dir.join("lake").display().to_string()])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8(o.stdout).unwrap();
+            let mut lines = text.lines();
+            let types = lines.next().unwrap_or_default().to_string();
+            let mut rows: Vec<Row> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+            rows.sort();
+            Some((types, rows))
+        }
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("DuckDB (the independent reader) is required in CI: {why}");
+            }
+            eprintln!("skipping the DuckDB read-back: {why}");
+            None
+        }
+    }
+}
