@@ -88,6 +88,7 @@ impl Fetcher<'_> {
             .mark_submitted(window, &job.job_id, file_type.as_str(), &tokens_json, deadline)
             .await?;
         tracing::info!(window = %window.key, job_id = %job.job_id, status = %job.status, "vendor job submitted");
+        crate::failpoint::hit("after-submit");
         Ok(job.job_id)
     }
 
@@ -109,6 +110,7 @@ impl Fetcher<'_> {
                 Ok(bytes) => {
                     self.state.set_stage(window.id, Stage::Downloaded, None).await?;
                     tracing::info!(window = %window.key, job_id, bytes, "export downloaded");
+                    crate::failpoint::hit("after-download");
                     return Ok(Fetched {
                         job_id: job_id.to_string(),
                         path,

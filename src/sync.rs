@@ -178,31 +178,59 @@ impl Pipeline {
     pub async fn sync(&self, product: Product) -> Result<RunReport, SyncError> {
         let today = Utc::now().date_naive();
         let plans = self.preview(product, today).await?.into_iter().map(|(p, _)| p).collect();
-        self.run("sync", product, plans, Vec::new()).await
+        self.run("sync", product, None, plans, Vec::new()).await
     }
 
     /// Explicit days, clamped to the availability; the watermark never moves backwards.
     pub async fn backfill(&self, product: Product, from: NaiveDate, to: NaiveDate) -> Result<RunReport, SyncError> {
         let today = Utc::now().date_naive();
         let (plans, note) = plan::plan_backfill(product, from, to, today).map_err(SyncError::Usage)?;
+        let range = plans.first().zip(plans.last()).map(|(a, b)| (a.from, b.to));
         let mut all: Vec<WindowPlan> = self.resumable(product, today).await?.into_iter().map(|(p, _)| p).collect();
         for p in plans {
             if !all.iter().any(|x| x.key == p.key) {
                 all.push(p);
             }
         }
-        self.run("backfill", product, all, note.into_iter().collect()).await
+        self.run("backfill", product, range, all, note.into_iter().collect()).await
     }
 
-    async fn run(&self, command: &str, product: Product, plans: Vec<WindowPlan>, notes: Vec<String>) -> Result<RunReport, SyncError> {
+    async fn run(
+        &self,
+        command: &str,
+        product: Product,
+        range: Option<(NaiveDate, NaiveDate)>,
+        mut plans: Vec<WindowPlan>,
+        mut notes: Vec<String>,
+    ) -> Result<RunReport, SyncError> {
         let settings = self.settings.product(product)?.clone();
         if self.client.is_none() {
             return Err(SyncError::Usage("the vendor client is not configured".into()));
         }
+        // Re-running a killed run resumes it: what it already committed is not requested again.
+        if let Some(since) = self.state.interrupted_since(command, product, range).await? {
+            let mut skipped = Vec::new();
+            for p in &plans {
+                if let Some(w) = self.state.window(product, &p.key).await?
+                    && w.stage == Stage::Committed
+                    && w.committed_at.as_deref().is_some_and(|c| c >= since.as_str())
+                {
+                    skipped.push(p.key.clone());
+                }
+            }
+            if !skipped.is_empty() {
+                notes.push(format!(
+                    "resuming an interrupted {command} started {since}: {} window(s) it committed are not requested again ({})",
+                    skipped.len(),
+                    skipped.join(", ")
+                ));
+                plans.retain(|p| !skipped.contains(&p.key));
+            }
+        }
         for n in &notes {
             tracing::warn!(product = %product, "{n}");
         }
-        let run_id = self.state.start_run(command, Some(product)).await?;
+        let run_id = self.state.start_run_for(command, Some(product), range).await?;
         let today = Utc::now().date_naive();
         let tasks = plans.into_iter().map(|plan| {
             let settings = settings.clone();
@@ -355,7 +383,9 @@ impl Pipeline {
             .write(product, quarantine_key, job_id, normalized, replaced)
             .await?;
         self.state.mark_written(window.id, counts).await?;
+        crate::failpoint::hit("after-write");
         self.state.mark_committed(window.id).await?;
+        crate::failpoint::hit("after-commit");
         tracing::info!(
             product = %product, window = %window.key, job_id,
             rows_read = counts.read, rows_written = counts.written,
@@ -416,6 +446,7 @@ impl Pipeline {
                     .await?;
             }
             let state = self.lake.rewrite_partition(product, date, &replaced, new).await?;
+            crate::failpoint::hit("mid-write");
             self.state.set_partition(product, date, &state, job_id).await?;
         }
         self.lake

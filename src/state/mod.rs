@@ -153,15 +153,28 @@ pub struct State {
     pool: SqlitePool,
 }
 
+/// The migrations of `migrations/`, embedded so the binary needs no files beside it.
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (1, "initial", include_str!("../../migrations/0001_initial.sql")),
+    (2, "run range", include_str!("../../migrations/0002_run_range.sql")),
+];
+
 fn migrator() -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
-    sqlx::migrate::Migrator::with_migrations(vec![sqlx::migrate::Migration::new(
-        1,
-        "initial".into(),
-        sqlx::migrate::MigrationType::Simple,
-        include_str!("../../migrations/0001_initial.sql").into_sql_str(),
-        false,
-    )])
+    sqlx::migrate::Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                sqlx::migrate::Migration::new(
+                    *version,
+                    (*description).into(),
+                    sqlx::migrate::MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 impl State {
@@ -526,13 +539,53 @@ impl State {
     }
 
     pub async fn start_run(&self, command: &str, product: Option<Product>) -> Result<i64, StateError> {
-        let r = sqlx::query("INSERT INTO runs (command, product, started_at) VALUES (?, ?, ?)")
+        self.start_run_for(command, product, None).await
+    }
+
+    /// A run with the day range it was asked for (a backfill's `--from`/`--to`).
+    pub async fn start_run_for(
+        &self,
+        command: &str,
+        product: Option<Product>,
+        range: Option<(NaiveDate, NaiveDate)>,
+    ) -> Result<i64, StateError> {
+        let r = sqlx::query("INSERT INTO runs (command, product, started_at, day_from, day_to) VALUES (?, ?, ?, ?, ?)")
             .bind(command)
             .bind(product.map(|p| p.config_name()))
             .bind(now())
+            .bind(range.map(|r| day_text(r.0)))
+            .bind(range.map(|r| day_text(r.1)))
             .execute(&self.pool)
             .await?;
         Ok(r.last_insert_rowid())
+    }
+
+    /// When the same command over the same range was interrupted (killed before it finished),
+    /// possibly several times in a row: the start of the first of those runs. Windows committed
+    /// since then need not be requested again by a run that resumes it.
+    pub async fn interrupted_since(
+        &self,
+        command: &str,
+        product: Product,
+        range: Option<(NaiveDate, NaiveDate)>,
+    ) -> Result<Option<String>, StateError> {
+        let rows = sqlx::query(
+            "SELECT command, day_from, day_to, finished_at, started_at FROM runs WHERE product = ? ORDER BY id DESC LIMIT 1000",
+        )
+        .bind(product.config_name())
+        .fetch_all(&self.pool)
+        .await?;
+        let want = (range.map(|r| day_text(r.0)), range.map(|r| day_text(r.1)));
+        let mut since = None;
+        for r in rows {
+            let same = r.get::<&str, _>(0) == command
+                && (r.get::<Option<String>, _>(1), r.get::<Option<String>, _>(2)) == want;
+            if !same || r.get::<Option<String>, _>(3).is_some() {
+                break;
+            }
+            since = Some(r.get::<String, _>(4));
+        }
+        Ok(since)
     }
 
     pub async fn finish_run(&self, id: i64, totals: RunTotals, error: Option<&str>) -> Result<(), StateError> {
