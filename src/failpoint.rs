@@ -5,11 +5,21 @@
 use std::sync::OnceLock;
 
 /// The stage boundaries a crash test can stop at, in the order a window passes them.
-pub const POINTS: [&str; 5] = ["after-submit", "after-download", "mid-write", "after-write", "after-commit"];
+pub const POINTS: [&str; 5] = [
+    "after-submit",
+    "after-download",
+    "mid-write",
+    "after-write",
+    "after-commit",
+];
 
 pub fn hit(name: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    let armed = ARMED.get_or_init(|| std::env::var("DPSS_SYNC_FAILPOINT").ok().filter(|s| !s.is_empty()));
+    let armed = ARMED.get_or_init(|| {
+        std::env::var("DPSS_SYNC_FAILPOINT")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
     if armed.as_deref() == Some(name) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();

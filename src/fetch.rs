@@ -81,11 +81,22 @@ impl Fetcher<'_> {
         if let Some(id) = window.job_id.as_ref().filter(|_| window.stage.has_job()) {
             return Ok(id.clone());
         }
-        let job = self.client.create_batch(subscription_id, file_type, tokens).await?;
-        let deadline = Utc::now() + chrono::Duration::from_std(self.api.job_timeout).unwrap_or(chrono::Duration::hours(2));
+        let job = self
+            .client
+            .create_batch(subscription_id, file_type, tokens)
+            .await?;
+        let deadline = Utc::now()
+            + chrono::Duration::from_std(self.api.job_timeout)
+                .unwrap_or(chrono::Duration::hours(2));
         let tokens_json = serde_json::to_string(tokens).expect("a string map is JSON");
         self.state
-            .mark_submitted(window, &job.job_id, file_type.as_str(), &tokens_json, deadline)
+            .mark_submitted(
+                window,
+                &job.job_id,
+                file_type.as_str(),
+                &tokens_json,
+                deadline,
+            )
             .await?;
         tracing::info!(window = %window.key, job_id = %job.job_id, status = %job.status, "vendor job submitted");
         crate::failpoint::hit("after-submit");
@@ -93,7 +104,13 @@ impl Fetcher<'_> {
     }
 
     /// Polls the recorded job to completion and downloads its zip (unless already on disk).
-    pub async fn fetch(&self, window: &WindowRow, job_id: &str, subscription_id: &str, resumed: bool) -> Result<Fetched, FetchError> {
+    pub async fn fetch(
+        &self,
+        window: &WindowRow,
+        job_id: &str,
+        subscription_id: &str,
+        resumed: bool,
+    ) -> Result<Fetched, FetchError> {
         let path = self.zip_path(job_id);
         if matches!(window.stage, Stage::Downloaded | Stage::Written) && path.exists() {
             return Ok(Fetched {
@@ -108,7 +125,9 @@ impl Fetcher<'_> {
             let url = job.download_url.expect("poll returns only with a link");
             match self.client.download(&url, &path, u64::MAX).await {
                 Ok(bytes) => {
-                    self.state.set_stage(window.id, Stage::Downloaded, None).await?;
+                    self.state
+                        .set_stage(window.id, Stage::Downloaded, None)
+                        .await?;
                     tracing::info!(window = %window.key, job_id, bytes, "export downloaded");
                     crate::failpoint::hit("after-download");
                     return Ok(Fetched {
@@ -129,7 +148,12 @@ impl Fetcher<'_> {
     }
 
     /// Until `Success` with a link, a terminal failure, or the job's deadline.
-    async fn poll(&self, job_id: &str, subscription_id: &str, wait_first: bool) -> Result<BatchJob, FetchError> {
+    async fn poll(
+        &self,
+        job_id: &str,
+        subscription_id: &str,
+        wait_first: bool,
+    ) -> Result<BatchJob, FetchError> {
         let record = self
             .state
             .job(job_id)
@@ -143,20 +167,31 @@ impl Fetcher<'_> {
             let job = match self.client.job_status(subscription_id, job_id).await {
                 Ok(j) => j,
                 Err(ApiError::Http { status: 404, .. }) => {
-                    self.state.record_poll(job_id, "NotFound", Some("unknown to the vendor"), true).await?;
-                    return Err(FetchError::JobGone { job_id: job_id.to_string() });
+                    self.state
+                        .record_poll(job_id, "NotFound", Some("unknown to the vendor"), true)
+                        .await?;
+                    return Err(FetchError::JobGone {
+                        job_id: job_id.to_string(),
+                    });
                 }
                 Err(e) => return Err(e.into()),
             };
             let phase = job.phase();
             match phase {
                 JobPhase::Succeeded if job.download_url.is_some() => {
-                    self.state.record_poll(job_id, &job.status, None, true).await?;
+                    self.state
+                        .record_poll(job_id, &job.status, None, true)
+                        .await?;
                     return Ok(job);
                 }
                 JobPhase::Failed => {
                     self.state
-                        .record_poll(job_id, &job.status, job.message.as_deref().or(Some(&job.status)), true)
+                        .record_poll(
+                            job_id,
+                            &job.status,
+                            job.message.as_deref().or(Some(&job.status)),
+                            true,
+                        )
                         .await?;
                     return Err(FetchError::JobFailed {
                         job_id: job_id.to_string(),
@@ -164,17 +199,25 @@ impl Fetcher<'_> {
                         message: job.message,
                     });
                 }
-                _ => self.state.record_poll(job_id, &job.status, None, false).await?,
+                _ => {
+                    self.state
+                        .record_poll(job_id, &job.status, None, false)
+                        .await?
+                }
             }
             if Utc::now() >= record.deadline {
-                self.state.record_poll(job_id, &job.status, Some("timed out"), true).await?;
+                self.state
+                    .record_poll(job_id, &job.status, Some("timed out"), true)
+                    .await?;
                 return Err(FetchError::JobTimeout {
                     job_id: job_id.to_string(),
                     timeout: humantime::format_duration(self.api.job_timeout).to_string(),
                 });
             }
             tracing::debug!(job_id, status = %job.status, wait_ms = interval.as_millis() as u64, "job pending");
-            let left = (record.deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            let left = (record.deadline - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
             tokio::time::sleep(interval.min(left.max(Duration::from_millis(10)))).await;
             interval = (interval * 2).min(self.api.poll_max);
         }

@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         None
     };
     init_logging(settings.as_ref().map(|s| &s.log));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

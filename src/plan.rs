@@ -51,7 +51,12 @@ pub fn history_window(product: Product, today: NaiveDate) -> WindowPlan {
 }
 
 /// The windows of one incremental cycle.
-pub fn plan_cycle(product: Product, watermark: Option<NaiveDate>, lookback_days: u32, today: NaiveDate) -> Vec<WindowPlan> {
+pub fn plan_cycle(
+    product: Product,
+    watermark: Option<NaiveDate>,
+    lookback_days: u32,
+    today: NaiveDate,
+) -> Vec<WindowPlan> {
     let Some(w) = watermark else {
         return vec![history_window(product, today)];
     };
@@ -63,7 +68,9 @@ pub fn plan_cycle(product: Product, watermark: Option<NaiveDate>, lookback_days:
         let reason = if d == today {
             "today: re-synced every cycle until it closes".to_string()
         } else if d <= w {
-            format!("lookback: closed day within {lookback_days} day(s) of the watermark {w}, re-synced for late updates")
+            format!(
+                "lookback: closed day within {lookback_days} day(s) of the watermark {w}, re-synced for late updates"
+            )
         } else {
             format!("after the watermark {w}: not yet committed")
         };
@@ -88,13 +95,19 @@ pub fn plan_backfill(
     let (lo, hi) = (from.max(floor), to.min(today));
     let mut notes = Vec::new();
     if from < floor {
-        notes.push(format!("--from {from} is older than the 13-month availability; starting at {floor}"));
+        notes.push(format!(
+            "--from {from} is older than the 13-month availability; starting at {floor}"
+        ));
     }
     if to > today {
-        notes.push(format!("--to {to} is in the future; stopping at today ({today})"));
+        notes.push(format!(
+            "--to {to} is in the future; stopping at today ({today})"
+        ));
     }
     if lo > hi {
-        return Err(format!("nothing to load: {from}..{to} lies outside the available {floor}..{today}"));
+        return Err(format!(
+            "nothing to load: {from}..{to} lies outside the available {floor}..{today}"
+        ));
     }
     let mut out = Vec::new();
     let mut d = lo;
@@ -132,17 +145,25 @@ mod tests {
         assert_eq!(w[0].tokens["StatusDatetime"], "2026-11-25");
         assert!(w[2].reason.starts_with("today"));
         // A daemon that was down for a while catches up on every day since the watermark.
-        assert_eq!(plan_cycle(P, Some(d("2026-11-20")), 0, d("2026-11-27")).len(), 7);
-        assert_eq!(plan_cycle(P, Some(d("2026-11-26")), 0, d("2026-11-27")).len(), 1);
+        assert_eq!(
+            plan_cycle(P, Some(d("2026-11-20")), 0, d("2026-11-27")).len(),
+            7
+        );
+        assert_eq!(
+            plan_cycle(P, Some(d("2026-11-26")), 0, d("2026-11-27")).len(),
+            1
+        );
     }
 
     #[test]
     fn backfill_clamps_and_says_so() {
-        let (w, note) = plan_backfill(P, d("2024-01-01"), d("2025-11-01"), d("2026-11-27")).unwrap();
+        let (w, note) =
+            plan_backfill(P, d("2024-01-01"), d("2025-11-01"), d("2026-11-27")).unwrap();
         assert_eq!(w.first().unwrap().from, d("2025-10-27"));
         assert_eq!(w.len(), 6);
         assert!(note.unwrap().contains("13-month"));
-        let (w, note) = plan_backfill(P, d("2026-11-01"), d("2026-11-03"), d("2026-11-27")).unwrap();
+        let (w, note) =
+            plan_backfill(P, d("2026-11-01"), d("2026-11-03"), d("2026-11-27")).unwrap();
         assert_eq!(w.len(), 3);
         assert!(note.is_none());
         assert!(plan_backfill(P, d("2026-11-03"), d("2026-11-01"), d("2026-11-27")).is_err());

@@ -159,10 +159,22 @@ mod tests {
     fn headers_match_in_any_casing() {
         assert_eq!(Column::from_header("IssueID"), Some(Column::IssueId));
         assert_eq!(Column::from_header("Issueid"), Some(Column::IssueId));
-        assert_eq!(Column::from_header("\u{feff}ServicePointId"), Some(Column::ServicePointId));
-        assert_eq!(Column::from_header("status_datetime"), Some(Column::StatusDatetime));
-        assert_eq!(Column::from_header("StatusDateTime"), Some(Column::StatusDatetime));
-        assert_eq!(Column::from_header("work order id"), Some(Column::WorkOrderId));
+        assert_eq!(
+            Column::from_header("\u{feff}ServicePointId"),
+            Some(Column::ServicePointId)
+        );
+        assert_eq!(
+            Column::from_header("status_datetime"),
+            Some(Column::StatusDatetime)
+        );
+        assert_eq!(
+            Column::from_header("StatusDateTime"),
+            Some(Column::StatusDatetime)
+        );
+        assert_eq!(
+            Column::from_header("work order id"),
+            Some(Column::WorkOrderId)
+        );
         assert_eq!(Column::from_header(""), None);
         assert_eq!(Column::from_header("Feeder"), None);
     }

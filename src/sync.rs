@@ -141,7 +141,11 @@ impl Pipeline {
     }
 
     /// What the next cycle would run: jobs to resume first, then the planned windows.
-    pub async fn preview(&self, product: Product, today: NaiveDate) -> Result<Vec<(WindowPlan, Option<WindowRow>)>, SyncError> {
+    pub async fn preview(
+        &self,
+        product: Product,
+        today: NaiveDate,
+    ) -> Result<Vec<(WindowPlan, Option<WindowRow>)>, SyncError> {
         let p = self.settings.product(product)?;
         let watermark = self.state.watermark(product).await?;
         let mut plans = self.resumable(product, today).await?;
@@ -155,7 +159,11 @@ impl Pipeline {
     }
 
     /// Windows with a recorded job that did not commit: their plan, rebuilt from the state.
-    async fn resumable(&self, product: Product, today: NaiveDate) -> Result<Vec<(WindowPlan, Option<WindowRow>)>, SyncError> {
+    async fn resumable(
+        &self,
+        product: Product,
+        today: NaiveDate,
+    ) -> Result<Vec<(WindowPlan, Option<WindowRow>)>, SyncError> {
         let mut out = Vec::new();
         for w in self.state.in_flight(product).await? {
             let mut plan = match w.kind {
@@ -177,22 +185,39 @@ impl Pipeline {
     /// One incremental cycle of a product.
     pub async fn sync(&self, product: Product) -> Result<RunReport, SyncError> {
         let today = Utc::now().date_naive();
-        let plans = self.preview(product, today).await?.into_iter().map(|(p, _)| p).collect();
+        let plans = self
+            .preview(product, today)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         self.run("sync", product, None, plans, Vec::new()).await
     }
 
     /// Explicit days, clamped to the availability; the watermark never moves backwards.
-    pub async fn backfill(&self, product: Product, from: NaiveDate, to: NaiveDate) -> Result<RunReport, SyncError> {
+    pub async fn backfill(
+        &self,
+        product: Product,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<RunReport, SyncError> {
         let today = Utc::now().date_naive();
-        let (plans, note) = plan::plan_backfill(product, from, to, today).map_err(SyncError::Usage)?;
+        let (plans, note) =
+            plan::plan_backfill(product, from, to, today).map_err(SyncError::Usage)?;
         let range = plans.first().zip(plans.last()).map(|(a, b)| (a.from, b.to));
-        let mut all: Vec<WindowPlan> = self.resumable(product, today).await?.into_iter().map(|(p, _)| p).collect();
+        let mut all: Vec<WindowPlan> = self
+            .resumable(product, today)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         for p in plans {
             if !all.iter().any(|x| x.key == p.key) {
                 all.push(p);
             }
         }
-        self.run("backfill", product, range, all, note.into_iter().collect()).await
+        self.run("backfill", product, range, all, note.into_iter().collect())
+            .await
     }
 
     async fn run(
@@ -205,15 +230,23 @@ impl Pipeline {
     ) -> Result<RunReport, SyncError> {
         let settings = self.settings.product(product)?.clone();
         if self.client.is_none() {
-            return Err(SyncError::Usage("the vendor client is not configured".into()));
+            return Err(SyncError::Usage(
+                "the vendor client is not configured".into(),
+            ));
         }
         // Re-running a killed run resumes it: what it already committed is not requested again.
-        if let Some(since) = self.state.interrupted_since(command, product, range).await? {
+        if let Some(since) = self
+            .state
+            .interrupted_since(command, product, range)
+            .await?
+        {
             let mut skipped = Vec::new();
             for p in &plans {
                 if let Some(w) = self.state.window(product, &p.key).await?
                     && w.stage == Stage::Committed
-                    && w.committed_at.as_deref().is_some_and(|c| c >= since.as_str())
+                    && w.committed_at
+                        .as_deref()
+                        .is_some_and(|c| c >= since.as_str())
                 {
                     skipped.push(p.key.clone());
                 }
@@ -230,7 +263,10 @@ impl Pipeline {
         for n in &notes {
             tracing::warn!(product = %product, "{n}");
         }
-        let run_id = self.state.start_run_for(command, Some(product), range).await?;
+        let run_id = self
+            .state
+            .start_run_for(command, Some(product), range)
+            .await?;
         let today = Utc::now().date_naive();
         let tasks = plans.into_iter().map(|plan| {
             let settings = settings.clone();
@@ -258,10 +294,16 @@ impl Pipeline {
             }
         });
         let windows = futures::future::join_all(tasks).await;
-        let report = RunReport { run_id, notes, windows };
+        let report = RunReport {
+            run_id,
+            notes,
+            windows,
+        };
         self.advance_watermark(product, today).await?;
         let first_error = report.windows.iter().find_map(|w| w.error.clone());
-        self.state.finish_run(run_id, report.totals(), first_error.as_deref()).await?;
+        self.state
+            .finish_run(run_id, report.totals(), first_error.as_deref())
+            .await?;
         Ok(report)
     }
 
@@ -313,8 +355,12 @@ impl Pipeline {
             let outcome = async {
                 let fetched = {
                     let _slot = self.jobs.acquire().await.expect("semaphore open");
-                    let job_id = fetcher.submit(&window, &subscription, p.file_type, &plan.tokens).await?;
-                    fetcher.fetch(&window, &job_id, &subscription, resumed).await?
+                    let job_id = fetcher
+                        .submit(&window, &subscription, p.file_type, &plan.tokens)
+                        .await?;
+                    fetcher
+                        .fetch(&window, &job_id, &subscription, resumed)
+                        .await?
                 };
                 let coverage = match plan.kind {
                     WindowKind::Day => Coverage::Days(BTreeSet::from([plan.from])),
@@ -322,14 +368,24 @@ impl Pipeline {
                 };
                 let replaced = days_between(plan.from, plan.to);
                 let result = self
-                    .ingest(product, &window, &plan.key, &fetched.job_id, &fetched.path, coverage, replaced)
+                    .ingest(
+                        product,
+                        &window,
+                        &plan.key,
+                        &fetched.job_id,
+                        &fetched.path,
+                        coverage,
+                        replaced,
+                    )
                     .await;
                 if result.is_ok() {
                     let _ = std::fs::remove_file(&fetched.path);
                 } else {
                     // The file may be what is wrong (truncated, corrupt): fetch it again next time.
                     let _ = std::fs::remove_file(&fetched.path);
-                    self.state.set_stage(window.id, Stage::Submitted, None).await?;
+                    self.state
+                        .set_stage(window.id, Stage::Submitted, None)
+                        .await?;
                 }
                 result
             }
@@ -350,14 +406,24 @@ impl Pipeline {
                     match current {
                         // A live recorded job is kept: the next attempt (or run) polls it again.
                         Some(w) if w.stage.has_job() && !job_is_dead => {
-                            self.state.set_stage(w.id, w.stage, Some(&e.to_string())).await?
+                            self.state
+                                .set_stage(w.id, w.stage, Some(&e.to_string()))
+                                .await?
                         }
-                        _ => self.state.set_stage(window.id, Stage::Failed, Some(&e.to_string())).await?,
+                        _ => {
+                            self.state
+                                .set_stage(window.id, Stage::Failed, Some(&e.to_string()))
+                                .await?
+                        }
                     }
                     if e.is_permanent() || attempt >= WINDOW_ATTEMPTS {
                         return Err(e);
                     }
-                    let wait = crate::api::jittered(self.settings.api.poll_interval, Duration::from_secs(300), attempt);
+                    let wait = crate::api::jittered(
+                        self.settings.api.poll_interval,
+                        Duration::from_secs(300),
+                        attempt,
+                    );
                     tracing::warn!(product = %product, window = %plan.key, attempt, wait_ms = wait.as_millis() as u64, error = %e, "window attempt failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
@@ -377,7 +443,9 @@ impl Pipeline {
         coverage: Coverage,
         replaced: BTreeSet<NaiveDate>,
     ) -> Result<Counts, SyncError> {
-        let normalized = self.normalize_files(product, job_id, vec![path.to_path_buf()], coverage).await?;
+        let normalized = self
+            .normalize_files(product, job_id, vec![path.to_path_buf()], coverage)
+            .await?;
         let _lake = self.lake_lock.lock().await;
         let counts = self
             .write(product, quarantine_key, job_id, normalized, replaced)
@@ -396,7 +464,13 @@ impl Pipeline {
     }
 
     /// Decoding and normalizing are CPU work on a blocking thread, streamed batch by batch.
-    async fn normalize_files(&self, product: Product, job_id: &str, files: Vec<PathBuf>, coverage: Coverage) -> Result<Normalized, SyncError> {
+    async fn normalize_files(
+        &self,
+        product: Product,
+        job_id: &str,
+        files: Vec<PathBuf>,
+        coverage: Coverage,
+    ) -> Result<Normalized, SyncError> {
         let job_id = job_id.to_string();
         let scratch = self.work_dir();
         let limit = self.settings.lake.max_uncompressed_size;
@@ -445,9 +519,14 @@ impl Pipeline {
                     .add_partition_days(product, date, &batch_days(batch))
                     .await?;
             }
-            let state = self.lake.rewrite_partition(product, date, &replaced, new).await?;
+            let state = self
+                .lake
+                .rewrite_partition(product, date, &replaced, new)
+                .await?;
             crate::failpoint::hit("mid-write");
-            self.state.set_partition(product, date, &state, job_id).await?;
+            self.state
+                .set_partition(product, date, &state, job_id)
+                .await?;
         }
         self.lake
             .write_quarantine(product, quarantine_key, normalized.quarantine.as_ref())
@@ -464,7 +543,11 @@ impl Pipeline {
     }
 
     /// `import`: local export files into the lake, replacing the status days they hold.
-    pub async fn import(&self, product: Product, files: Vec<PathBuf>) -> Result<RunReport, SyncError> {
+    pub async fn import(
+        &self,
+        product: Product,
+        files: Vec<PathBuf>,
+    ) -> Result<RunReport, SyncError> {
         let run_id = self.state.start_run("import", Some(product)).await?;
         let mut report = RunReport {
             run_id,
@@ -474,9 +557,12 @@ impl Pipeline {
             let key = format!("import-{}", sanitize(&f));
             let job_id = format!("import:{}", f.display());
             let result = async {
-                let normalized = self.normalize_files(product, &job_id, vec![f.clone()], Coverage::Any).await?;
+                let normalized = self
+                    .normalize_files(product, &job_id, vec![f.clone()], Coverage::Any)
+                    .await?;
                 let _lake = self.lake_lock.lock().await;
-                self.write(product, &key, &job_id, normalized, BTreeSet::new()).await
+                self.write(product, &key, &job_id, normalized, BTreeSet::new())
+                    .await
             }
             .await;
             report.windows.push(match result {
@@ -495,7 +581,9 @@ impl Pipeline {
             });
         }
         let first_error = report.windows.iter().find_map(|w| w.error.clone());
-        self.state.finish_run(run_id, report.totals(), first_error.as_deref()).await?;
+        self.state
+            .finish_run(run_id, report.totals(), first_error.as_deref())
+            .await?;
         Ok(report)
     }
 }
@@ -503,9 +591,15 @@ impl Pipeline {
 fn batch_days(b: &arrow::record_batch::RecordBatch) -> BTreeSet<NaiveDate> {
     let ts = b
         .column_by_name("status_datetime")
-        .and_then(|c| c.as_any().downcast_ref::<arrow::array::TimestampMicrosecondArray>())
+        .and_then(|c| {
+            c.as_any()
+                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+        })
         .expect("lake batch");
-    ts.values().iter().map(|&t| crate::normalize::time::day_of_micros(t)).collect()
+    ts.values()
+        .iter()
+        .map(|&t| crate::normalize::time::day_of_micros(t))
+        .collect()
 }
 
 fn days_between(from: NaiveDate, to: NaiveDate) -> BTreeSet<NaiveDate> {
@@ -518,7 +612,13 @@ fn sanitize(p: &Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

@@ -22,7 +22,11 @@ fn yesterday() -> String {
     days_before_today(1)[0].to_string()
 }
 
-async fn wait_done(c: &dpss_sync::api::DpssClient, sub: &str, job: &str) -> dpss_sync::api::BatchJob {
+async fn wait_done(
+    c: &dpss_sync::api::DpssClient,
+    sub: &str,
+    job: &str,
+) -> dpss_sync::api::BatchJob {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let j = c.job_status(sub, job).await.unwrap();
@@ -41,10 +45,22 @@ async fn full_walk_token_discovery_job_download_on_demand() {
 
     let tokens = c.parameters(&sub).await.unwrap();
     let names: Vec<_> = tokens.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["StatusDatetime", "WorkOrderId", "IssueId", "Status", "Reason"]);
+    assert_eq!(
+        names,
+        [
+            "StatusDatetime",
+            "WorkOrderId",
+            "IssueId",
+            "Status",
+            "Reason"
+        ]
+    );
     assert!(tokens[1].is_list);
 
-    let job = c.create_batch(&sub, FileType::Csv, &day_tokens(&yesterday())).await.unwrap();
+    let job = c
+        .create_batch(&sub, FileType::Csv, &day_tokens(&yesterday()))
+        .await
+        .unwrap();
     assert_eq!(job.status, "New");
     let done = wait_done(&c, &sub, &job.job_id).await;
     assert_eq!(done.phase(), JobPhase::Succeeded);
@@ -56,27 +72,51 @@ async fn full_walk_token_discovery_job_download_on_demand() {
     let bytes = c.download(&url, &dest, u64::MAX).await.unwrap();
     assert_eq!(bytes, std::fs::metadata(&dest).unwrap().len());
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&dest).unwrap()).unwrap();
-    let names: Vec<String> = (0..zip.len()).map(|i| zip.by_index(i).unwrap().name().unwrap().to_string()).collect();
+    let names: Vec<String> = (0..zip.len())
+        .map(|i| zip.by_index(i).unwrap().name().unwrap().to_string())
+        .collect();
     assert!(names.contains(&"_SUCCESS".to_string()), "{names:?}");
-    assert!(names.iter().any(|n| n.starts_with("part-") && n.ends_with(".csv")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("part-") && n.ends_with(".csv")),
+        "{names:?}"
+    );
 
     // On-demand: the seed's filters, answered synchronously.
     let rows = c.on_demand(&sub, &day_tokens(&yesterday())).await.unwrap();
     assert!(!rows.is_empty());
     let wo = rows[0]["WorkOrderId"].clone().unwrap();
     let one = c
-        .on_demand(&sub, &BTreeMap::from([("WorkOrderId".to_string(), format!("{wo},"))]))
+        .on_demand(
+            &sub,
+            &BTreeMap::from([("WorkOrderId".to_string(), format!("{wo},"))]),
+        )
         .await
         .unwrap();
-    assert!(!one.is_empty() && one.iter().all(|r| r["WorkOrderId"].as_deref() == Some(wo.as_str())));
+    assert!(
+        !one.is_empty()
+            && one
+                .iter()
+                .all(|r| r["WorkOrderId"].as_deref() == Some(wo.as_str()))
+    );
 
     // One token for all of it; every DPSS call carried a bearer, the subscriber and a fresh
     // UUID correlation id; the download carried no Authorization header.
     assert_eq!(c.tokens_fetched(), 1);
     let log = sim.state.requests();
-    let dpss: Vec<_> = log.iter().filter(|r| !matches!(r.endpoint, "token" | "download")).collect();
-    assert!(dpss.iter().all(|r| r.had_authorization && r.status < 300), "{dpss:?}");
-    let ids: std::collections::BTreeSet<_> = dpss.iter().map(|r| r.correlation_id.clone().unwrap()).collect();
+    let dpss: Vec<_> = log
+        .iter()
+        .filter(|r| !matches!(r.endpoint, "token" | "download"))
+        .collect();
+    assert!(
+        dpss.iter().all(|r| r.had_authorization && r.status < 300),
+        "{dpss:?}"
+    );
+    let ids: std::collections::BTreeSet<_> = dpss
+        .iter()
+        .map(|r| r.correlation_id.clone().unwrap())
+        .collect();
     assert_eq!(ids.len(), dpss.len(), "one correlation id per call");
     assert!(ids.iter().all(|id| uuid::Uuid::parse_str(id).is_ok()));
     let downloads: Vec<_> = log.iter().filter(|r| r.endpoint == "download").collect();
@@ -87,13 +127,22 @@ async fn full_walk_token_discovery_job_download_on_demand() {
 
 #[tokio::test]
 async fn on_demand_is_capped_at_1000_rows() {
-    let sim = start(SimConfig { rows_per_day: 3000, ..quick_sim("") }).await;
+    let sim = start(SimConfig {
+        rows_per_day: 3000,
+        ..quick_sim("")
+    })
+    .await;
     let c = client(&sim);
-    let rows = c.on_demand(&sim.state.config().subscription_id, &day_tokens(&yesterday())).await.unwrap();
+    let rows = c
+        .on_demand(
+            &sim.state.config().subscription_id,
+            &day_tokens(&yesterday()),
+        )
+        .await
+        .unwrap();
     assert_eq!(rows.len(), dpss_sync::sim::ON_DEMAND_MAX_ROWS);
     sim.shutdown().await;
 }
-
 
 #[tokio::test]
 async fn expired_token_leads_to_exactly_one_refresh() {
@@ -107,7 +156,13 @@ async fn expired_token_leads_to_exactly_one_refresh() {
     assert_eq!(c.stats.unauthorized_refreshes.load(Ordering::Relaxed), 1);
     assert_eq!(c.tokens_fetched(), 2);
     assert_eq!(sim.state.tokens_issued(), 2);
-    let statuses: Vec<u16> = sim.state.requests().iter().filter(|r| r.endpoint != "token").map(|r| r.status).collect();
+    let statuses: Vec<u16> = sim
+        .state
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint != "token")
+        .map(|r| r.status)
+        .collect();
     assert_eq!(statuses, [200, 200, 401, 200]);
     sim.shutdown().await;
 }
@@ -134,7 +189,10 @@ async fn wrong_credentials_fail_with_the_oauth_error() {
     )
     .unwrap();
     let err = c.parameters(&cfg.subscription_id).await.unwrap_err();
-    assert!(matches!(&err, ApiError::Auth { status: 400, detail } if detail == "invalid_client"), "{err}");
+    assert!(
+        matches!(&err, ApiError::Auth { status: 400, detail } if detail == "invalid_client"),
+        "{err}"
+    );
     sim.shutdown().await;
 }
 
@@ -146,7 +204,11 @@ async fn retry_after_of_a_429_is_waited() {
     c.parameters(&sub).await.unwrap();
     let started = Instant::now();
     c.parameters(&sub).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(950), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(c.stats.retry_after_waits.load(Ordering::Relaxed), 1);
     assert_eq!(c.stats.retry_after_ms.load(Ordering::Relaxed), 1000);
     sim.shutdown().await;
@@ -159,7 +221,9 @@ async fn a_429_on_create_is_retried_once_and_creates_one_job() {
     let c = client(&sim);
     let sub = sim.state.config().subscription_id.clone();
     c.parameters(&sub).await.unwrap();
-    c.create_batch(&sub, FileType::Json, &day_tokens(&yesterday())).await.unwrap();
+    c.create_batch(&sub, FileType::Json, &day_tokens(&yesterday()))
+        .await
+        .unwrap();
     assert_eq!(sim.state.jobs_created(), 1);
     sim.shutdown().await;
 }
@@ -173,10 +237,27 @@ async fn server_errors_retry_reads_but_never_blindly_repost() {
     c.parameters(&sub).await.unwrap();
     c.parameters(&sub).await.unwrap();
     assert_eq!(c.stats.retries.load(Ordering::Relaxed), 1);
-    let err = c.create_batch(&sub, FileType::Csv, &day_tokens(&yesterday())).await.unwrap_err();
-    assert!(matches!(err, ApiError::OutcomeUnknown { endpoint: "batch-request", .. }), "{err}");
+    let err = c
+        .create_batch(&sub, FileType::Csv, &day_tokens(&yesterday()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApiError::OutcomeUnknown {
+                endpoint: "batch-request",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("not retried"));
-    let posts = sim.state.requests().iter().filter(|r| r.endpoint == "batch-request").count();
+    let posts = sim
+        .state
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == "batch-request")
+        .count();
     assert_eq!(posts, 1);
     assert_eq!(sim.state.jobs_created(), 0);
     sim.shutdown().await;
@@ -187,11 +268,17 @@ async fn unknown_job_and_bad_request_are_reported_with_status() {
     let sim = start(quick_sim("")).await;
     let c = client(&sim);
     let sub = sim.state.config().subscription_id.clone();
-    let err = c.job_status(&sub, "6ab9821f-4c56-4ad8-8815-8a67be55878f").await.unwrap_err();
+    let err = c
+        .job_status(&sub, "6ab9821f-4c56-4ad8-8815-8a67be55878f")
+        .await
+        .unwrap_err();
     assert!(matches!(err, ApiError::Http { status: 404, .. }), "{err}");
     let bad = BTreeMap::from([("Feeder".to_string(), "F1".to_string())]);
     let err = c.create_batch(&sub, FileType::Csv, &bad).await.unwrap_err();
-    assert!(matches!(err, ApiError::Http { status: 400, .. }) && err.to_string().contains("Feeder"), "{err}");
+    assert!(
+        matches!(err, ApiError::Http { status: 400, .. }) && err.to_string().contains("Feeder"),
+        "{err}"
+    );
     let err = c.parameters("not-my-subscription").await.unwrap_err();
     assert!(matches!(err, ApiError::Http { status: 403, .. }), "{err}");
     sim.shutdown().await;
@@ -202,7 +289,10 @@ async fn truncated_download_is_retried_and_completes() {
     let sim = start(quick_sim("truncated=2")).await;
     let c = client(&sim);
     let sub = sim.state.config().subscription_id.clone();
-    let job = c.create_batch(&sub, FileType::Parquet, &day_tokens(&yesterday())).await.unwrap();
+    let job = c
+        .create_batch(&sub, FileType::Parquet, &day_tokens(&yesterday()))
+        .await
+        .unwrap();
     let url = wait_done(&c, &sub, &job.job_id).await.download_url.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("a.zip");
@@ -222,13 +312,25 @@ async fn expired_link_is_refused_and_redacted() {
     let sim = start(quick_sim("expired-links=1")).await;
     let c = client(&sim);
     let sub = sim.state.config().subscription_id.clone();
-    let job = c.create_batch(&sub, FileType::Csv, &day_tokens(&yesterday())).await.unwrap();
+    let job = c
+        .create_batch(&sub, FileType::Csv, &day_tokens(&yesterday()))
+        .await
+        .unwrap();
     let url = wait_done(&c, &sub, &job.job_id).await.download_url.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let err = c.download(&url, &dir.path().join("b.zip"), u64::MAX).await.unwrap_err();
-    assert!(matches!(err, ApiError::LinkRejected { status: 403, .. }), "{err}");
+    let err = c
+        .download(&url, &dir.path().join("b.zip"), u64::MAX)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::LinkRejected { status: 403, .. }),
+        "{err}"
+    );
     let text = err.to_string();
-    assert!(!text.contains("sig=") && text.contains("<redacted>"), "{text}");
+    assert!(
+        !text.contains("sig=") && text.contains("<redacted>"),
+        "{text}"
+    );
     sim.shutdown().await;
 }
 
@@ -237,21 +339,45 @@ async fn download_size_limit_is_enforced() {
     let sim = start(quick_sim("")).await;
     let c = client(&sim);
     let sub = sim.state.config().subscription_id.clone();
-    let job = c.create_batch(&sub, FileType::Csv, &day_tokens(&yesterday())).await.unwrap();
+    let job = c
+        .create_batch(&sub, FileType::Csv, &day_tokens(&yesterday()))
+        .await
+        .unwrap();
     let url = wait_done(&c, &sub, &job.job_id).await.download_url.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let err = c.download(&url, &dir.path().join("c.zip"), 100).await.unwrap_err();
-    assert!(matches!(err, ApiError::TooLarge { limit: 100, .. }), "{err}");
+    let err = c
+        .download(&url, &dir.path().join("c.zip"), 100)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::TooLarge { limit: 100, .. }),
+        "{err}"
+    );
     sim.shutdown().await;
 }
 
 /// The fetcher: jobs recorded before anything else, failures named by job id, timeouts.
-async fn fetcher_setup(faults: &str, timeout: &str) -> (dpss_sync::sim::SimHandle, tempfile::TempDir, Settings, State) {
+async fn fetcher_setup(
+    faults: &str,
+    timeout: &str,
+) -> (
+    dpss_sync::sim::SimHandle,
+    tempfile::TempDir,
+    Settings,
+    State,
+) {
     let sim = start(quick_sim(faults)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut text = config_text(&sim, dir.path(), "csv", 2);
-    text = text.replace("job_timeout = \"2m\"", &format!("job_timeout = \"{timeout}\""));
-    let settings = Settings::load(&Sources { inline: vec![text], ..Default::default() }).unwrap();
+    text = text.replace(
+        "job_timeout = \"2m\"",
+        &format!("job_timeout = \"{timeout}\""),
+    );
+    let settings = Settings::load(&Sources {
+        inline: vec![text],
+        ..Default::default()
+    })
+    .unwrap();
     let state = State::open(&settings.state.path).await.unwrap();
     (sim, dir, settings, state)
 }
@@ -260,17 +386,34 @@ async fn fetcher_setup(faults: &str, timeout: &str) -> (dpss_sync::sim::SimHandl
 async fn failed_job_surfaces_as_an_error_naming_the_job() {
     let (sim, dir, settings, state) = fetcher_setup("failed-jobs=1", "2m").await;
     let c = client(&sim);
-    let f = Fetcher { client: &c, state: &state, api: &settings.api, work_dir: dir.path() };
+    let f = Fetcher {
+        client: &c,
+        state: &state,
+        api: &settings.api,
+        work_dir: dir.path(),
+    };
     let run = state.start_run("test", None).await.unwrap();
     let day = days_before_today(1)[0];
-    let w = state.plan_window(P, &day.to_string(), WindowKind::Day, day, day, run).await.unwrap();
+    let w = state
+        .plan_window(P, &day.to_string(), WindowKind::Day, day, day, run)
+        .await
+        .unwrap();
     let sub = sim.state.config().subscription_id.clone();
-    let job_id = f.submit(&w, &sub, FileType::Csv, &day_tokens(&day.to_string())).await.unwrap();
+    let job_id = f
+        .submit(&w, &sub, FileType::Csv, &day_tokens(&day.to_string()))
+        .await
+        .unwrap();
     // The id is in the state before the first poll.
-    assert_eq!(state.jobs_for_window(P, &w.key).await.unwrap(), vec![job_id.clone()]);
+    assert_eq!(
+        state.jobs_for_window(P, &w.key).await.unwrap(),
+        vec![job_id.clone()]
+    );
     let w = state.window(P, &w.key).await.unwrap().unwrap();
     let err = f.fetch(&w, &job_id, &sub, false).await.err().unwrap();
-    assert!(matches!(&err, FetchError::JobFailed { job_id: j, .. } if *j == job_id), "{err}");
+    assert!(
+        matches!(&err, FetchError::JobFailed { job_id: j, .. } if *j == job_id),
+        "{err}"
+    );
     assert!(err.to_string().contains(&job_id));
     assert_eq!(state.job(&job_id).await.unwrap().unwrap().status, "Failed");
     sim.shutdown().await;
@@ -280,18 +423,37 @@ async fn failed_job_surfaces_as_an_error_naming_the_job() {
 async fn slow_job_times_out_by_job_timeout() {
     let (sim, dir, settings, state) = fetcher_setup("slow-jobs=1h", "400ms").await;
     let c = client(&sim);
-    let f = Fetcher { client: &c, state: &state, api: &settings.api, work_dir: dir.path() };
+    let f = Fetcher {
+        client: &c,
+        state: &state,
+        api: &settings.api,
+        work_dir: dir.path(),
+    };
     let run = state.start_run("test", None).await.unwrap();
     let day = days_before_today(1)[0];
-    let w = state.plan_window(P, &day.to_string(), WindowKind::Day, day, day, run).await.unwrap();
+    let w = state
+        .plan_window(P, &day.to_string(), WindowKind::Day, day, day, run)
+        .await
+        .unwrap();
     let sub = sim.state.config().subscription_id.clone();
-    let job_id = f.submit(&w, &sub, FileType::Csv, &day_tokens(&day.to_string())).await.unwrap();
+    let job_id = f
+        .submit(&w, &sub, FileType::Csv, &day_tokens(&day.to_string()))
+        .await
+        .unwrap();
     let w = state.window(P, &w.key).await.unwrap().unwrap();
     let started = Instant::now();
     let err = f.fetch(&w, &job_id, &sub, false).await.err().unwrap();
-    assert!(matches!(&err, FetchError::JobTimeout { job_id: j, .. } if *j == job_id), "{err}");
+    assert!(
+        matches!(&err, FetchError::JobTimeout { job_id: j, .. } if *j == job_id),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
-    let polls = sim.state.requests().iter().filter(|r| r.endpoint == "job-status").count();
+    let polls = sim
+        .state
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == "job-status")
+        .count();
     assert!(polls >= 2, "polled {polls} times");
     sim.shutdown().await;
 }
@@ -300,20 +462,36 @@ async fn slow_job_times_out_by_job_timeout() {
 async fn fetcher_asks_for_a_fresh_link_when_one_expired() {
     let (sim, dir, settings, state) = fetcher_setup("expired-links=2", "2m").await;
     let c = client(&sim);
-    let f = Fetcher { client: &c, state: &state, api: &settings.api, work_dir: dir.path() };
+    let f = Fetcher {
+        client: &c,
+        state: &state,
+        api: &settings.api,
+        work_dir: dir.path(),
+    };
     let run = state.start_run("test", None).await.unwrap();
     let day = days_before_today(1)[0];
     let sub = sim.state.config().subscription_id.clone();
     // Link #1 good, link #2 expired: the second window's first link fails, a re-poll fixes it.
     for k in [1i64, 2] {
         let d = day - chrono::Duration::days(k);
-        let w = state.plan_window(P, &d.to_string(), WindowKind::Day, d, d, run).await.unwrap();
-        let job_id = f.submit(&w, &sub, FileType::Csv, &day_tokens(&d.to_string())).await.unwrap();
+        let w = state
+            .plan_window(P, &d.to_string(), WindowKind::Day, d, d, run)
+            .await
+            .unwrap();
+        let job_id = f
+            .submit(&w, &sub, FileType::Csv, &day_tokens(&d.to_string()))
+            .await
+            .unwrap();
         let w = state.window(P, &w.key).await.unwrap().unwrap();
         let got = f.fetch(&w, &job_id, &sub, false).await.unwrap();
         assert!(got.path.exists());
     }
-    let refused = sim.state.requests().iter().filter(|r| r.endpoint == "download" && r.status == 403).count();
+    let refused = sim
+        .state
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == "download" && r.status == 403)
+        .count();
     assert_eq!(refused, 1);
     sim.shutdown().await;
 }

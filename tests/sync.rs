@@ -23,12 +23,19 @@ _ingested_at:TIMESTAMP WITH TIME ZONE,event_date:DATE";
 
 fn closed_days() -> Vec<chrono::NaiveDate> {
     let today = Utc::now().date_naive();
-    available_from(today).iter_days().take_while(|d| *d < today).collect()
+    available_from(today)
+        .iter_days()
+        .take_while(|d| *d < today)
+        .collect()
 }
 
 fn today_key() -> i64 {
     let today = Utc::now().date_naive();
-    today.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros()
+    today
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
 }
 
 /// Rows of closed days only: today's keep arriving while a test runs.
@@ -37,9 +44,16 @@ fn closed(rows: Vec<Row>) -> Vec<Row> {
 }
 
 async fn history_sync_in(file_type: &str, seed: u64) {
-    let sim = start(SimConfig { seed, rows_per_day: 40, ..quick_sim("") }).await;
+    let sim = start(SimConfig {
+        seed,
+        rows_per_day: 40,
+        ..quick_sim("")
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), file_type, 2), true).await.unwrap();
+    let pipeline = Pipeline::open(settings(&sim, dir.path(), file_type, 2), true)
+        .await
+        .unwrap();
     let report = pipeline.sync(P).await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.windows.len(), 1);
@@ -53,27 +67,51 @@ async fn history_sync_in(file_type: &str, seed: u64) {
     let got = lake_rows(dir.path()).await;
     let got_closed = closed(got.clone());
     assert_eq!(got_closed.len(), want.len(), "{file_type}: row count");
-    assert!(got_closed == want, "{file_type}: the lake differs from the served valid rows");
+    assert!(
+        got_closed == want,
+        "{file_type}: the lake differs from the served valid rows"
+    );
     // Today's rows so far are a subset of what the day will hold.
     let today_all = expected(&sim, [now.date_naive()], now);
-    assert!(got.iter().filter(|r| r.4 >= today_key()).all(|r| today_all.contains(r)));
+    assert!(
+        got.iter()
+            .filter(|r| r.4 >= today_key())
+            .all(|r| today_all.contains(r))
+    );
 
     let bad = expected_invalid(&sim, closed_days(), now);
-    let q: BTreeSet<_> = quarantined(dir.path()).await.into_iter().map(|(w, i, s, reason)| {
-        assert!(!reason.is_empty());
-        (w, i, s)
-    }).collect();
-    assert!(bad.is_subset(&q), "{file_type}: {} invalid rows missing from the quarantine", bad.difference(&q).count());
+    let q: BTreeSet<_> = quarantined(dir.path())
+        .await
+        .into_iter()
+        .map(|(w, i, s, reason)| {
+            assert!(!reason.is_empty());
+            (w, i, s)
+        })
+        .collect();
+    assert!(
+        bad.is_subset(&q),
+        "{file_type}: {} invalid rows missing from the quarantine",
+        bad.difference(&q).count()
+    );
 
     if let Some((types, rows)) = duckdb_rows(dir.path()) {
         assert_eq!(types, LAKE_TYPES);
-        assert!(rows == got, "{file_type}: DuckDB reads different rows than the lake holds");
+        assert!(
+            rows == got,
+            "{file_type}: DuckDB reads different rows than the lake holds"
+        );
     }
     // One object per partition: no small-files explosion.
     let objects = pipeline.lake.objects(P).await.unwrap();
-    let partitions: BTreeSet<_> = objects.iter().map(|(p, _)| p.rsplit_once('/').unwrap().0.to_string()).collect();
+    let partitions: BTreeSet<_> = objects
+        .iter()
+        .map(|(p, _)| p.rsplit_once('/').unwrap().0.to_string())
+        .collect();
     assert_eq!(objects.len(), partitions.len());
-    assert!(pipeline.state.watermark(P).await.unwrap() == Some(now.date_naive() - chrono::Duration::days(1)));
+    assert!(
+        pipeline.state.watermark(P).await.unwrap()
+            == Some(now.date_naive() - chrono::Duration::days(1))
+    );
     sim.shutdown().await;
 }
 
@@ -99,9 +137,15 @@ async fn history_sync_orc() {
 
 #[tokio::test]
 async fn resync_changes_nothing_and_a_late_row_lands_once() {
-    let sim = start(SimConfig { rows_per_day: 40, ..quick_sim("") }).await;
+    let sim = start(SimConfig {
+        rows_per_day: 40,
+        ..quick_sim("")
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), "csv", 2), true).await.unwrap();
+    let pipeline = Pipeline::open(settings(&sim, dir.path(), "csv", 2), true)
+        .await
+        .unwrap();
     assert!(pipeline.sync(P).await.unwrap().ok());
     let first = closed(lake_rows(dir.path()).await);
     let quarantine_first = quarantined(dir.path()).await.len();
@@ -111,12 +155,25 @@ async fn resync_changes_nothing_and_a_late_row_lands_once() {
     assert!(report.ok(), "{report:?}");
     let keys: Vec<_> = report.windows.iter().map(|w| w.key.clone()).collect();
     let today = Utc::now().date_naive();
-    assert_eq!(keys, [today - chrono::Duration::days(2), today - chrono::Duration::days(1), today].map(|d| d.to_string()));
+    assert_eq!(
+        keys,
+        [
+            today - chrono::Duration::days(2),
+            today - chrono::Duration::days(1),
+            today
+        ]
+        .map(|d| d.to_string())
+    );
     assert_eq!(closed(lake_rows(dir.path()).await), first);
 
     // A late status row for yesterday: it lands once, and stays once.
     let yesterday = today - chrono::Duration::days(1);
-    let mut late = sim.state.rows_for_day(yesterday, Utc::now()).into_iter().find(|r| r.is_valid()).unwrap();
+    let mut late = sim
+        .state
+        .rows_for_day(yesterday, Utc::now())
+        .into_iter()
+        .find(|r| r.is_valid())
+        .unwrap();
     late.status = "Closed";
     late.work_order_id = "LATE-1".into();
     late.reason = "late update, arrived after the first sync".into();
@@ -138,21 +195,43 @@ async fn resync_changes_nothing_and_a_late_row_lands_once() {
 #[tokio::test]
 async fn failed_jobs_are_replanned_and_counted() {
     // Every other job fails: each window's first job fails, the re-planned one succeeds.
-    let sim = start(SimConfig { rows_per_day: 30, ..quick_sim("failed-jobs=2") }).await;
+    let sim = start(SimConfig {
+        rows_per_day: 30,
+        ..quick_sim("failed-jobs=2")
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), "json", 2), true).await.unwrap();
+    let pipeline = Pipeline::open(settings(&sim, dir.path(), "json", 2), true)
+        .await
+        .unwrap();
     let days = days_before_today(3);
     let report = pipeline.backfill(P, days[0], days[2]).await.unwrap();
     assert!(report.ok(), "{report:?}");
     let mut attempts = 0;
     for d in &days {
-        let w = pipeline.state.window(P, &d.to_string()).await.unwrap().unwrap();
+        let w = pipeline
+            .state
+            .window(P, &d.to_string())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(w.stage, Stage::Committed);
         attempts += w.attempts;
-        assert_eq!(pipeline.state.jobs_for_window(P, &w.key).await.unwrap().len() as i64, w.attempts);
+        assert_eq!(
+            pipeline
+                .state
+                .jobs_for_window(P, &w.key)
+                .await
+                .unwrap()
+                .len() as i64,
+            w.attempts
+        );
     }
     assert!(attempts > 3, "some window needed a second job");
-    assert_eq!(lake_rows(dir.path()).await, expected(&sim, days, Utc::now()));
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        expected(&sim, days, Utc::now())
+    );
     sim.shutdown().await;
 }
 
@@ -160,15 +239,34 @@ async fn failed_jobs_are_replanned_and_counted() {
 async fn backfill_clamps_and_keeps_the_watermark() {
     let sim = start(quick_sim("")).await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), "parquet", 2), true).await.unwrap();
-    pipeline.state.advance_watermark(P, Utc::now().date_naive() - chrono::Duration::days(1)).await.unwrap();
+    let pipeline = Pipeline::open(settings(&sim, dir.path(), "parquet", 2), true)
+        .await
+        .unwrap();
+    pipeline
+        .state
+        .advance_watermark(P, Utc::now().date_naive() - chrono::Duration::days(1))
+        .await
+        .unwrap();
     let floor = available_from(Utc::now().date_naive());
-    let report = pipeline.backfill(P, floor - chrono::Duration::days(30), floor + chrono::Duration::days(1)).await.unwrap();
+    let report = pipeline
+        .backfill(
+            P,
+            floor - chrono::Duration::days(30),
+            floor + chrono::Duration::days(1),
+        )
+        .await
+        .unwrap();
     assert!(report.ok());
     assert_eq!(report.windows.len(), 2);
     assert!(report.notes[0].contains("13-month"), "{:?}", report.notes);
-    assert_eq!(pipeline.state.watermark(P).await.unwrap(), Some(Utc::now().date_naive() - chrono::Duration::days(1)));
-    assert_eq!(lake_rows(dir.path()).await, expected(&sim, [floor, floor + chrono::Duration::days(1)], Utc::now()));
+    assert_eq!(
+        pipeline.state.watermark(P).await.unwrap(),
+        Some(Utc::now().date_naive() - chrono::Duration::days(1))
+    );
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        expected(&sim, [floor, floor + chrono::Duration::days(1)], Utc::now())
+    );
     sim.shutdown().await;
 }
 
@@ -178,7 +276,10 @@ fn bin() -> &'static str {
 
 fn run_child(config: &Path, args: &[&str], failpoint: Option<&str>) -> std::process::Output {
     let mut cmd = Command::new(bin());
-    cmd.arg("--config").arg(config).args(args).env("RUST_LOG", "warn");
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn");
     match failpoint {
         Some(f) => cmd.env("DPSS_SYNC_FAILPOINT", f),
         None => cmd.env_remove("DPSS_SYNC_FAILPOINT"),
@@ -200,7 +301,12 @@ async fn recorded_jobs(state_path: &Path, keys: &[String]) -> BTreeMap<String, V
 /// no missing row, and no second job for a window whose job id was recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_stage_boundary_is_repaired() {
-    let sim = start(SimConfig { rows_per_day: 30, job_delay: Duration::from_millis(150), ..quick_sim("") }).await;
+    let sim = start(SimConfig {
+        rows_per_day: 30,
+        job_delay: Duration::from_millis(150),
+        ..quick_sim("")
+    })
+    .await;
     let days = days_before_today(4);
     let keys: Vec<String> = days.iter().map(|d| d.to_string()).collect();
     let want = expected(&sim, days.clone(), Utc::now());
@@ -210,22 +316,39 @@ async fn crash_at_every_stage_boundary_is_repaired() {
         std::fs::write(&config, config_text(&sim, dir.path(), "csv", 2)).unwrap();
         let args = ["backfill", "--from", &keys[0], "--to", &keys[3]];
         let crashed = run_child(&config, &args, Some(point));
-        assert!(!crashed.status.success(), "{point}: the failpoint did not fire");
+        assert!(
+            !crashed.status.success(),
+            "{point}: the failpoint did not fire"
+        );
         assert!(String::from_utf8_lossy(&crashed.stderr).contains(&format!("failpoint {point}")));
         let before = recorded_jobs(&dir.path().join("state/state.db"), &keys).await;
 
         let finished = run_child(&config, &args, None);
-        assert!(finished.status.success(), "{point}: {}", String::from_utf8_lossy(&finished.stderr));
+        assert!(
+            finished.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&finished.stderr)
+        );
         let after = recorded_jobs(&dir.path().join("state/state.db"), &keys).await;
         for k in &keys {
-            assert_eq!(after[k].len(), 1, "{point}: window {k} was submitted {} times", after[k].len());
+            assert_eq!(
+                after[k].len(),
+                1,
+                "{point}: window {k} was submitted {} times",
+                after[k].len()
+            );
             if !before[k].is_empty() {
-                assert_eq!(before[k], after[k], "{point}: window {k} got a new job after its id was recorded");
+                assert_eq!(
+                    before[k], after[k],
+                    "{point}: window {k} got a new job after its id was recorded"
+                );
             }
         }
         let rows = lake_rows(dir.path()).await;
         assert_eq!(rows, want, "{point}: lake differs after recovery");
-        let no_tmp = walk(&dir.path().join("state/downloads")).into_iter().all(|p| !p.ends_with(".part"));
+        let no_tmp = walk(&dir.path().join("state/downloads"))
+            .into_iter()
+            .all(|p| !p.ends_with(".part"));
         assert!(no_tmp, "{point}: partial downloads left behind");
     }
     sim.shutdown().await;
@@ -234,7 +357,12 @@ async fn crash_at_every_stage_boundary_is_repaired() {
 /// Real SIGKILLs at seeded random moments of a backfill, then a clean finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
-    let sim = start(SimConfig { rows_per_day: 30, job_delay: Duration::from_millis(300), ..quick_sim("") }).await;
+    let sim = start(SimConfig {
+        rows_per_day: 30,
+        job_delay: Duration::from_millis(300),
+        ..quick_sim("")
+    })
+    .await;
     let days = days_before_today(6);
     let keys: Vec<String> = days.iter().map(|d| d.to_string()).collect();
     let dir = tempfile::tempdir().unwrap();
@@ -249,7 +377,9 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
         seed = dpss_sync::sim::data::mix(seed);
         let delay = Duration::from_millis(80 + seed % 600);
         let mut child = Command::new(bin())
-            .arg("--config").arg(&config).args(args)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stderr(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -272,9 +402,16 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     assert!(kills >= 3, "only {kills} runs were killed mid-way");
     if !completed {
         let finished = run_child(&config, &args, None);
-        assert!(finished.status.success(), "{}", String::from_utf8_lossy(&finished.stderr));
+        assert!(
+            finished.status.success(),
+            "{}",
+            String::from_utf8_lossy(&finished.stderr)
+        );
     }
-    assert_eq!(lake_rows(dir.path()).await, expected(&sim, days, Utc::now()));
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        expected(&sim, days, Utc::now())
+    );
     let jobs = recorded_jobs(&dir.path().join("state/state.db"), &keys).await;
     assert!(jobs.values().all(|j| j.len() == 1), "{jobs:?}");
     sim.shutdown().await;
@@ -282,6 +419,10 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
 
 fn walk(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|r| r.flatten().map(|e| e.path().display().to_string()).collect())
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -87,7 +87,10 @@ impl TokenProvider {
             .await
             .map_err(|e| ApiError::network("token", e))?;
         let status = resp.status();
-        let body = resp.text().await.map_err(|e| ApiError::network("token", e))?;
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| ApiError::network("token", e))?;
         tracing::info!(
             endpoint = "token",
             status = status.as_u16(),
@@ -115,7 +118,10 @@ impl TokenProvider {
             })?;
         let expires_in = json
             .get("expires_in")
-            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
             .unwrap_or(3600);
         let lifetime = Duration::from_secs(expires_in);
         // Short-lived tokens (tests, odd servers) refresh at 90% of their life instead.

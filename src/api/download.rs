@@ -24,7 +24,9 @@ impl DpssClient {
             attempt += 1;
             match self.download_once(url, &shown, dest, max_bytes).await {
                 Ok(n) => return Ok(n),
-                Err(e @ (ApiError::LinkRejected { .. } | ApiError::TooLarge { .. })) => return Err(e),
+                Err(e @ (ApiError::LinkRejected { .. } | ApiError::TooLarge { .. })) => {
+                    return Err(e);
+                }
                 Err(e) if attempt >= self.settings.max_attempts => return Err(e),
                 Err(e) => {
                     let wait = jittered(self.settings.retry_base, self.settings.retry_cap, attempt);
@@ -36,7 +38,13 @@ impl DpssClient {
         }
     }
 
-    async fn download_once(&self, url: &str, shown: &str, dest: &Path, max_bytes: u64) -> Result<u64, ApiError> {
+    async fn download_once(
+        &self,
+        url: &str,
+        shown: &str,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<u64, ApiError> {
         let fail = |detail: String| ApiError::Download {
             url: shown.to_string(),
             detail,
@@ -114,7 +122,9 @@ impl DpssClient {
         tokio::fs::rename(&part, dest)
             .await
             .map_err(|e| fail(format!("cannot rename {}: {e}", part.display())))?;
-        self.stats.bytes_downloaded.fetch_add(written, Ordering::Relaxed);
+        self.stats
+            .bytes_downloaded
+            .fetch_add(written, Ordering::Relaxed);
         tracing::info!(url = %shown, bytes = written, duration_ms = started.elapsed().as_millis() as u64, "downloaded");
         Ok(written)
     }

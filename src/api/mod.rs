@@ -42,7 +42,10 @@ pub enum ApiError {
         detail: String,
     },
     #[error("{endpoint}: network error: {detail}")]
-    Network { endpoint: &'static str, detail: String },
+    Network {
+        endpoint: &'static str,
+        detail: String,
+    },
     #[error(
         "{endpoint}: the request may have reached the server but its outcome is unknown \
          (correlation id {correlation_id}): {detail}; not retried, to avoid a duplicate job"
@@ -53,7 +56,10 @@ pub enum ApiError {
         detail: String,
     },
     #[error("{endpoint}: unexpected response: {detail}")]
-    Decode { endpoint: &'static str, detail: String },
+    Decode {
+        endpoint: &'static str,
+        detail: String,
+    },
     #[error("{endpoint}: gave up after {attempts} attempts; last error: {last}")]
     RetriesExhausted {
         endpoint: &'static str,
@@ -171,7 +177,11 @@ impl DpssClient {
             Credentials {
                 token_url: s.auth.token_url.clone(),
                 client_id: s.auth.client_id.clone().unwrap_or_default(),
-                client_secret: s.auth.client_secret.clone().expect("checked by require_api"),
+                client_secret: s
+                    .auth
+                    .client_secret
+                    .clone()
+                    .expect("checked by require_api"),
                 scope: s.auth.scope.clone(),
             },
         )
@@ -203,7 +213,13 @@ impl DpssClient {
         });
         let url = self.url(&format!("subscriptions/{subscription_id}/batch-request"));
         let v = self
-            .call("batch-request", Method::POST, url, Some(body), Idempotency::CreatesJob)
+            .call(
+                "batch-request",
+                Method::POST,
+                url,
+                Some(body),
+                Idempotency::CreatesJob,
+            )
             .await?;
         BatchJob::from_json(&v).map_err(|detail| ApiError::Decode {
             endpoint: "batch-request",
@@ -211,8 +227,14 @@ impl DpssClient {
         })
     }
 
-    pub async fn job_status(&self, subscription_id: &str, job_id: &str) -> Result<BatchJob, ApiError> {
-        let url = self.url(&format!("subscriptions/{subscription_id}/batch-request/{job_id}"));
+    pub async fn job_status(
+        &self,
+        subscription_id: &str,
+        job_id: &str,
+    ) -> Result<BatchJob, ApiError> {
+        let url = self.url(&format!(
+            "subscriptions/{subscription_id}/batch-request/{job_id}"
+        ));
         let v = self
             .call("job-status", Method::GET, url, None, Idempotency::Safe)
             .await?;
@@ -223,9 +245,17 @@ impl DpssClient {
     }
 
     pub async fn parameters(&self, subscription_id: &str) -> Result<Vec<TokenSpec>, ApiError> {
-        let url = self.url(&format!("subscriptions/{subscription_id}/batch-request-parameters"));
+        let url = self.url(&format!(
+            "subscriptions/{subscription_id}/batch-request-parameters"
+        ));
         let v = self
-            .call("batch-request-parameters", Method::GET, url, None, Idempotency::Safe)
+            .call(
+                "batch-request-parameters",
+                Method::GET,
+                url,
+                None,
+                Idempotency::Safe,
+            )
             .await?;
         TokenSpec::parse_list(&v).map_err(|detail| ApiError::Decode {
             endpoint: "batch-request-parameters",
@@ -242,7 +272,13 @@ impl DpssClient {
         let url = self.url(&format!("subscriptions/{subscription_id}/on-demand"));
         let body = serde_json::to_value(tokens).expect("a string map is JSON");
         let v = self
-            .call("on-demand", Method::POST, url, Some(body), Idempotency::Safe)
+            .call(
+                "on-demand",
+                Method::POST,
+                url,
+                Some(body),
+                Idempotency::Safe,
+            )
             .await?;
         let rows = match &v {
             Value::Array(a) => a,
@@ -311,7 +347,10 @@ impl DpssClient {
             let status = resp.status();
             tracing::info!(%correlation_id, endpoint, method = %method, status = status.as_u16(), attempt, duration_ms = elapsed, "DPSS request");
             if status.is_success() {
-                let text = resp.text().await.map_err(|e| ApiError::network(endpoint, e))?;
+                let text = resp
+                    .text()
+                    .await
+                    .map_err(|e| ApiError::network(endpoint, e))?;
                 if text.trim().is_empty() {
                     return Ok(Value::Null);
                 }
@@ -327,17 +366,29 @@ impl DpssClient {
                     // An expired or revoked token: the server rejected the request before acting.
                     refreshed = true;
                     attempt -= 1;
-                    self.stats.unauthorized_refreshes.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .unauthorized_refreshes
+                        .fetch_add(1, Ordering::Relaxed);
                     self.tokens.invalidate(&token).await;
                     continue;
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
-                    self.backoff(endpoint, attempt, retry_after, format!("HTTP 429: {detail}"))
-                        .await?;
+                    self.backoff(
+                        endpoint,
+                        attempt,
+                        retry_after,
+                        format!("HTTP 429: {detail}"),
+                    )
+                    .await?;
                 }
                 s if s.is_server_error() && idempotency == Idempotency::Safe => {
-                    self.backoff(endpoint, attempt, retry_after, format!("HTTP {s}: {detail}"))
-                        .await?;
+                    self.backoff(
+                        endpoint,
+                        attempt,
+                        retry_after,
+                        format!("HTTP {s}: {detail}"),
+                    )
+                    .await?;
                 }
                 s if s.is_server_error() => {
                     return Err(ApiError::OutcomeUnknown {
@@ -407,7 +458,11 @@ pub fn jittered(base: Duration, cap: Duration, attempt: u32) -> Duration {
 
 /// `Retry-After` as delta-seconds or an HTTP date.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = v.parse::<f64>() {
         return Some(Duration::from_secs_f64(secs.max(0.0)));
     }
@@ -458,7 +513,10 @@ mod tests {
         let later = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
         h.insert("retry-after", later.parse().unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -134,8 +134,11 @@ pub fn scalar_text(v: &Value) -> Option<String> {
 }
 
 fn lookup<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key)
-        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 fn get_str(obj: &Map<String, Value>, keys: &[&str]) -> Option<String> {
@@ -164,12 +167,15 @@ mod tests {
 
     #[test]
     fn job_keys_in_any_casing() {
-        let j = BatchJob::from_json(&json!({"JobId": "a", "Status": "Success", "DownloadUri": "http://x/y"}))
-            .unwrap();
+        let j = BatchJob::from_json(
+            &json!({"JobId": "a", "Status": "Success", "DownloadUri": "http://x/y"}),
+        )
+        .unwrap();
         assert_eq!(j.job_id, "a");
         assert_eq!(j.phase(), JobPhase::Succeeded);
         assert_eq!(j.download_url.as_deref(), Some("http://x/y"));
-        let j = BatchJob::from_json(&json!({"jobId": "b", "status": "New", "downloadUrl": null})).unwrap();
+        let j = BatchJob::from_json(&json!({"jobId": "b", "status": "New", "downloadUrl": null}))
+            .unwrap();
         assert_eq!(j.download_url, None);
         assert!(BatchJob::from_json(&json!({"status": "New"})).is_err());
     }

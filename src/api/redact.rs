@@ -23,9 +23,17 @@ pub fn redact_url(raw: &str) -> String {
 mod tests {
     #[test]
     fn query_is_dropped() {
-        let r = super::redact_url("https://acct.blob.core.windows.net/raw/A/A.zip?sv=1&sig=SECRET&se=x");
-        assert_eq!(r, "https://acct.blob.core.windows.net/raw/A/A.zip?<redacted>");
+        let r = super::redact_url(
+            "https://acct.blob.core.windows.net/raw/A/A.zip?sv=1&sig=SECRET&se=x",
+        );
+        assert_eq!(
+            r,
+            "https://acct.blob.core.windows.net/raw/A/A.zip?<redacted>"
+        );
         assert!(!r.contains("SECRET"));
-        assert_eq!(super::redact_url("not a url ?sig=SECRET"), "<unparseable url>");
+        assert_eq!(
+            super::redact_url("not a url ?sig=SECRET"),
+            "<unparseable url>"
+        );
     }
 }

@@ -51,7 +51,8 @@ async fn cycle(shared: Arc<Shared>, product: Product) {
         return;
     }
     if flag.swap(true, Ordering::SeqCst) {
-        metrics::counter!("dpss_sync_skipped_ticks_total", "product" => product.config_name()).increment(1);
+        metrics::counter!("dpss_sync_skipped_ticks_total", "product" => product.config_name())
+            .increment(1);
         tracing::warn!(product = %product, "schedule tick skipped: the previous cycle is still running");
         return;
     }
@@ -61,22 +62,31 @@ async fn cycle(shared: Arc<Shared>, product: Product) {
     match &outcome {
         Ok(report) => {
             let t = report.totals();
-            metrics::counter!("dpss_sync_rows_read_total", "product" => label).increment(t.counts.read);
-            metrics::counter!("dpss_sync_rows_written_total", "product" => label).increment(t.counts.written);
-            metrics::counter!("dpss_sync_rows_quarantined_total", "product" => label).increment(t.counts.quarantined);
-            metrics::counter!("dpss_sync_rows_duplicate_total", "product" => label).increment(t.counts.duplicates);
-            metrics::counter!("dpss_sync_windows_committed_total", "product" => label).increment(t.committed as u64);
-            metrics::counter!("dpss_sync_windows_failed_total", "product" => label).increment(t.failed as u64);
+            metrics::counter!("dpss_sync_rows_read_total", "product" => label)
+                .increment(t.counts.read);
+            metrics::counter!("dpss_sync_rows_written_total", "product" => label)
+                .increment(t.counts.written);
+            metrics::counter!("dpss_sync_rows_quarantined_total", "product" => label)
+                .increment(t.counts.quarantined);
+            metrics::counter!("dpss_sync_rows_duplicate_total", "product" => label)
+                .increment(t.counts.duplicates);
+            metrics::counter!("dpss_sync_windows_committed_total", "product" => label)
+                .increment(t.committed as u64);
+            metrics::counter!("dpss_sync_windows_failed_total", "product" => label)
+                .increment(t.failed as u64);
             let result = if report.ok() { "ok" } else { "failed" };
-            metrics::counter!("dpss_sync_cycles_total", "product" => label, "outcome" => result).increment(1);
+            metrics::counter!("dpss_sync_cycles_total", "product" => label, "outcome" => result)
+                .increment(1);
             tracing::info!(product = %product, outcome = result, committed = t.committed, failed = t.failed, "cycle finished");
         }
         Err(e) => {
-            metrics::counter!("dpss_sync_cycles_total", "product" => label, "outcome" => "error").increment(1);
+            metrics::counter!("dpss_sync_cycles_total", "product" => label, "outcome" => "error")
+                .increment(1);
             tracing::error!(product = %product, error = %e, "cycle failed");
         }
     }
-    metrics::histogram!("dpss_sync_cycle_duration_seconds", "product" => label).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("dpss_sync_cycle_duration_seconds", "product" => label)
+        .record(started.elapsed().as_secs_f64());
     flag.store(false, Ordering::SeqCst);
 }
 
@@ -100,9 +110,9 @@ async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
                     .max();
                 match last {
                     None => problems.push(format!("{product}: nothing committed yet")),
-                    Some(t) if Utc::now() - t.with_timezone(&Utc) > *max_age => {
-                        problems.push(format!("{product}: last commit {t} is older than {max_age}"))
-                    }
+                    Some(t) if Utc::now() - t.with_timezone(&Utc) > *max_age => problems.push(
+                        format!("{product}: last commit {t} is older than {max_age}"),
+                    ),
                     Some(_) => {}
                 }
             }
@@ -118,9 +128,15 @@ async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
 async fn metrics_page(AxState(shared): AxState<Arc<Shared>>) -> String {
     for product in shared.running.keys() {
         if let Ok(Some(w)) = shared.pipeline.state.watermark(*product).await {
-            let end = w.succ_opt().expect("in range").and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+            let end = w
+                .succ_opt()
+                .expect("in range")
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc();
             let age = (Utc::now() - end).num_seconds().max(0) as f64;
-            metrics::gauge!("dpss_sync_watermark_age_seconds", "product" => product.config_name()).set(age);
+            metrics::gauge!("dpss_sync_watermark_age_seconds", "product" => product.config_name())
+                .set(age);
         }
     }
     shared.metrics.render()
@@ -129,7 +145,8 @@ async fn metrics_page(AxState(shared): AxState<Arc<Shared>>) -> String {
 async fn shutdown_signal() {
     let term = async {
         #[cfg(unix)]
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
             return;
         }
@@ -148,16 +165,28 @@ pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::Failed(format!("metrics recorder: {e}")))?;
     let listen = settings.server.listen;
     let grace = settings.server.shutdown_grace;
-    let schedules: Vec<(Product, String)> = settings.products.iter().map(|(p, s)| (*p, s.schedule.clone())).collect();
+    let schedules: Vec<(Product, String)> = settings
+        .products
+        .iter()
+        .map(|(p, s)| (*p, s.schedule.clone()))
+        .collect();
     let pipeline = Pipeline::open(settings, true).await?;
     let shared = Arc::new(Shared {
         pipeline,
         metrics,
         draining: AtomicBool::new(false),
-        running: schedules.iter().map(|(p, _)| (*p, AtomicBool::new(false))).collect(),
+        running: schedules
+            .iter()
+            .map(|(p, _)| (*p, AtomicBool::new(false)))
+            .collect(),
         max_commit_age: schedules
             .iter()
-            .map(|(p, s)| (*p, (schedule_period(s) * 3).max(chrono::Duration::minutes(5))))
+            .map(|(p, s)| {
+                (
+                    *p,
+                    (schedule_period(s) * 3).max(chrono::Duration::minutes(5)),
+                )
+            })
             .collect(),
     });
     let listener = tokio::net::TcpListener::bind(listen)
@@ -182,12 +211,16 @@ pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
     for (product, schedule) in &schedules {
         let shared = shared.clone();
         let product = *product;
-        let job = Job::new_async(schedule.as_str(), move |_, _| Box::pin(cycle(shared.clone(), product)))
-            .map_err(|e| CliError::Config(crate::config::ConfigError::Invalid {
+        let job = Job::new_async(schedule.as_str(), move |_, _| {
+            Box::pin(cycle(shared.clone(), product))
+        })
+        .map_err(|e| {
+            CliError::Config(crate::config::ConfigError::Invalid {
                 key: format!("products.{product}.schedule"),
                 origin: String::new(),
                 reason: e.to_string(),
-            }))?;
+            })
+        })?;
         scheduler
             .add(job)
             .await
@@ -207,11 +240,15 @@ pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
     shared.draining.store(true, Ordering::SeqCst);
     let _ = scheduler.shutdown().await;
     let deadline = tokio::time::Instant::now() + grace;
-    while shared.running.values().any(|r| r.load(Ordering::SeqCst)) && tokio::time::Instant::now() < deadline {
+    while shared.running.values().any(|r| r.load(Ordering::SeqCst))
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if shared.running.values().any(|r| r.load(Ordering::SeqCst)) {
-        tracing::warn!("grace period over with a cycle in flight; its recorded jobs resume at the next start");
+        tracing::warn!(
+            "grace period over with a cycle in flight; its recorded jobs resume at the next start"
+        );
     }
     let _ = stop_tx.send(());
     let _ = server.await;

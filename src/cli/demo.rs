@@ -18,7 +18,10 @@ pub async fn run() -> Result<ExitCode, CliError> {
     let handle = sim::spawn(sim_cfg, "127.0.0.1:0".parse().expect("addr"))
         .await
         .map_err(|e| CliError::Failed(format!("cannot start the simulator: {e}")))?;
-    println!("simulator on {} (seed 42, ~300 rows/day, 13 months)", handle.base_url());
+    println!(
+        "simulator on {} (seed 42, ~300 rows/day, 13 months)",
+        handle.base_url()
+    );
     let overrides = format!(
         "[api]\nbase_url = \"{}\"\n[auth]\ntoken_url = \"{}\"\n",
         handle.base_url(),
@@ -43,7 +46,10 @@ pub async fn run() -> Result<ExitCode, CliError> {
     let rows: usize = table.iter().map(|(_, b)| b.num_rows()).sum();
     let partitions: BTreeSet<_> = table.iter().map(|(d, _)| *d).collect();
     let status_days = crate::lake::count_by_status_day(&table);
-    let objects = lake.objects(product).await.map_err(|e| CliError::Failed(e.to_string()))?;
+    let objects = lake
+        .objects(product)
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?;
     let bytes: u64 = objects.iter().map(|(_, s)| s).sum();
     let quarantined: usize = lake
         .read_quarantine(product)
@@ -57,18 +63,43 @@ pub async fn run() -> Result<ExitCode, CliError> {
     println!("demo finished in {:.1}s", elapsed.as_secs_f64());
     println!(
         "  status days {} .. {} ({} days), watermark {}",
-        status_days.keys().next().map(|d| d.to_string()).unwrap_or_default(),
-        status_days.keys().last().map(|d| d.to_string()).unwrap_or_default(),
+        status_days
+            .keys()
+            .next()
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        status_days
+            .keys()
+            .last()
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
         status_days.len(),
-        watermark.map(|d| d.to_string()).unwrap_or_else(|| "none".into())
+        watermark
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "none".into())
     );
-    println!("  rows in the lake {rows} in {} event_date partitions, {} objects, {:.1} MiB", partitions.len(), objects.len(), bytes as f64 / 1048576.0);
+    println!(
+        "  rows in the lake {rows} in {} event_date partitions, {} objects, {:.1} MiB",
+        partitions.len(),
+        objects.len(),
+        bytes as f64 / 1048576.0
+    );
     println!("  rows quarantined {quarantined} (see ./lake/_quarantine/hid_work_orders/)");
-    println!("  lake ./lake/hid_work_orders/event_date=YYYY-MM-DD/part-00000.parquet, state ./state/state.db");
+    println!(
+        "  lake ./lake/hid_work_orders/event_date=YYYY-MM-DD/part-00000.parquet, state ./state/state.db"
+    );
     println!("read it with DuckDB:");
-    println!("  duckdb -c \"SELECT event_date, status, count(*) FROM read_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\"");
+    println!(
+        "  duckdb -c \"SELECT event_date, status, count(*) FROM read_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\""
+    );
     println!("or Polars:");
-    println!("  python -c \"import polars as pl; print(pl.scan_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning=True).collect())\"");
+    println!(
+        "  python -c \"import polars as pl; print(pl.scan_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning=True).collect())\""
+    );
     handle.shutdown().await;
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -19,7 +19,11 @@ use crate::product::Product;
 use crate::sync::{Pipeline, SyncError};
 
 #[derive(Debug, Parser)]
-#[command(name = "dpss-sync", version, about = "Keeps a data lake in sync with Itron DPSS data products")]
+#[command(
+    name = "dpss-sync",
+    version,
+    about = "Keeps a data lake in sync with Itron DPSS data products"
+)]
 pub struct Cli {
     /// Configuration file (TOML); repeat to layer several, later ones win. Environment variables
     /// DPSS_SYNC__SECTION__KEY override any file.
@@ -151,7 +155,11 @@ impl Command {
 /// Runs a parsed command line; `settings` were loaded by the caller (logging needs them first)
 /// for every command that [`Command::needs_config`].
 pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, CliError> {
-    let need = || settings.clone().ok_or_else(|| CliError::Usage("no configuration loaded".into()));
+    let need = || {
+        settings
+            .clone()
+            .ok_or_else(|| CliError::Usage("no configuration loaded".into()))
+    };
     match cli.command {
         Command::Run => daemon::run(need()?).await,
         Command::Sync(p) => {
@@ -165,7 +173,11 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
                 report::print_run(product, &report);
                 ok &= report.ok();
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Backfill { from, to, product } => {
             let settings = need()?;
@@ -178,7 +190,11 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
                 report::print_run(product, &report);
                 ok &= report.ok();
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Plan(p) => {
             let settings = need()?;
@@ -194,9 +210,14 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
                 for (plan, existing) in pipeline.preview(product, today).await? {
                     let tokens = serde_json::to_string(&plan.tokens).expect("map");
                     let last = existing
-                        .map(|w| format!(" [last: {}, {} attempt(s)]", w.stage.as_str(), w.attempts))
+                        .map(|w| {
+                            format!(" [last: {}, {} attempt(s)]", w.stage.as_str(), w.attempts)
+                        })
                         .unwrap_or_default();
-                    println!("  {:<10} {}..{} tokens {tokens}{last}\n             {}", plan.key, plan.from, plan.to, plan.reason);
+                    println!(
+                        "  {:<10} {}..{} tokens {tokens}{last}\n             {}",
+                        plan.key, plan.from, plan.to, plan.reason
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -220,7 +241,11 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             let pipeline = Pipeline::open(settings, false).await?;
             let report = pipeline.import(product, files).await?;
             report::print_run(product, &report);
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Simulate(args) => simulate::run(args).await,
         Command::Demo => demo::run().await,

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Date32Array, Int8Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, ArrayRef, Date32Array, Int8Array, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use chrono::Utc;
@@ -88,7 +90,10 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
     let served = rows.len();
     let (raw, unknown) = crate::decode::rows_to_batch(&rows, "on-demand");
     if !unknown.is_empty() {
-        eprintln!("note: ignoring columns this product does not know: {}", unknown.into_iter().collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "note: ignoring columns this product does not know: {}",
+            unknown.into_iter().collect::<Vec<_>>().join(", ")
+        );
     }
     let mut n = Normalizer::new(args.product, "on-demand", Coverage::Any, Utc::now());
     n.push(&raw);
@@ -96,15 +101,35 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
     let table = with_event_date(&out.partitions);
     match args.format {
         Format::Table => {
-            let shown = table.project(&[0, 1, 2, 3, 4, 5, 6, 7]).expect("columns exist");
-            println!("{}", arrow::util::pretty::pretty_format_batches(&[shown]).expect("printable"));
+            let shown = table
+                .project(&[0, 1, 2, 3, 4, 5, 6, 7])
+                .expect("columns exist");
+            println!(
+                "{}",
+                arrow::util::pretty::pretty_format_batches(&[shown]).expect("printable")
+            );
         }
-        Format::Json => println!("{}", serde_json::to_string_pretty(&json_rows(&table)).expect("json")),
-        Format::Csv => write_csv(&table).map_err(|e| CliError::Failed(format!("writing CSV: {e}")))?,
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json_rows(&table)).expect("json")
+        ),
+        Format::Csv => {
+            write_csv(&table).map_err(|e| CliError::Failed(format!("writing CSV: {e}")))?
+        }
     }
     if let Some(q) = &out.quarantine {
-        let reasons = q.column_by_name("_reason").expect("reason").as_any().downcast_ref::<StringArray>().expect("utf8");
-        let wo = q.column_by_name("work_order_id").expect("wo").as_any().downcast_ref::<StringArray>().expect("utf8");
+        let reasons = q
+            .column_by_name("_reason")
+            .expect("reason")
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("utf8");
+        let wo = q
+            .column_by_name("work_order_id")
+            .expect("wo")
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("utf8");
         for i in 0..q.num_rows() {
             eprintln!(
                 "invalid row (work order {}): {}",
@@ -129,7 +154,12 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
 /// The query's rows as one batch with the event_date the lake keeps in the path.
 fn with_event_date(parts: &BTreeMap<chrono::NaiveDate, RecordBatch>) -> RecordBatch {
     let schema = Product::HidWorkOrders.lake_schema();
-    let mut fields: Vec<Field> = schema.fields().iter().take(7).map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .take(7)
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.insert(6, Field::new("event_date", DataType::Date32, false));
     let out_schema = Arc::new(Schema::new(fields));
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
@@ -159,15 +189,29 @@ fn cells(b: &RecordBatch, row: usize) -> [String; 8] {
         strings(b, 2).value(row).to_string(),
         strings(b, 3).value(row).to_string(),
         ts.value_as_datetime(row)
-            .map(|t| t.and_utc().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            .map(|t| {
+                t.and_utc()
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            })
             .unwrap_or_default(),
         strings(b, 5).value(row).to_string(),
-        ed.value_as_date(row).map(|d| d.to_string()).unwrap_or_default(),
+        ed.value_as_date(row)
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
         strings(b, 7).value(row).to_string(),
     ]
 }
 
-const NAMES: [&str; 8] = ["service_point_id", "phase", "issue_id", "status", "status_datetime", "reason", "event_date", "work_order_id"];
+const NAMES: [&str; 8] = [
+    "service_point_id",
+    "phase",
+    "issue_id",
+    "status",
+    "status_datetime",
+    "reason",
+    "event_date",
+    "work_order_id",
+];
 
 fn json_rows(b: &RecordBatch) -> serde_json::Value {
     let rows = (0..b.num_rows())

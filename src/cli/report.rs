@@ -18,7 +18,13 @@ pub fn print_run(product: Product, report: &RunReport) {
     let t = report.totals();
     println!(
         "{product}: run {} — {} window(s) committed, {} failed; rows read {}, written {}, quarantined {}, duplicates collapsed {}",
-        report.run_id, t.committed, t.failed, t.counts.read, t.counts.written, t.counts.quarantined, t.counts.duplicates
+        report.run_id,
+        t.committed,
+        t.failed,
+        t.counts.read,
+        t.counts.written,
+        t.counts.quarantined,
+        t.counts.duplicates
     );
     for w in &report.windows {
         match (&w.error, &w.counts) {
@@ -42,10 +48,22 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
     for (product, _) in p.settings.products.iter() {
         let watermark = p.state.watermark(*product).await?;
         let windows = p.state.windows(*product).await?;
-        let in_flight: Vec<_> = windows.iter().filter(|w| w.stage.has_job() || w.stage == crate::state::Stage::Planned).cloned().collect();
-        let failed: Vec<_> = windows.iter().filter(|w| w.stage == crate::state::Stage::Failed).cloned().collect();
+        let in_flight: Vec<_> = windows
+            .iter()
+            .filter(|w| w.stage.has_job() || w.stage == crate::state::Stage::Planned)
+            .cloned()
+            .collect();
+        let failed: Vec<_> = windows
+            .iter()
+            .filter(|w| w.stage == crate::state::Stage::Failed)
+            .cloned()
+            .collect();
         let recent: Vec<_> = {
-            let mut c: Vec<_> = windows.iter().filter(|w| w.committed_at.is_some()).cloned().collect();
+            let mut c: Vec<_> = windows
+                .iter()
+                .filter(|w| w.committed_at.is_some())
+                .cloned()
+                .collect();
             c.sort_by(|a, b| b.committed_at.cmp(&a.committed_at));
             c.truncate(10);
             c
@@ -82,7 +100,11 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
             prod["watermark_age_days"],
             prod["partitions"]
         );
-        for (label, key) in [("in flight", "in_flight"), ("failed", "failed"), ("recently committed", "recently_committed")] {
+        for (label, key) in [
+            ("in flight", "in_flight"),
+            ("failed", "failed"),
+            ("recently committed", "recently_committed"),
+        ] {
             let list = prod[key].as_array().expect("array");
             if list.is_empty() {
                 continue;
@@ -98,7 +120,10 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
                     w["counts"]["written"],
                     w["counts"]["quarantined"],
                     w["counts"]["duplicates"],
-                    w["error"].as_str().map(|e| format!("\n                 error: {e}")).unwrap_or_default()
+                    w["error"]
+                        .as_str()
+                        .map(|e| format!("\n                 error: {e}"))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -117,7 +142,10 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
             r.rows_read,
             r.rows_written,
             r.rows_quarantined,
-            r.error.as_deref().map(|e| format!("\n        error: {e}")).unwrap_or_default()
+            r.error
+                .as_deref()
+                .map(|e| format!("\n        error: {e}"))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -132,7 +160,10 @@ pub async fn check_config(settings: Settings, online: bool) -> Result<ExitCode, 
     println!("  lake.url       {}", settings.lake.url);
     println!("  state          {}", settings.state.path.display());
     for (p, s) in &settings.products {
-        println!("  products.{p}: file_type {}, schedule \"{}\", lookback {} day(s)", s.file_type, s.schedule, s.lookback_days);
+        println!(
+            "  products.{p}: file_type {}, schedule \"{}\", lookback {} day(s)",
+            s.file_type, s.schedule, s.lookback_days
+        );
     }
     if !online {
         return Ok(ExitCode::SUCCESS);
@@ -145,15 +176,27 @@ pub async fn check_config(settings: Settings, online: bool) -> Result<ExitCode, 
         match client.parameters(sub).await {
             Ok(tokens) => {
                 let names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
-                println!("  {product}: token and discovery OK; the API accepts tokens {}", names.join(", "));
-                if !names.iter().any(|n| n.eq_ignore_ascii_case(product.day_token())) {
+                println!(
+                    "  {product}: token and discovery OK; the API accepts tokens {}",
+                    names.join(", ")
+                );
+                if !names
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(product.day_token()))
+                {
                     failures.push(format!(
                         "{product}: discovery does not list the `{}` token this product filters days with",
                         product.day_token()
                     ));
                 }
-                for t in tokens.iter().filter(|t| t.required() && !t.name.eq_ignore_ascii_case(product.day_token())) {
-                    failures.push(format!("{product}: the API requires token `{}`, which dpss-sync does not send", t.name));
+                for t in tokens
+                    .iter()
+                    .filter(|t| t.required() && !t.name.eq_ignore_ascii_case(product.day_token()))
+                {
+                    failures.push(format!(
+                        "{product}: the API requires token `{}`, which dpss-sync does not send",
+                        t.name
+                    ));
                 }
             }
             Err(e) => failures.push(format!("{product}: {e}")),
@@ -170,6 +213,9 @@ pub async fn check_config(settings: Settings, online: bool) -> Result<ExitCode, 
         println!("online checks OK");
         Ok(ExitCode::SUCCESS)
     } else {
-        Err(CliError::Failed(format!("online checks failed:\n  {}", failures.join("\n  "))))
+        Err(CliError::Failed(format!(
+            "online checks failed:\n  {}",
+            failures.join("\n  ")
+        )))
     }
 }

@@ -71,7 +71,17 @@ pub async fn run(a: SimulateArgs) -> Result<ExitCode, CliError> {
     println!("  client_secret    {}", cfg.client_secret);
     println!("  DataSubscriberId {}", cfg.subscriber_id);
     println!("  SubscriptionId   {}", cfg.subscription_id);
-    println!("  seed {}, ~{} rows/day, job delay {}, faults: {}", cfg.seed, cfg.rows_per_day, humantime::format_duration(cfg.job_delay), if a.faults.is_empty() { "none" } else { &a.faults });
+    println!(
+        "  seed {}, ~{} rows/day, job delay {}, faults: {}",
+        cfg.seed,
+        cfg.rows_per_day,
+        humantime::format_duration(cfg.job_delay),
+        if a.faults.is_empty() {
+            "none"
+        } else {
+            &a.faults
+        }
+    );
     println!("Ctrl-C stops it.");
     tokio::signal::ctrl_c()
         .await

@@ -151,9 +151,9 @@ impl Table {
 
     pub fn sqlite_path(&mut self, name: &str, default: &str) -> Result<PathBuf, ConfigError> {
         self.parsed(name, default, |s| {
-            let rest = s
-                .strip_prefix("sqlite://")
-                .ok_or_else(|| format!("`{s}` is not a sqlite:// URL (only SQLite is supported)"))?;
+            let rest = s.strip_prefix("sqlite://").ok_or_else(|| {
+                format!("`{s}` is not a sqlite:// URL (only SQLite is supported)")
+            })?;
             let rest = rest.split('?').next().unwrap_or_default();
             if rest.is_empty() {
                 return Err("the sqlite:// URL has no file path".into());
@@ -173,7 +173,13 @@ impl Table {
         })
     }
 
-    pub fn integer(&mut self, name: &str, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
+    pub fn integer(
+        &mut self,
+        name: &str,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Result<i64, ConfigError> {
         self.parsed(name, &default.to_string(), |s| {
             let n: i64 = s
                 .trim()
@@ -243,7 +249,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unit `{other}` in `{s}` is not one of B, KB, MB, GB, KiB, MiB, GiB")),
+        other => {
+            return Err(format!(
+                "unit `{other}` in `{s}` is not one of B, KB, MB, GB, KiB, MiB, GiB"
+            ));
+        }
     };
     let bytes = n * mult;
     if bytes < 1.0 {

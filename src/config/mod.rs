@@ -178,10 +178,12 @@ impl Settings {
         let merged = builder
             .build()
             .map_err(|e| ConfigError::Source(e.to_string()))?;
-        let root: BTreeMap<String, config::Value> = merged
-            .try_deserialize()
+        // The cache keeps each value's origin (file or environment), which serde would drop.
+        let root = merged
+            .cache
+            .into_table()
             .map_err(|e| ConfigError::Source(e.to_string()))?;
-        Self::from_table(Table::root(root))
+        Self::from_table(Table::root(root.into_iter().collect()))
     }
 
     fn from_table(mut root: Table) -> Result<Self, ConfigError> {
@@ -205,7 +207,10 @@ impl Settings {
                 max_attempts: api.positive("max_attempts", 6)? as u32,
             },
             auth: AuthSettings {
-                token_url: auth.url("token_url", "https://idenserver.itrontotal.com/connect/token")?,
+                token_url: auth.url(
+                    "token_url",
+                    "https://idenserver.itrontotal.com/connect/token",
+                )?,
                 client_id: auth.opt_string("client_id")?,
                 client_secret: auth.opt_string("client_secret")?.map(Secret::new),
                 scope: auth.string("scope", "DPSSSubscriberApi")?,
@@ -226,14 +231,21 @@ impl Settings {
                 format: match log.string("format", "text")?.as_str() {
                     "text" => LogFormat::Text,
                     "json" => LogFormat::Json,
-                    other => return Err(log.invalid("format", format!("`{other}` is not one of text, json"))),
+                    other => {
+                        return Err(
+                            log.invalid("format", format!("`{other}` is not one of text, json"))
+                        );
+                    }
                 },
                 level: log.string("level", "info")?,
             },
             products: Self::products(&mut products_table)?,
         };
         if settings.api.poll_max < settings.api.poll_interval {
-            return Err(api.invalid("poll_max", "must not be shorter than api.poll_interval".into()));
+            return Err(api.invalid(
+                "poll_max",
+                "must not be shorter than api.poll_interval".into(),
+            ));
         }
         for table in [api, auth, lake, state, server, log, products_table, root] {
             table.finish()?;
@@ -255,7 +267,10 @@ impl Settings {
             let settings = ProductSettings {
                 subscription_id: p.opt_string("subscription_id")?,
                 file_type: FileType::parse(&file_type_raw).ok_or_else(|| {
-                    p.invalid("file_type", format!("`{file_type_raw}` is not one of csv, json, parquet, orc"))
+                    p.invalid(
+                        "file_type",
+                        format!("`{file_type_raw}` is not one of csv, json, parquet, orc"),
+                    )
                 })?,
                 schedule: p.cron("schedule", "0 */15 * * * *")?,
                 lookback_days: p.integer("lookback_days", 2, 0, 366)? as u32,
@@ -310,10 +325,12 @@ impl Settings {
 
     /// The settings of one product, or a configuration error naming it.
     pub fn product(&self, product: Product) -> Result<&ProductSettings, ConfigError> {
-        self.products.get(&product).ok_or_else(|| ConfigError::Missing {
-            key: format!("products.{}", product.config_name()),
-            hint: "the product is not configured".into(),
-        })
+        self.products
+            .get(&product)
+            .ok_or_else(|| ConfigError::Missing {
+                key: format!("products.{}", product.config_name()),
+                hint: "the product is not configured".into(),
+            })
     }
 
     /// Downloads land next to the state database, on the volume the operator already keeps.
@@ -352,20 +369,35 @@ mod tests {
         let err = load("[api]\npol_interval = \"1s\"\n").unwrap_err();
         assert!(err.to_string().contains("`api.pol_interval`"), "{err}");
         let err = load("[products.hid_work_order]\nsubscription_id = \"x\"\n").unwrap_err();
-        assert!(err.to_string().contains("`products.hid_work_order`"), "{err}");
+        assert!(
+            err.to_string().contains("`products.hid_work_order`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_values_are_named_with_reason() {
         for (text, key) in [
             ("[api]\npoll_interval = \"soon\"\n", "api.poll_interval"),
-            ("[api]\nmax_concurrent_jobs = 0\n", "api.max_concurrent_jobs"),
+            (
+                "[api]\nmax_concurrent_jobs = 0\n",
+                "api.max_concurrent_jobs",
+            ),
             ("[api]\nbase_url = \"not a url\"\n", "api.base_url"),
             ("[lake]\nurl = \"ftp://x/y\"\n", "lake.url"),
-            ("[lake]\ntarget_file_size = \"12 parsecs\"\n", "lake.target_file_size"),
+            (
+                "[lake]\ntarget_file_size = \"12 parsecs\"\n",
+                "lake.target_file_size",
+            ),
             ("[state]\nurl = \"postgres://x\"\n", "state.url"),
-            ("[products.hid_work_orders]\nschedule = \"every day\"\n", "products.hid_work_orders.schedule"),
-            ("[products.hid_work_orders]\nfile_type = \"xml\"\n", "products.hid_work_orders.file_type"),
+            (
+                "[products.hid_work_orders]\nschedule = \"every day\"\n",
+                "products.hid_work_orders.schedule",
+            ),
+            (
+                "[products.hid_work_orders]\nfile_type = \"xml\"\n",
+                "products.hid_work_orders.file_type",
+            ),
             ("[log]\nformat = \"yaml\"\n", "log.format"),
         ] {
             let err = load(text).unwrap_err().to_string();
@@ -375,10 +407,14 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug() {
-        let s = load("[auth]\nclient_secret = \"hunter2-very-secret\"\nclient_id = \"id\"\n").unwrap();
+        let s =
+            load("[auth]\nclient_secret = \"hunter2-very-secret\"\nclient_id = \"id\"\n").unwrap();
         let debug = format!("{s:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
-        assert_eq!(s.auth.client_secret.unwrap().expose(), "hunter2-very-secret");
+        assert_eq!(
+            s.auth.client_secret.unwrap().expose(),
+            "hunter2-very-secret"
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ fn to_raw(
         }
         let text = cast(batch.column(i), &DataType::Utf8).map_err(|e| DecodeError::Malformed {
             file: file.to_string(),
-            detail: format!("column `{}` cannot be read as text: {e}", batch.schema().field(i).name()),
+            detail: format!(
+                "column `{}` cannot be read as text: {e}",
+                batch.schema().field(i).name()
+            ),
         })?;
         let text = text
             .as_any()
@@ -77,15 +80,27 @@ pub fn decode_parquet(
             file: label.to_string(),
             detail: format!("not a readable Parquet file: {e}"),
         })?;
-    let names = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let reader = builder
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| DecodeError::Malformed {
-            file: label.to_string(),
-            detail: e.to_string(),
-        })?;
-    drain(reader.map(|r| r.map_err(|e| e.to_string())), names, label, summary, sink)
+    let names = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let reader =
+        builder
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| DecodeError::Malformed {
+                file: label.to_string(),
+                detail: e.to_string(),
+            })?;
+    drain(
+        reader.map(|r| r.map_err(|e| e.to_string())),
+        names,
+        label,
+        summary,
+        sink,
+    )
 }
 
 pub fn decode_orc(
@@ -94,11 +109,23 @@ pub fn decode_orc(
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
-    let builder = orc_rust::ArrowReaderBuilder::try_new(file).map_err(|e| DecodeError::Malformed {
-        file: label.to_string(),
-        detail: format!("not a readable ORC file: {e}"),
-    })?;
-    let names = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let builder =
+        orc_rust::ArrowReaderBuilder::try_new(file).map_err(|e| DecodeError::Malformed {
+            file: label.to_string(),
+            detail: format!("not a readable ORC file: {e}"),
+        })?;
+    let names = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let reader = builder.with_batch_size(BATCH_ROWS).build();
-    drain(reader.map(|r| r.map_err(|e| e.to_string())), names, label, summary, sink)
+    drain(
+        reader.map(|r| r.map_err(|e| e.to_string())),
+        names,
+        label,
+        summary,
+        sink,
+    )
 }

@@ -28,19 +28,18 @@ pub fn decode(
     }
     let names: Vec<String> = record
         .iter()
-        .map(|f| String::from_utf8_lossy(f).trim_start_matches('\u{feff}').to_string())
+        .map(|f| {
+            String::from_utf8_lossy(f)
+                .trim_start_matches('\u{feff}')
+                .to_string()
+        })
         .collect();
     let mapping = map_header(&names, &file, summary)?;
     let width = mapping.len();
     let mut out = RawBuilder::new(file.clone());
     while rdr.read_byte_record(&mut record).map_err(malformed)? {
-        let ragged = if record.len() < width {
-            Some(format!("row has {} fields; the header has {width}", record.len()))
-        } else if record.iter().skip(width).any(|f| !f.is_empty()) {
-            Some(format!("row has {} fields; the header has {width}", record.len()))
-        } else {
-            None
-        };
+        let ragged = (record.len() < width || record.iter().skip(width).any(|f| !f.is_empty()))
+            .then(|| format!("row has {} fields; the header has {width}", record.len()));
         let not_utf8 = mapping
             .iter()
             .zip(record.iter())
@@ -108,18 +107,25 @@ mod tests {
         assert_eq!(b.num_rows(), 2);
         assert!(b.errors.is_empty());
         assert_eq!(cell(b, Column::WorkOrderId, 0).as_deref(), Some("123456"));
-        assert_eq!(cell(b, Column::Reason, 0).as_deref(), Some("Checked, \"twice\"\r\nthen left"));
+        assert_eq!(
+            cell(b, Column::Reason, 0).as_deref(),
+            Some("Checked, \"twice\"\r\nthen left")
+        );
         assert_eq!(cell(b, Column::IssueId, 1).as_deref(), Some("19866"));
         assert_eq!(cell(b, Column::Reason, 1).as_deref(), Some("Zählerprüfung"));
-        assert_eq!(summary.unknown_columns.into_iter().collect::<Vec<_>>(), vec!["Extra"]);
+        assert_eq!(
+            summary.unknown_columns.into_iter().collect::<Vec<_>>(),
+            vec!["Extra"]
+        );
     }
 
     #[test]
     fn ragged_and_binary_rows_become_row_errors() {
-        let mut text = b"ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n\
+        let mut text =
+            b"ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n\
                      1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n\
                      1,1,2\n"
-            .to_vec();
+                .to_vec();
         text.extend_from_slice(b"1,1,2,New,2024-06-15T00:00:00Z,\xff\xfe,2024-06-15,3\n");
         let (b, _) = run(&text).unwrap();
         let b = &b[0];

@@ -33,12 +33,9 @@ impl RowSink<'_, '_> {
                         .keys
                         .entry(k)
                         .or_insert_with_key(|k| Column::from_header(k));
-                    match col {
-                        Some(c) => {
-                            self.seen[c.index()] = true;
-                            cells[c.index()] = scalar_text(&v);
-                        }
-                        None => {}
+                    if let Some(c) = col {
+                        self.seen[c.index()] = true;
+                        cells[c.index()] = scalar_text(&v);
                     }
                 }
                 for c in Column::ALL {
@@ -117,7 +114,9 @@ pub fn decode(
     };
     // Skip a BOM and leading whitespace to see whether this is an array or JSON lines.
     let first = loop {
-        let buf = r.fill_buf().map_err(|e| malformed(format!("read failed: {e}")))?;
+        let buf = r
+            .fill_buf()
+            .map_err(|e| malformed(format!("read failed: {e}")))?;
         if buf.is_empty() {
             return Ok(());
         }
@@ -147,7 +146,8 @@ pub fn decode(
             return Err(e);
         }
         parsed.map_err(|e| malformed(format!("invalid JSON array: {e}")))?;
-        de.end().map_err(|e| malformed(format!("content after the JSON array: {e}")))?;
+        de.end()
+            .map_err(|e| malformed(format!("content after the JSON array: {e}")))?;
     } else {
         let mut line = Vec::new();
         loop {
@@ -167,8 +167,10 @@ pub fn decode(
                 Ok(v) => rows.row(v)?,
                 Err(e) => {
                     rows.rows += 1;
-                    rows.out
-                        .error_row(format!("line is not valid JSON: {e}"), Some(text.to_string()));
+                    rows.out.error_row(
+                        format!("line is not valid JSON: {e}"),
+                        Some(text.to_string()),
+                    );
                     if rows.out.is_full() {
                         (rows.sink)(rows.out.take().expect("full"))?;
                     }
@@ -188,10 +190,15 @@ mod tests {
     fn run(text: &str) -> Result<Vec<RawBatch>, DecodeError> {
         let mut batches = Vec::new();
         let mut summary = DecodeSummary::default();
-        decode(text.as_bytes(), Arc::from("t.json"), &mut summary, &mut |b| {
-            batches.push(b);
-            Ok(())
-        })?;
+        decode(
+            text.as_bytes(),
+            Arc::from("t.json"),
+            &mut summary,
+            &mut |b| {
+                batches.push(b);
+                Ok(())
+            },
+        )?;
         Ok(batches)
     }
 
@@ -214,7 +221,9 @@ mod tests {
         let text = format!("{ROW}\n{}\n", ROW.replace(r#""Reason":"x","#, ""));
         let b = run(&text).unwrap();
         assert!(b[0].columns[Column::Reason.index()].is_null(1));
-        let err = run(&ROW.replace(r#""Reason":"x","#, "")).unwrap_err().to_string();
+        let err = run(&ROW.replace(r#""Reason":"x","#, ""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`Reason`"), "{err}");
     }
 

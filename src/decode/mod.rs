@@ -40,7 +40,9 @@ pub enum DecodeError {
     EmptyArchive { file: String },
     #[error("{file}: uncompressed size exceeds lake.max_uncompressed_size ({limit} bytes)")]
     TooLarge { file: String, limit: u64 },
-    #[error("{file}: unsupported file type (expected .csv, .json, .parquet or .orc, or a .zip of them)")]
+    #[error(
+        "{file}: unsupported file type (expected .csv, .json, .parquet or .orc, or a .zip of them)"
+    )]
     UnsupportedFile { file: String },
     #[error("{0}")]
     Io(String),
@@ -84,7 +86,9 @@ pub(crate) struct RawBuilder {
 impl RawBuilder {
     pub fn new(source: Arc<str>) -> Self {
         Self {
-            cols: std::array::from_fn(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16)),
+            cols: std::array::from_fn(|_| {
+                StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16)
+            }),
             errors: Vec::new(),
             rows: 0,
             source,
@@ -206,7 +210,9 @@ pub fn decode_path(
                 let file = File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
                 decode_text(ft, &name, file, &mut summary, sink)?;
             }
-            FileType::Parquet | FileType::Orc => decode_columnar(ft, &name, path, &mut summary, sink)?,
+            FileType::Parquet | FileType::Orc => {
+                decode_columnar(ft, &name, path, &mut summary, sink)?
+            }
         }
         summary.files.push(name);
     }
@@ -266,8 +272,9 @@ fn decode_zip(
         let result = match ft {
             FileType::Csv | FileType::Json => decode_text(ft, &label, &mut limited, summary, sink),
             FileType::Parquet | FileType::Orc => {
-                let mut tmp = tempfile::NamedTempFile::new_in(scratch)
-                    .map_err(|e| DecodeError::Io(format!("scratch file in {}: {e}", scratch.display())))?;
+                let mut tmp = tempfile::NamedTempFile::new_in(scratch).map_err(|e| {
+                    DecodeError::Io(format!("scratch file in {}: {e}", scratch.display()))
+                })?;
                 match io::copy(&mut limited, tmp.as_file_mut()) {
                     Ok(_) => decode_columnar(ft, &label, tmp.path(), summary, sink),
                     Err(e) => Err(io_error(&label, e)),
@@ -277,7 +284,9 @@ fn decode_zip(
         budget = budget.saturating_sub(limited.used);
         summary.uncompressed_bytes += limited.used;
         match result {
-            Err(DecodeError::Malformed { detail, .. } | DecodeError::Io(detail)) if detail.contains(LIMIT_MARKER) => {
+            Err(DecodeError::Malformed { detail, .. } | DecodeError::Io(detail))
+                if detail.contains(LIMIT_MARKER) =>
+            {
                 return Err(DecodeError::TooLarge {
                     file: name,
                     limit: max_uncompressed,
@@ -358,23 +367,11 @@ pub(crate) fn map_header(
     Ok(mapping)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn side_files_are_ignored() {
-        assert_eq!(file_type_of("part-00000-abc.csv"), Some(FileType::Csv));
-        assert_eq!(file_type_of("dir/part-1.PARQUET"), Some(FileType::Parquet));
-        assert_eq!(file_type_of("x.jsonl"), Some(FileType::Json));
-        assert_eq!(file_type_of("_SUCCESS"), None);
-        assert_eq!(file_type_of(".part-00000.csv.crc"), None);
-        assert_eq!(file_type_of("part-00000.csv.crc"), None);
-    }
-}
-
 /// On-demand rows (column name to text) as one batch, keys matched like any header.
-pub fn rows_to_batch(rows: &[crate::api::OnDemandRow], source: &str) -> (RawBatch, BTreeSet<String>) {
+pub fn rows_to_batch(
+    rows: &[crate::api::OnDemandRow],
+    source: &str,
+) -> (RawBatch, BTreeSet<String>) {
     let mut out = RawBuilder::new(Arc::from(source));
     let mut unknown = BTreeSet::new();
     for row in rows {
@@ -399,4 +396,19 @@ pub fn rows_to_batch(rows: &[crate::api::OnDemandRow], source: &str) -> (RawBatc
         first_row: 1,
     });
     (batch, unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_files_are_ignored() {
+        assert_eq!(file_type_of("part-00000-abc.csv"), Some(FileType::Csv));
+        assert_eq!(file_type_of("dir/part-1.PARQUET"), Some(FileType::Parquet));
+        assert_eq!(file_type_of("x.jsonl"), Some(FileType::Json));
+        assert_eq!(file_type_of("_SUCCESS"), None);
+        assert_eq!(file_type_of(".part-00000.csv.crc"), None);
+        assert_eq!(file_type_of("part-00000.csv.crc"), None);
+    }
 }

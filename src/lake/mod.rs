@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, TimestampMicrosecondArray};
-use arrow::compute::{SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
+use arrow::compute::{
+    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+};
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 
@@ -127,9 +129,15 @@ impl Lake {
         Ok(objects)
     }
 
-    async fn read_objects(&self, objects: &[object_store::ObjectMeta]) -> Result<Vec<RecordBatch>, LakeError> {
+    async fn read_objects(
+        &self,
+        objects: &[object_store::ObjectMeta],
+    ) -> Result<Vec<RecordBatch>, LakeError> {
         let mut out = Vec::new();
-        for meta in objects.iter().filter(|m| m.location.as_ref().ends_with(".parquet")) {
+        for meta in objects
+            .iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+        {
             // Partitions are rewritten whole, so the whole object is needed anyway: one GET.
             let bytes = self
                 .store
@@ -155,17 +163,26 @@ impl Lake {
     }
 
     /// Every row of one partition.
-    pub async fn read_partition(&self, product: Product, date: NaiveDate) -> Result<Vec<RecordBatch>, LakeError> {
+    pub async fn read_partition(
+        &self,
+        product: Product,
+        date: NaiveDate,
+    ) -> Result<Vec<RecordBatch>, LakeError> {
         let objects = self.list(&self.partition(product, date)).await?;
         self.read_objects(&objects).await
     }
 
     /// Every row of the table, with the partition date of each batch.
-    pub async fn read_table(&self, product: Product) -> Result<Vec<(NaiveDate, RecordBatch)>, LakeError> {
+    pub async fn read_table(
+        &self,
+        product: Product,
+    ) -> Result<Vec<(NaiveDate, RecordBatch)>, LakeError> {
         let objects = self.list(&self.table(product)).await?;
         let mut out = Vec::new();
         for meta in &objects {
-            let Some(date) = partition_date(&meta.location) else { continue };
+            let Some(date) = partition_date(&meta.location) else {
+                continue;
+            };
             for b in self.read_objects(std::slice::from_ref(meta)).await? {
                 out.push((date, b));
             }
@@ -245,18 +262,29 @@ impl Lake {
     }
 
     /// Writes sorted rows as one object, or numbered parts once one passes the target size.
-    async fn write_parts(&self, prefix: &Path, rows: &RecordBatch) -> Result<(Vec<String>, u64), LakeError> {
+    async fn write_parts(
+        &self,
+        prefix: &Path,
+        rows: &RecordBatch,
+    ) -> Result<(Vec<String>, u64), LakeError> {
         let props = writer_properties();
         let mut names = Vec::new();
         let mut total = 0u64;
         let mut offset = 0;
         while offset < rows.num_rows() {
             let path = prefix.clone().join(Self::part_name(names.len()));
-            let sink = object_store::buffered::BufWriter::with_capacity(self.store.clone(), path.clone(), 8 << 20);
-            let mut w = AsyncArrowWriter::try_new(sink, rows.schema(), Some(props.clone())).map_err(parquet_err(&path))?;
+            let sink = object_store::buffered::BufWriter::with_capacity(
+                self.store.clone(),
+                path.clone(),
+                8 << 20,
+            );
+            let mut w = AsyncArrowWriter::try_new(sink, rows.schema(), Some(props.clone()))
+                .map_err(parquet_err(&path))?;
             while offset < rows.num_rows() {
                 let len = WRITE_CHUNK_ROWS.min(rows.num_rows() - offset);
-                w.write(&rows.slice(offset, len)).await.map_err(parquet_err(&path))?;
+                w.write(&rows.slice(offset, len))
+                    .await
+                    .map_err(parquet_err(&path))?;
                 offset += len;
                 if (w.bytes_written() + w.in_progress_size()) as u64 >= self.target_file_size {
                     break;
@@ -301,7 +329,11 @@ impl Lake {
 
     /// Every quarantined row of a product.
     pub async fn read_quarantine(&self, product: Product) -> Result<Vec<RecordBatch>, LakeError> {
-        let prefix = self.root.clone().join("_quarantine").join(product.config_name());
+        let prefix = self
+            .root
+            .clone()
+            .join("_quarantine")
+            .join(product.config_name());
         let objects = self.list(&prefix).await?;
         self.read_objects(&objects).await
     }
@@ -335,7 +367,9 @@ impl Lake {
 
 pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(concat!("dpss-sync ", env!("CARGO_PKG_VERSION")).to_string())
@@ -351,11 +385,21 @@ fn status_column(b: &RecordBatch) -> &TimestampMicrosecondArray {
 /// Old files read back with the lake schema's field names; checks instead of trusting.
 fn conform(b: &RecordBatch, schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch, String> {
     if b.num_columns() != schema.fields().len() {
-        return Err(format!("{} columns, expected {}", b.num_columns(), schema.fields().len()));
+        return Err(format!(
+            "{} columns, expected {}",
+            b.num_columns(),
+            schema.fields().len()
+        ));
     }
     for (have, want) in b.schema().fields().iter().zip(schema.fields()) {
         if have.name() != want.name() || have.data_type() != want.data_type() {
-            return Err(format!("column `{}` {:?}, expected `{}` {:?}", have.name(), have.data_type(), want.name(), want.data_type()));
+            return Err(format!(
+                "column `{}` {:?}, expected `{}` {:?}",
+                have.name(),
+                have.data_type(),
+                want.name(),
+                want.data_type()
+            ));
         }
     }
     RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|e| e.to_string())
@@ -370,15 +414,26 @@ fn sort_rows(b: &RecordBatch) -> RecordBatch {
         values: b.column_by_name(n).expect("lake column").clone(),
         options: None,
     };
-    let idx = lexsort_to_indices(&[col("status_datetime"), col("work_order_id"), col("issue_id"), col("status")], None)
-        .expect("sortable columns");
+    let idx = lexsort_to_indices(
+        &[
+            col("status_datetime"),
+            col("work_order_id"),
+            col("issue_id"),
+            col("status"),
+        ],
+        None,
+    )
+    .expect("sortable columns");
     take_record_batch(b, &idx).expect("indices in range")
 }
 
 /// The `event_date=` of an object path.
 pub fn partition_date(path: &Path) -> Option<NaiveDate> {
-    path.parts()
-        .find_map(|p| p.as_ref().strip_prefix("event_date=").and_then(|d| d.parse().ok()))
+    path.parts().find_map(|p| {
+        p.as_ref()
+            .strip_prefix("event_date=")
+            .and_then(|d| d.parse().ok())
+    })
 }
 
 /// Rows of `batches` grouped by status day (for `status` and tests).

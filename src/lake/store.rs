@@ -20,12 +20,16 @@ pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), LakeError> 
     match url.scheme() {
         "file" => {
             let dir = local_dir(url).ok_or_else(|| bad("not a usable file path".into()))?;
-            std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
             let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| bad(e.to_string()))?;
             Ok((Arc::new(store), Path::default()))
         }
-        "memory" => Ok((Arc::new(object_store::memory::InMemory::new()), Path::default())),
+        "memory" => Ok((
+            Arc::new(object_store::memory::InMemory::new()),
+            Path::default(),
+        )),
         "s3" | "s3a" => {
             let store = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url.as_str())
@@ -66,8 +70,14 @@ mod tests {
 
     #[test]
     fn local_paths() {
-        assert_eq!(local_dir(&Url::parse("file:///var/lib/x").unwrap()), Some(PathBuf::from("/var/lib/x")));
-        assert_eq!(local_dir(&Url::parse("file://./lake").unwrap()), Some(PathBuf::from("./lake")));
+        assert_eq!(
+            local_dir(&Url::parse("file:///var/lib/x").unwrap()),
+            Some(PathBuf::from("/var/lib/x"))
+        );
+        assert_eq!(
+            local_dir(&Url::parse("file://./lake").unwrap()),
+            Some(PathBuf::from("./lake"))
+        );
         assert_eq!(local_dir(&Url::parse("file://elsewhere/x").unwrap()), None);
     }
 }

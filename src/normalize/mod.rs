@@ -98,7 +98,12 @@ fn identity(wo: &str, issue: &str, status: &str, ts: i64) -> u128 {
 }
 
 impl Normalizer {
-    pub fn new(product: Product, job_id: &str, coverage: Coverage, ingested_at: DateTime<Utc>) -> Self {
+    pub fn new(
+        product: Product,
+        job_id: &str,
+        coverage: Coverage,
+        ingested_at: DateTime<Utc>,
+    ) -> Self {
         Self {
             product,
             job_id: Arc::from(job_id),
@@ -159,7 +164,8 @@ impl Normalizer {
         }
         let get = |c: Column| cells[c.index()].expect("checked non-empty").trim();
         let phase_text = get(Column::Phase);
-        let phase = parse_phase(phase_text).ok_or_else(|| format!("phase `{phase_text}` is not an integer"))?;
+        let phase = parse_phase(phase_text)
+            .ok_or_else(|| format!("phase `{phase_text}` is not an integer"))?;
         if !(1..=4).contains(&phase) {
             return Err(format!("phase {phase} is outside 1..4"));
         }
@@ -167,7 +173,8 @@ impl Normalizer {
         let ts = time::parse_utc(ts_text)
             .ok_or_else(|| format!("status_datetime `{ts_text}` is not a timestamp"))?;
         let ed_text = get(Column::EventDate);
-        let event_date = time::parse_date(ed_text).ok_or_else(|| format!("event_date `{ed_text}` is not a date"))?;
+        let event_date = time::parse_date(ed_text)
+            .ok_or_else(|| format!("event_date `{ed_text}` is not a date"))?;
         let status_day = ts.date_naive();
         if event_date > status_day + Duration::days(1) {
             return Err(format!(
@@ -175,7 +182,9 @@ impl Normalizer {
             ));
         }
         if !self.coverage.contains(status_day) {
-            return Err(format!("status day {status_day} is outside the days this job was asked for"));
+            return Err(format!(
+                "status day {status_day} is outside the days this job was asked for"
+            ));
         }
         Ok(Valid {
             phase: phase as i8,
@@ -196,7 +205,12 @@ impl Normalizer {
         };
         let part = &mut self.parts[idx].1;
         let row = part.alive.len() as u32;
-        let key = identity(text(Column::WorkOrderId), text(Column::IssueId), text(Column::Status), v.ts);
+        let key = identity(
+            text(Column::WorkOrderId),
+            text(Column::IssueId),
+            text(Column::Status),
+            v.ts,
+        );
         // The later copy of an identity wins; the earlier one is struck out and counted.
         if let Some((p, r)) = self.identities.insert(key, (idx as u32, row)) {
             self.parts[p as usize].1.alive[r as usize] = false;
@@ -213,7 +227,8 @@ impl Normalizer {
         part.reason.append_value(text(Column::Reason));
         part.wo.append_value(text(Column::WorkOrderId));
         part.alive.push(true);
-        self.status_days.insert(crate::normalize::time::day_of_micros(v.ts));
+        self.status_days
+            .insert(crate::normalize::time::day_of_micros(v.ts));
     }
 
     pub fn finish(self) -> Normalized {
@@ -228,14 +243,22 @@ impl Normalizer {
                 Arc::new(p.phase.finish()),
                 Arc::new(p.issue.finish()),
                 Arc::new(p.status.finish()),
-                Arc::new(TimestampMicrosecondArray::from(std::mem::take(&mut p.ts)).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMicrosecondArray::from(std::mem::take(&mut p.ts)).with_timezone("UTC"),
+                ),
                 Arc::new(p.reason.finish()),
                 Arc::new(p.wo.finish()),
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(self.job_id.as_ref(), n))),
-                Arc::new(TimestampMicrosecondArray::from(vec![self.ingested_at; n]).with_timezone("UTC")),
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    self.job_id.as_ref(),
+                    n,
+                ))),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![self.ingested_at; n]).with_timezone("UTC"),
+                ),
             ];
             let batch = RecordBatch::try_new(schema.clone(), cols).expect("lake schema matches");
-            let batch = arrow::compute::filter_record_batch(&batch, &mask).expect("mask has the batch's length");
+            let batch = arrow::compute::filter_record_batch(&batch, &mask)
+                .expect("mask has the batch's length");
             if batch.num_rows() > 0 {
                 let ts = batch
                     .column(4)
@@ -283,7 +306,14 @@ struct Quarantine {
 }
 
 impl Quarantine {
-    fn push(&mut self, cells: &[Option<&str>; 8], raw: Option<&str>, reason: &str, source: &str, row: u64) {
+    fn push(
+        &mut self,
+        cells: &[Option<&str>; 8],
+        raw: Option<&str>,
+        reason: &str,
+        source: &str,
+        row: u64,
+    ) {
         for (b, v) in self.cells.iter_mut().zip(cells) {
             b.append_option(*v);
         }
@@ -308,7 +338,9 @@ impl Quarantine {
         cols.push(Arc::new(self.reason.finish()));
         cols.push(Arc::new(self.source.finish()));
         cols.push(Arc::new(self.row_number.finish()));
-        cols.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(job_id, n))));
+        cols.push(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n(job_id, n),
+        )));
         let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         at.append_slice(&vec![ingested_at; n]);
         cols.push(Arc::new(at.finish()));
@@ -345,7 +377,10 @@ mod tests {
     fn batch(rows: &[[&str; 8]]) -> RawBatch {
         RawBatch {
             columns: std::array::from_fn(|c| {
-                StringArray::from_iter(rows.iter().map(|r| (!r[c].is_empty() || c == 99).then_some(r[c])))
+                StringArray::from_iter(
+                    rows.iter()
+                        .map(|r| (!r[c].is_empty() || c == 99).then_some(r[c])),
+                )
             }),
             errors: Vec::new(),
             source: Arc::from("t.csv"),
@@ -353,7 +388,16 @@ mod tests {
         }
     }
 
-    const GOOD: [&str; 8] = ["9000053409", "1", "19865", "Accepted", "2024-06-15:00:00:13", "Investigating", "2024-06-13", "123456"];
+    const GOOD: [&str; 8] = [
+        "9000053409",
+        "1",
+        "19865",
+        "Accepted",
+        "2024-06-15:00:00:13",
+        "Investigating",
+        "2024-06-13",
+        "123456",
+    ];
 
     fn day(s: &str) -> NaiveDate {
         s.parse().unwrap()
@@ -367,12 +411,32 @@ mod tests {
         other[3] = "New";
         n.push(&batch(&[GOOD, other]));
         let out = n.finish();
-        assert_eq!(out.counts, Counts { read: 2, written: 2, quarantined: 0, duplicates: 0 });
-        assert_eq!(out.partitions.keys().copied().collect::<Vec<_>>(), vec![day("2024-06-13"), day("2024-06-14")]);
+        assert_eq!(
+            out.counts,
+            Counts {
+                read: 2,
+                written: 2,
+                quarantined: 0,
+                duplicates: 0
+            }
+        );
+        assert_eq!(
+            out.partitions.keys().copied().collect::<Vec<_>>(),
+            vec![day("2024-06-13"), day("2024-06-14")]
+        );
         let b = &out.partitions[&day("2024-06-13")];
         assert_eq!(b.schema(), Product::HidWorkOrders.lake_schema());
-        let ts = b.column(4).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
-        assert_eq!(ts.value(0), time::parse_utc("2024-06-15T00:00:13Z").unwrap().timestamp_micros());
+        let ts = b
+            .column(4)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(
+            ts.value(0),
+            time::parse_utc("2024-06-15T00:00:13Z")
+                .unwrap()
+                .timestamp_micros()
+        );
         assert_eq!(out.status_days, BTreeSet::from([day("2024-06-15")]));
     }
 
@@ -404,11 +468,26 @@ mod tests {
         assert_eq!(out.counts.quarantined, cases.len() as u64);
         assert!(out.partitions.is_empty());
         let q = out.quarantine.unwrap();
-        let reasons = q.column_by_name("_reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let reasons = q
+            .column_by_name("_reason")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         for (i, (_, want)) in cases.iter().enumerate() {
-            assert!(reasons.value(i).contains(want), "{}: {}", want, reasons.value(i));
+            assert!(
+                reasons.value(i).contains(want),
+                "{}: {}",
+                want,
+                reasons.value(i)
+            );
         }
-        let rows = q.column_by_name("_row_number").unwrap().as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        let rows = q
+            .column_by_name("_row_number")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
         assert_eq!(rows.value(2), 3);
     }
 
@@ -434,7 +513,15 @@ mod tests {
         let mut n = Normalizer::new(Product::HidWorkOrders, "j", Coverage::Any, Utc::now());
         n.push(&batch(&[GOOD, later]));
         let out = n.finish();
-        assert_eq!(out.counts, Counts { read: 2, written: 1, quarantined: 0, duplicates: 1 });
+        assert_eq!(
+            out.counts,
+            Counts {
+                read: 2,
+                written: 1,
+                quarantined: 0,
+                duplicates: 1
+            }
+        );
         assert!(out.counts.reconciles());
         assert_eq!(out.partitions.len(), 1);
         let b = &out.partitions[&day("2024-06-14")];
@@ -445,16 +532,23 @@ mod tests {
     #[test]
     fn decode_errors_are_quarantined_with_raw_text() {
         let mut b = batch(&[GOOD, GOOD]);
-        b.columns = std::array::from_fn(|c| {
-            StringArray::from(vec![Some(GOOD[c]), None])
-        });
-        b.errors = vec![RowError { row: 1, reason: "row has 3 fields".into(), raw: Some("a,b,c".into()) }];
+        b.columns = std::array::from_fn(|c| StringArray::from(vec![Some(GOOD[c]), None]));
+        b.errors = vec![RowError {
+            row: 1,
+            reason: "row has 3 fields".into(),
+            raw: Some("a,b,c".into()),
+        }];
         let mut n = Normalizer::new(Product::HidWorkOrders, "j", Coverage::Any, Utc::now());
         n.push(&b);
         let out = n.finish();
         assert_eq!(out.counts.quarantined, 1);
         let q = out.quarantine.unwrap();
-        let raw = q.column_by_name("_raw").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let raw = q
+            .column_by_name("_raw")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(raw.value(0), "a,b,c");
     }
 }

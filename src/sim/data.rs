@@ -73,7 +73,11 @@ impl SimRow {
             TimeForm::ColonSeparated => t.format("%Y-%m-%d:%H:%M:%S").to_string(),
             TimeForm::NoZone => t.format("%Y-%m-%dT%H:%M:%S").to_string(),
             TimeForm::ColonMillisZ => {
-                format!("{}:{:03}Z", t.format("%Y-%m-%dT%H:%M:%S"), t.timestamp_subsec_millis())
+                format!(
+                    "{}:{:03}Z",
+                    t.format("%Y-%m-%dT%H:%M:%S"),
+                    t.timestamp_subsec_millis()
+                )
             }
         }
     }
@@ -152,7 +156,9 @@ impl Dataset {
             }
             let dup = self.duplicate_every > 0
                 && row.defect.is_none()
-                && self.h(&[row.status_datetime.timestamp_micros() as u64, 7]) % self.duplicate_every == 0;
+                && self
+                    .h(&[row.status_datetime.timestamp_micros() as u64, 7])
+                    .is_multiple_of(self.duplicate_every);
             if dup {
                 let mut first = row.clone();
                 first.reason = format!("{} (superseded)", row.reason);
@@ -163,12 +169,18 @@ impl Dataset {
     }
 
     /// The statuses of work order `j` of `event_day` that fall on `status_day`.
-    fn work_order_rows(&self, event_day: NaiveDate, j: u64, status_day: NaiveDate, out: &mut Vec<SimRow>) {
+    fn work_order_rows(
+        &self,
+        event_day: NaiveDate,
+        j: u64,
+        status_day: NaiveDate,
+        out: &mut Vec<SimRow>,
+    ) {
         let ordinal = event_day.num_days_from_ce() as u64;
         let h = self.h(&[ordinal, j]);
         let statuses = 2 + (h % 3) as usize;
         // Days after the event of each status; the first may fall the day before (time zones).
-        let mut day_offset: i64 = if h % 53 == 0 { -1 } else { 0 };
+        let mut day_offset: i64 = if h.is_multiple_of(53) { -1 } else { 0 };
         let wo_number = 100_000 + ordinal * self.work_orders_per_day + j;
         let mut second = (h >> 8) % 40_000;
         for (i, status) in STATUSES.iter().take(statuses).enumerate() {
@@ -191,11 +203,13 @@ impl Dataset {
                 TimeForm::IsoMillisZ | TimeForm::ColonMillisZ => (hi >> 20) % 1000,
                 _ => 0,
             };
-            let day_start = Utc.from_utc_datetime(&status_day.and_hms_opt(0, 0, 0).expect("midnight"));
+            let day_start =
+                Utc.from_utc_datetime(&status_day.and_hms_opt(0, 0, 0).expect("midnight"));
             let status_datetime = day_start
                 + Duration::seconds((second % 86_400) as i64)
                 + Duration::milliseconds(millis as i64);
-            let defect = if self.invalid_every > 0 && (hi >> 24) % self.invalid_every == 0 {
+            let defect = if self.invalid_every > 0 && (hi >> 24).is_multiple_of(self.invalid_every)
+            {
                 Some(match (hi >> 40) % 4 {
                     0 => Defect::PhaseOutOfRange,
                     1 => Defect::EmptyServicePoint,
@@ -272,10 +286,14 @@ mod tests {
     fn work_orders_span_several_days() {
         let ds = Dataset::new(1, 300);
         let far = Utc::now() + Duration::days(3650);
-        let mut wo_days = std::collections::HashMap::<String, std::collections::BTreeSet<NaiveDate>>::new();
+        let mut wo_days =
+            std::collections::HashMap::<String, std::collections::BTreeSet<NaiveDate>>::new();
         for d in ["2026-03-10", "2026-03-11", "2026-03-12", "2026-03-13"] {
             ds.rows_for_day(day(d), far, |r| {
-                wo_days.entry(r.work_order_id.clone()).or_default().insert(r.status_day());
+                wo_days
+                    .entry(r.work_order_id.clone())
+                    .or_default()
+                    .insert(r.status_day());
             });
         }
         assert!(wo_days.values().any(|d| d.len() > 1));

@@ -9,7 +9,9 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Date32Builder, Int32Builder, StringBuilder, TimestampMillisecondBuilder};
+use arrow::array::{
+    ArrayRef, Date32Builder, Int32Builder, StringBuilder, TimestampMillisecondBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -36,10 +38,19 @@ impl Filter {
     pub fn matches(&self, r: &SimRow) -> bool {
         self.day.is_none_or(|d| r.status_day() == d)
             && self.instant.is_none_or(|t| r.status_datetime == t)
-            && self.work_orders.as_ref().is_none_or(|w| w.contains(&r.work_order_id))
+            && self
+                .work_orders
+                .as_ref()
+                .is_none_or(|w| w.contains(&r.work_order_id))
             && self.issue_id.as_ref().is_none_or(|i| &r.issue_id == i)
-            && self.status.as_ref().is_none_or(|s| r.status.eq_ignore_ascii_case(s))
-            && self.reason_contains.as_ref().is_none_or(|s| r.reason.contains(s.as_str()))
+            && self
+                .status
+                .as_ref()
+                .is_none_or(|s| r.status.eq_ignore_ascii_case(s))
+            && self
+                .reason_contains
+                .as_ref()
+                .is_none_or(|s| r.reason.contains(s.as_str()))
     }
 
     /// Every row that matches, day by day over the availability window, then the injected rows.
@@ -68,7 +79,10 @@ impl Filter {
             if !go_on {
                 return;
             }
-            for r in extra.iter().filter(|r| r.status_day() == day && self.matches(r)) {
+            for r in extra
+                .iter()
+                .filter(|r| r.status_day() == day && self.matches(r))
+            {
                 if !emit(r.clone()) {
                     return;
                 }
@@ -86,9 +100,36 @@ pub struct Layout {
 }
 
 const NAMES: [[&str; 8]; 3] = [
-    ["ServicePointId", "Phase", "IssueId", "Status", "StatusDatetime", "Reason", "EventDate", "WorkOrderId"],
-    ["ServicePointId", "Phase", "IssueID", "Status", "StatusDateTime", "Reason", "EventDate", "WorkOrderID"],
-    ["servicePointId", "phase", "Issueid", "status", "statusDatetime", "reason", "eventDate", "workOrderId"],
+    [
+        "ServicePointId",
+        "Phase",
+        "IssueId",
+        "Status",
+        "StatusDatetime",
+        "Reason",
+        "EventDate",
+        "WorkOrderId",
+    ],
+    [
+        "ServicePointId",
+        "Phase",
+        "IssueID",
+        "Status",
+        "StatusDateTime",
+        "Reason",
+        "EventDate",
+        "WorkOrderID",
+    ],
+    [
+        "servicePointId",
+        "phase",
+        "Issueid",
+        "status",
+        "statusDatetime",
+        "reason",
+        "eventDate",
+        "workOrderId",
+    ],
 ];
 
 impl Layout {
@@ -134,7 +175,7 @@ struct CsvPart {
 impl CsvPart {
     fn new(file: File, layout: &Layout, part: usize) -> io::Result<Self> {
         let mut buf = BufWriter::with_capacity(1 << 20, file);
-        if part == 0 || layout.variant % 2 == 0 {
+        if part == 0 || layout.variant.is_multiple_of(2) {
             buf.write_all("\u{feff}".as_bytes())?;
         }
         let mut w = csv::WriterBuilder::new()
@@ -186,7 +227,7 @@ impl JsonPart {
             lines,
             first: true,
             names: layout.names(),
-            phase_as_string: layout.variant % 3 != 0,
+            phase_as_string: !layout.variant.is_multiple_of(3),
         })
     }
 }
@@ -290,7 +331,8 @@ impl ColumnarBuffer {
         }
         self.reason.append_value(&r.reason);
         let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
-        self.event.append_value((r.event_date - epoch).num_days() as i32);
+        self.event
+            .append_value((r.event_date - epoch).num_days() as i32);
         self.wo.append_value(&r.work_order_id);
         self.len += 1;
     }
@@ -362,7 +404,12 @@ impl PartWriter for OrcPart {
     }
 }
 
-fn part_writer(file_type: FileType, file: File, layout: &Layout, part: usize) -> io::Result<Box<dyn PartWriter>> {
+fn part_writer(
+    file_type: FileType,
+    file: File,
+    layout: &Layout,
+    part: usize,
+) -> io::Result<Box<dyn PartWriter>> {
     Ok(match file_type {
         FileType::Csv => Box::new(CsvPart::new(file, layout, part)?),
         FileType::Json => Box::new(JsonPart::new(file, layout, part)?),
@@ -397,7 +444,11 @@ pub fn write_zip(
     let mut writers = Vec::with_capacity(layout.parts);
     let mut names = Vec::with_capacity(layout.parts);
     for p in 0..layout.parts {
-        let name = format!("part-{p:05}-{}.{}", job_id.to_ascii_lowercase(), file_type.as_str());
+        let name = format!(
+            "part-{p:05}-{}.{}",
+            job_id.to_ascii_lowercase(),
+            file_type.as_str()
+        );
         let file = File::create(dir.path().join(&name))?;
         writers.push(part_writer(file_type, file, &layout, p)?);
         names.push(name);
@@ -406,7 +457,8 @@ pub fn write_zip(
     let mut failure = None;
     rows(&mut |row: SimRow| {
         // A work order's rows stay in one part, so a duplicate's later copy is also later in the zip.
-        let part = (mix(row.work_order_id.len() as u64 ^ hash_str(&row.work_order_id)) % layout.parts as u64) as usize;
+        let part = (mix(row.work_order_id.len() as u64 ^ hash_str(&row.work_order_id))
+            % layout.parts as u64) as usize;
         if let Err(e) = writers[part].write(&row) {
             failure = Some(e);
             return false;
@@ -427,7 +479,8 @@ pub fn write_zip(
         .compression_level(Some(1))
         .large_file(true);
     for name in &names {
-        zip.start_file(name.as_str(), opts).map_err(io::Error::other)?;
+        zip.start_file(name.as_str(), opts)
+            .map_err(io::Error::other)?;
         io::copy(&mut File::open(dir.path().join(name))?, &mut zip)?;
     }
     zip.start_file("_SUCCESS", opts).map_err(io::Error::other)?;
@@ -437,5 +490,7 @@ pub fn write_zip(
 }
 
 fn hash_str(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }

@@ -67,7 +67,7 @@ impl Faults {
 
 /// Whether the `n`th event (1-based) is one that fires under "every Nth".
 pub fn fires(every: Option<u64>, n: u64) -> bool {
-    every.is_some_and(|e| n % e == 0)
+    every.is_some_and(|e| n.is_multiple_of(e))
 }
 
 #[cfg(test)]

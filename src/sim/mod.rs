@@ -187,7 +187,13 @@ impl SimState {
         out
     }
 
-    fn record(&self, endpoint: &'static str, status: StatusCode, headers: &HeaderMap, job_id: Option<String>) {
+    fn record(
+        &self,
+        endpoint: &'static str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        job_id: Option<String>,
+    ) {
         self.log.lock().expect("log lock").push(RequestRecord {
             endpoint,
             status: status.as_u16(),
@@ -256,23 +262,44 @@ fn problem(status: StatusCode, title: &str, errors: Value) -> Response {
         "errors": errors,
         "traceId": Uuid::new_v4().to_string(),
     });
-    (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn oauth_error(code: &str) -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": code }))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": code })),
+    )
+        .into_response()
 }
 
-async fn token(State(s): Shared, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(s): Shared,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let resp = if field("grant_type") != "client_credentials" {
         oauth_error("unsupported_grant_type")
-    } else if field("client_id") != s.cfg.client_id || field("client_secret") != s.cfg.client_secret {
+    } else if field("client_id") != s.cfg.client_id || field("client_secret") != s.cfg.client_secret
+    {
         oauth_error("invalid_client")
-    } else if !field("scope").split_whitespace().any(|x| x == "DPSSSubscriberApi") {
+    } else if !field("scope")
+        .split_whitespace()
+        .any(|x| x == "DPSSSubscriberApi")
+    {
         oauth_error("invalid_scope")
     } else {
-        let token = format!("sim.{}.{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        let token = format!(
+            "sim.{}.{}",
+            Uuid::new_v4().simple(),
+            Uuid::new_v4().simple()
+        );
         s.tokens
             .lock()
             .expect("tokens")
@@ -294,7 +321,8 @@ async fn token(State(s): Shared, headers: HeaderMap, Form(form): Form<HashMap<St
 
 /// The checks every DPSS call passes through, in the order a gateway and the service would
 /// apply them: throttling and outages first, then the bearer, the headers and the subscription.
-fn guard(s: &SimState, headers: &HeaderMap, sub: &str) -> Result<(), Response> {
+/// `Some` is the refusal to send instead of serving the call.
+fn guard(s: &SimState, headers: &HeaderMap, sub: &str) -> Option<Response> {
     let n = {
         let mut c = s.counters.lock().expect("counters");
         c.dpss_requests += 1;
@@ -302,54 +330,73 @@ fn guard(s: &SimState, headers: &HeaderMap, sub: &str) -> Result<(), Response> {
     };
     let f = &s.cfg.faults;
     if fires(f.too_many_requests, n) {
-        return Err((StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], "Too Many Requests").into_response());
+        let throttled = (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            "Too Many Requests",
+        );
+        return Some(throttled.into_response());
     }
     if fires(f.server_errors, n) {
-        let status = [StatusCode::SERVICE_UNAVAILABLE, StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY]
-            [(n / f.server_errors.unwrap_or(1) % 3) as usize];
-        return Err((status, "upstream error").into_response());
+        let status = [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_GATEWAY,
+        ][(n / f.server_errors.unwrap_or(1) % 3) as usize];
+        return Some((status, "upstream error").into_response());
     }
-    let unauthorized = || {
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
-            "",
-        )
-            .into_response()
-    };
-    let bearer = headers
+    let unauthorized = (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+        "",
+    );
+    let Some(bearer) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
+    else {
+        return Some(unauthorized.into_response());
+    };
     {
         let mut tokens = s.tokens.lock().expect("tokens");
-        let (expiry, uses) = tokens.live.get_mut(bearer).ok_or_else(unauthorized)?;
+        let Some((expiry, uses)) = tokens.live.get_mut(bearer) else {
+            return Some(unauthorized.into_response());
+        };
         *uses += 1;
         if Instant::now() >= *expiry || f.token_expiry.is_some_and(|limit| *uses > limit) {
-            return Err(unauthorized());
+            return Some(unauthorized.into_response());
         }
     }
-    let subscriber = headers.get("datasubscriberid").and_then(|v| v.to_str().ok());
+    let subscriber = headers
+        .get("datasubscriberid")
+        .and_then(|v| v.to_str().ok());
     if subscriber != Some(s.cfg.subscriber_id.as_str()) {
-        return Err(problem(
+        return Some(problem(
             StatusCode::BAD_REQUEST,
             "DataSubscriberId header missing or unknown",
             json!({"DataSubscriberId": ["required; must be your subscriber id"]}),
         ));
     }
-    let correlation = headers.get("itron-correlationid").and_then(|v| v.to_str().ok());
+    let correlation = headers
+        .get("itron-correlationid")
+        .and_then(|v| v.to_str().ok());
     if correlation.and_then(|c| Uuid::parse_str(c).ok()).is_none() {
-        return Err(problem(
+        return Some(problem(
             StatusCode::BAD_REQUEST,
             "Itron-CorrelationId header missing or not a UUID",
             json!({"Itron-CorrelationId": ["required; a UUID per request"]}),
         ));
     }
     if sub != s.cfg.subscription_id {
-        return Err((StatusCode::FORBIDDEN, "subscription does not belong to this subscriber").into_response());
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "subscription does not belong to this subscriber",
+            )
+                .into_response(),
+        );
     }
-    Ok(())
+    None
 }
 
 const TOKENS: [(&str, &str, bool); 5] = [
@@ -362,8 +409,8 @@ const TOKENS: [(&str, &str, bool); 5] = [
 
 async fn parameters(State(s): Shared, Path(sub): Path<String>, headers: HeaderMap) -> Response {
     let resp = match guard(&s, &headers, &sub) {
-        Err(r) => r,
-        Ok(()) => {
+        Some(refusal) => refusal,
+        None => {
             let tokens: Vec<Value> = TOKENS
                 .iter()
                 .map(|(name, kind, list)| {
@@ -379,11 +426,13 @@ async fn parameters(State(s): Shared, Path(sub): Path<String>, headers: HeaderMa
 }
 
 fn lookup<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+    obj.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
 }
 
 /// Reads the tokens into a filter; `""` means not supplied, unknown names are a 400.
-fn parse_filter(tokens: &serde_json::Map<String, Value>) -> Result<Filter, Response> {
+fn parse_filter(tokens: &serde_json::Map<String, Value>) -> Result<Filter, Box<Response>> {
     let mut f = Filter::default();
     let mut errors = serde_json::Map::new();
     for (name, value) in tokens {
@@ -395,7 +444,8 @@ fn parse_filter(tokens: &serde_json::Map<String, Value>) -> Result<Filter, Respo
         if text.is_empty() {
             continue;
         }
-        let Some((canonical, _, _)) = TOKENS.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(name)) else {
+        let Some((canonical, _, _)) = TOKENS.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(name))
+        else {
             errors.insert(name.clone(), json!(["unknown token for this data product"]));
             continue;
         };
@@ -406,7 +456,10 @@ fn parse_filter(tokens: &serde_json::Map<String, Value>) -> Result<Filter, Respo
                 } else if let Some(t) = crate::normalize::time::parse_utc(&text) {
                     f.instant = Some(t);
                 } else {
-                    errors.insert(name.clone(), json!(["expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ"]));
+                    errors.insert(
+                        name.clone(),
+                        json!(["expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ"]),
+                    );
                 }
             }
             "WorkOrderId" => {
@@ -426,14 +479,23 @@ fn parse_filter(tokens: &serde_json::Map<String, Value>) -> Result<Filter, Respo
     if errors.is_empty() {
         Ok(f)
     } else {
-        Err(problem(StatusCode::BAD_REQUEST, "One or more validation errors occurred.", Value::Object(errors)))
+        Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "One or more validation errors occurred.",
+            Value::Object(errors),
+        )))
     }
 }
 
-async fn create_job(State(s): Shared, Path(sub): Path<String>, headers: HeaderMap, body: String) -> Response {
+async fn create_job(
+    State(s): Shared,
+    Path(sub): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let resp = match guard(&s, &headers, &sub) {
-        Err(r) => r,
-        Ok(()) => create_job_inner(&s, &body),
+        Some(refusal) => refusal,
+        None => create_job_inner(&s, &body),
     };
     let job_id = (resp.status().is_success()).then(|| "created".to_string());
     s.record("batch-request", resp.status(), &headers, job_id);
@@ -442,9 +504,16 @@ async fn create_job(State(s): Shared, Path(sub): Path<String>, headers: HeaderMa
 
 fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
     let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(body) else {
-        return problem(StatusCode::BAD_REQUEST, "The request body is not a JSON object.", json!({}));
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "The request body is not a JSON object.",
+            json!({}),
+        );
     };
-    let Some(file_type) = lookup(&obj, "filetype").and_then(Value::as_str).and_then(FileType::parse) else {
+    let Some(file_type) = lookup(&obj, "filetype")
+        .and_then(Value::as_str)
+        .and_then(FileType::parse)
+    else {
         return problem(
             StatusCode::BAD_REQUEST,
             "One or more validation errors occurred.",
@@ -463,7 +532,7 @@ fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
     };
     let filter = match parse_filter(&tokens) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let seq = {
         let mut c = s.counters.lock().expect("counters");
@@ -493,7 +562,10 @@ fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
             parts: 1 + (h % state.cfg.max_parts.max(1) as u64) as usize,
             variant: h >> 8,
         };
-        let path = state.work.path().join(format!("{}.zip", id.to_ascii_uppercase()));
+        let path = state
+            .work
+            .path()
+            .join(format!("{}.zip", id.to_ascii_uppercase()));
         let today = as_of.date_naive();
         let result = export::write_zip(&path, &id, file_type, layout, |emit| {
             filter.for_each_row(&state.dataset, today, as_of, &extra, emit)
@@ -520,10 +592,14 @@ fn job_json(job: &Job, status: &str, url: Option<String>) -> Value {
     })
 }
 
-async fn job_status(State(s): Shared, Path((sub, job_id)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn job_status(
+    State(s): Shared,
+    Path((sub, job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let resp = match guard(&s, &headers, &sub) {
-        Err(r) => r,
-        Ok(()) => job_status_inner(&s, &job_id),
+        Some(refusal) => refusal,
+        None => job_status_inner(&s, &job_id),
     };
     s.record("job-status", resp.status(), &headers, Some(job_id));
     resp
@@ -532,7 +608,11 @@ async fn job_status(State(s): Shared, Path((sub, job_id)): Path<(String, String)
 fn job_status_inner(s: &SimState, job_id: &str) -> Response {
     let jobs = s.jobs.lock().expect("jobs");
     let Some(job) = jobs.get(&job_id.to_ascii_lowercase()) else {
-        return problem(StatusCode::NOT_FOUND, "Job not found.", json!({"jobId": [job_id]}));
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Job not found.",
+            json!({"jobId": [job_id]}),
+        );
     };
     let elapsed = job.created.elapsed();
     let build = job.build.lock().expect("build");
@@ -583,7 +663,14 @@ fn blob_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
     );
-    (status, [(header::CONTENT_TYPE, "application/xml"), (header::HeaderName::from_static("x-ms-error-code"), code)], body)
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/xml"),
+            (header::HeaderName::from_static("x-ms-error-code"), code),
+        ],
+        body,
+    )
         .into_response()
 }
 
@@ -594,7 +681,12 @@ async fn download(
     headers: HeaderMap,
 ) -> Response {
     let resp = download_inner(&s, &job, &file, &q, &headers).await;
-    s.record("download", resp.status(), &headers, Some(job.to_ascii_lowercase()));
+    s.record(
+        "download",
+        resp.status(),
+        &headers,
+        Some(job.to_ascii_lowercase()),
+    );
     resp
 }
 
@@ -622,19 +714,37 @@ async fn download_inner(
         _ => false,
     };
     if !signed || file != format!("{job}.zip") {
-        return blob_error(StatusCode::FORBIDDEN, "AuthenticationFailed", "Signature did not match.");
+        return blob_error(
+            StatusCode::FORBIDDEN,
+            "AuthenticationFailed",
+            "Signature did not match.",
+        );
     }
     if expiry.is_some_and(|e| e < Utc::now().timestamp()) {
-        return blob_error(StatusCode::FORBIDDEN, "AuthenticationFailed", "Signed expiry time has expired.");
+        return blob_error(
+            StatusCode::FORBIDDEN,
+            "AuthenticationFailed",
+            "Signed expiry time has expired.",
+        );
     }
     let path = {
         let jobs = s.jobs.lock().expect("jobs");
         let Some(j) = jobs.get(&job.to_ascii_lowercase()) else {
-            return blob_error(StatusCode::NOT_FOUND, "BlobNotFound", "The specified blob does not exist.");
+            return blob_error(
+                StatusCode::NOT_FOUND,
+                "BlobNotFound",
+                "The specified blob does not exist.",
+            );
         };
         match &*j.build.lock().expect("build") {
             Build::Ready(path) => path.clone(),
-            _ => return blob_error(StatusCode::NOT_FOUND, "BlobNotFound", "The specified blob does not exist."),
+            _ => {
+                return blob_error(
+                    StatusCode::NOT_FOUND,
+                    "BlobNotFound",
+                    "The specified blob does not exist.",
+                );
+            }
         }
     };
     let n = {
@@ -643,7 +753,11 @@ async fn download_inner(
         c.downloads
     };
     let Ok(f) = tokio::fs::File::open(&path).await else {
-        return blob_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "blob unreadable");
+        return blob_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "blob unreadable",
+        );
     };
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
@@ -658,9 +772,14 @@ async fn download_inner(
                     c
                 })
             })
-            .take_while(|c| futures::future::ready(c.as_ref().map(|c| !c.is_empty()).unwrap_or(true)))
+            .take_while(|c| {
+                futures::future::ready(c.as_ref().map(|c| !c.is_empty()).unwrap_or(true))
+            })
             .chain(futures::stream::once(async {
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated cut"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "simulated cut",
+                ))
             }));
         Body::from_stream(s)
     } else {
@@ -676,10 +795,15 @@ async fn download_inner(
         .expect("valid response")
 }
 
-async fn on_demand(State(s): Shared, Path(sub): Path<String>, headers: HeaderMap, body: String) -> Response {
+async fn on_demand(
+    State(s): Shared,
+    Path(sub): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let resp = match guard(&s, &headers, &sub) {
-        Err(r) => r,
-        Ok(()) => on_demand_inner(&s, &body),
+        Some(refusal) => refusal,
+        None => on_demand_inner(&s, &body),
     };
     s.record("on-demand", resp.status(), &headers, None);
     resp
@@ -687,7 +811,11 @@ async fn on_demand(State(s): Shared, Path(sub): Path<String>, headers: HeaderMap
 
 fn on_demand_inner(s: &SimState, body: &str) -> Response {
     let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(body) else {
-        return problem(StatusCode::BAD_REQUEST, "The request body is not a JSON object.", json!({}));
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "The request body is not a JSON object.",
+            json!({}),
+        );
     };
     // The documented body is flat; a {tokens:{…}} wrapper is accepted too.
     let tokens = match lookup(&obj, "tokens") {
@@ -696,7 +824,7 @@ fn on_demand_inner(s: &SimState, body: &str) -> Response {
     };
     let filter = match parse_filter(&tokens) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let now = Utc::now();
     let extra = s.extra.lock().expect("extra").clone();

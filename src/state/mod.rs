@@ -141,7 +141,10 @@ fn day_text(d: NaiveDate) -> String {
 }
 
 pub fn days_text(days: &BTreeSet<NaiveDate>) -> String {
-    days.iter().map(|d| day_text(*d)).collect::<Vec<_>>().join(",")
+    days.iter()
+        .map(|d| day_text(*d))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_days(s: &str) -> Result<BTreeSet<NaiveDate>, StateError> {
@@ -155,8 +158,16 @@ pub struct State {
 
 /// The migrations of `migrations/`, embedded so the binary needs no files beside it.
 const MIGRATIONS: [(i64, &str, &str); 2] = [
-    (1, "initial", include_str!("../../migrations/0001_initial.sql")),
-    (2, "run range", include_str!("../../migrations/0002_run_range.sql")),
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "run range",
+        include_str!("../../migrations/0002_run_range.sql"),
+    ),
 ];
 
 fn migrator() -> sqlx::migrate::Migrator {
@@ -185,7 +196,8 @@ impl State {
             detail,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
         create_private(path).map_err(|e| open_err(e.to_string()))?;
         let options = SqliteConnectOptions::new()
@@ -216,7 +228,11 @@ impl State {
     }
 
     /// Moves the watermark forward only; a lower value is ignored.
-    pub async fn advance_watermark(&self, product: Product, to: NaiveDate) -> Result<(), StateError> {
+    pub async fn advance_watermark(
+        &self,
+        product: Product,
+        to: NaiveDate,
+    ) -> Result<(), StateError> {
         sqlx::query(
             "INSERT INTO watermarks (product, last_day, updated_at) VALUES (?, ?, ?)
              ON CONFLICT (product) DO UPDATE SET last_day = excluded.last_day, updated_at = excluded.updated_at
@@ -296,7 +312,11 @@ impl State {
             .ok_or_else(|| StateError::Corrupt(format!("window {key} vanished")))
     }
 
-    pub async fn window(&self, product: Product, key: &str) -> Result<Option<WindowRow>, StateError> {
+    pub async fn window(
+        &self,
+        product: Product,
+        key: &str,
+    ) -> Result<Option<WindowRow>, StateError> {
         sqlx::query("SELECT * FROM windows WHERE product = ? AND window_key = ?")
             .bind(product.config_name())
             .bind(key)
@@ -385,18 +405,30 @@ impl State {
     }
 
     /// Every job recorded for a window (tests prove no window was submitted twice).
-    pub async fn jobs_for_window(&self, product: Product, key: &str) -> Result<Vec<String>, StateError> {
-        Ok(sqlx::query("SELECT job_id FROM jobs WHERE product = ? AND window_key = ? ORDER BY created_at")
-            .bind(product.config_name())
-            .bind(key)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
+    pub async fn jobs_for_window(
+        &self,
+        product: Product,
+        key: &str,
+    ) -> Result<Vec<String>, StateError> {
+        Ok(sqlx::query(
+            "SELECT job_id FROM jobs WHERE product = ? AND window_key = ? ORDER BY created_at",
+        )
+        .bind(product.config_name())
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
     }
 
-    pub async fn record_poll(&self, job_id: &str, status: &str, error: Option<&str>, finished: bool) -> Result<(), StateError> {
+    pub async fn record_poll(
+        &self,
+        job_id: &str,
+        status: &str,
+        error: Option<&str>,
+        finished: bool,
+    ) -> Result<(), StateError> {
         sqlx::query(
             "UPDATE jobs SET status = ?, polls = polls + 1, error = COALESCE(?, error),
                finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE job_id = ?",
@@ -411,7 +443,12 @@ impl State {
         Ok(())
     }
 
-    pub async fn set_stage(&self, window_id: i64, stage: Stage, error: Option<&str>) -> Result<(), StateError> {
+    pub async fn set_stage(
+        &self,
+        window_id: i64,
+        stage: Stage,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
         sqlx::query("UPDATE windows SET stage = ?, error = ?, updated_at = ? WHERE id = ?")
             .bind(stage.as_str())
             .bind(error)
@@ -423,7 +460,10 @@ impl State {
     }
 
     /// What the state believes each partition holds: event_date -> status days (a superset).
-    pub async fn partition_days(&self, product: Product) -> Result<BTreeMap<NaiveDate, BTreeSet<NaiveDate>>, StateError> {
+    pub async fn partition_days(
+        &self,
+        product: Product,
+    ) -> Result<BTreeMap<NaiveDate, BTreeSet<NaiveDate>>, StateError> {
         let rows = sqlx::query("SELECT event_date, status_days FROM partitions WHERE product = ?")
             .bind(product.config_name())
             .fetch_all(&self.pool)
@@ -524,7 +564,10 @@ impl State {
     }
 
     /// Days committed for a product: every day of a committed window.
-    pub async fn committed_days(&self, product: Product) -> Result<BTreeSet<NaiveDate>, StateError> {
+    pub async fn committed_days(
+        &self,
+        product: Product,
+    ) -> Result<BTreeSet<NaiveDate>, StateError> {
         let mut out = BTreeSet::new();
         for w in self.windows(product).await? {
             if w.stage == Stage::Committed {
@@ -538,7 +581,11 @@ impl State {
         Ok(out)
     }
 
-    pub async fn start_run(&self, command: &str, product: Option<Product>) -> Result<i64, StateError> {
+    pub async fn start_run(
+        &self,
+        command: &str,
+        product: Option<Product>,
+    ) -> Result<i64, StateError> {
         self.start_run_for(command, product, None).await
     }
 
@@ -588,8 +635,17 @@ impl State {
         Ok(since)
     }
 
-    pub async fn finish_run(&self, id: i64, totals: RunTotals, error: Option<&str>) -> Result<(), StateError> {
-        let outcome = if error.is_none() && totals.failed == 0 { "ok" } else { "failed" };
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        totals: RunTotals,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        let outcome = if error.is_none() && totals.failed == 0 {
+            "ok"
+        } else {
+            "failed"
+        };
         sqlx::query(
             "UPDATE runs SET finished_at = ?, outcome = ?, windows_committed = ?, windows_failed = ?,
                rows_read = ?, rows_written = ?, rows_quarantined = ?, rows_duplicate = ?, error = ? WHERE id = ?",
@@ -671,34 +727,92 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let p = Product::HidWorkOrders;
         let run = st.start_run("sync", Some(p)).await.unwrap();
-        let w = st.plan_window(p, "2026-01-02", WindowKind::Day, d("2026-01-02"), d("2026-01-02"), run).await.unwrap();
+        let w = st
+            .plan_window(
+                p,
+                "2026-01-02",
+                WindowKind::Day,
+                d("2026-01-02"),
+                d("2026-01-02"),
+                run,
+            )
+            .await
+            .unwrap();
         assert_eq!(w.stage, Stage::Planned);
-        st.mark_submitted(&w, "job-1", "csv", "{}", Utc::now()).await.unwrap();
+        st.mark_submitted(&w, "job-1", "csv", "{}", Utc::now())
+            .await
+            .unwrap();
         // Planning again while a job is recorded keeps the job.
-        let again = st.plan_window(p, "2026-01-02", WindowKind::Day, d("2026-01-02"), d("2026-01-02"), run).await.unwrap();
+        let again = st
+            .plan_window(
+                p,
+                "2026-01-02",
+                WindowKind::Day,
+                d("2026-01-02"),
+                d("2026-01-02"),
+                run,
+            )
+            .await
+            .unwrap();
         assert_eq!(again.stage, Stage::Submitted);
         assert_eq!(again.job_id.as_deref(), Some("job-1"));
         assert_eq!(st.in_flight(p).await.unwrap().len(), 1);
-        st.mark_written(w.id, Counts { read: 3, written: 2, quarantined: 1, duplicates: 0 }).await.unwrap();
+        st.mark_written(
+            w.id,
+            Counts {
+                read: 3,
+                written: 2,
+                quarantined: 1,
+                duplicates: 0,
+            },
+        )
+        .await
+        .unwrap();
         st.mark_committed(w.id).await.unwrap();
-        assert!(st.committed_days(p).await.unwrap().contains(&d("2026-01-02")));
+        assert!(
+            st.committed_days(p)
+                .await
+                .unwrap()
+                .contains(&d("2026-01-02"))
+        );
         st.advance_watermark(p, d("2026-01-02")).await.unwrap();
         st.advance_watermark(p, d("2026-01-01")).await.unwrap();
         assert_eq!(st.watermark(p).await.unwrap(), Some(d("2026-01-02")));
         // Re-planning a committed window starts a new attempt.
-        let next = st.plan_window(p, "2026-01-02", WindowKind::Day, d("2026-01-02"), d("2026-01-02"), run).await.unwrap();
+        let next = st
+            .plan_window(
+                p,
+                "2026-01-02",
+                WindowKind::Day,
+                d("2026-01-02"),
+                d("2026-01-02"),
+                run,
+            )
+            .await
+            .unwrap();
         assert_eq!(next.stage, Stage::Planned);
         assert_eq!(next.attempts, 1);
-        st.finish_run(run, RunTotals::default(), None).await.unwrap();
-        assert_eq!(st.recent_runs(5).await.unwrap()[0].outcome.as_deref(), Some("ok"));
+        st.finish_run(run, RunTotals::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            st.recent_runs(5).await.unwrap()[0].outcome.as_deref(),
+            Some("ok")
+        );
         // Reopening applies no migration twice.
         st.close().await;
         let st = State::open(&path).await.unwrap();
-        assert_eq!(st.jobs_for_window(p, "2026-01-02").await.unwrap(), vec!["job-1"]);
+        assert_eq!(
+            st.jobs_for_window(p, "2026-01-02").await.unwrap(),
+            vec!["job-1"]
+        );
     }
 
     #[tokio::test]
@@ -706,16 +820,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = State::open(&dir.path().join("state.db")).await.unwrap();
         let p = Product::HidWorkOrders;
-        st.add_partition_days(p, d("2026-01-01"), &BTreeSet::from([d("2026-01-02")])).await.unwrap();
-        st.add_partition_days(p, d("2026-01-01"), &BTreeSet::from([d("2026-01-03")])).await.unwrap();
-        assert_eq!(st.partition_days(p).await.unwrap()[&d("2026-01-01")].len(), 2);
+        st.add_partition_days(p, d("2026-01-01"), &BTreeSet::from([d("2026-01-02")]))
+            .await
+            .unwrap();
+        st.add_partition_days(p, d("2026-01-01"), &BTreeSet::from([d("2026-01-03")]))
+            .await
+            .unwrap();
+        assert_eq!(
+            st.partition_days(p).await.unwrap()[&d("2026-01-01")].len(),
+            2
+        );
         let state = crate::lake::PartitionState {
             status_days: BTreeSet::from([d("2026-01-03")]),
             rows: 5,
             objects: vec!["x".into()],
             bytes: 10,
         };
-        st.set_partition(p, d("2026-01-01"), &state, "j").await.unwrap();
-        assert_eq!(st.partition_days(p).await.unwrap()[&d("2026-01-01")], BTreeSet::from([d("2026-01-03")]));
+        st.set_partition(p, d("2026-01-01"), &state, "j")
+            .await
+            .unwrap();
+        assert_eq!(
+            st.partition_days(p).await.unwrap()[&d("2026-01-01")],
+            BTreeSet::from([d("2026-01-03")])
+        );
     }
 }

@@ -31,7 +31,9 @@ pub fn quick_sim(faults: &str) -> SimConfig {
 }
 
 pub async fn start(cfg: SimConfig) -> SimHandle {
-    sim::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+    sim::spawn(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 pub fn client(sim: &SimHandle) -> DpssClient {
@@ -101,7 +103,12 @@ pub fn settings(sim: &SimHandle, dir: &Path, file_type: &str, lookback: u32) -> 
 }
 
 fn strings(b: &arrow::record_batch::RecordBatch, name: &str) -> StringArray {
-    b.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone()
+    b.column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .clone()
 }
 
 /// Every row of the lake, read back through the project's own reader.
@@ -109,7 +116,13 @@ pub async fn lake_rows(dir: &Path) -> Vec<Row> {
     let lake = Lake::open(&settings_for_lake(dir)).unwrap();
     let mut out = Vec::new();
     for (date, b) in lake.read_table(P).await.unwrap() {
-        let phase = b.column_by_name("phase").unwrap().as_any().downcast_ref::<Int8Array>().unwrap().clone();
+        let phase = b
+            .column_by_name("phase")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int8Array>()
+            .unwrap()
+            .clone();
         let ts = b
             .column_by_name("status_datetime")
             .unwrap()
@@ -163,7 +176,11 @@ pub fn row_of(r: &SimRow) -> Row {
 }
 
 /// The rows a correct sync of `days` must hold: valid, each identity once, the last copy.
-pub fn expected(sim: &SimHandle, days: impl IntoIterator<Item = NaiveDate>, as_of: DateTime<Utc>) -> Vec<Row> {
+pub fn expected(
+    sim: &SimHandle,
+    days: impl IntoIterator<Item = NaiveDate>,
+    as_of: DateTime<Utc>,
+) -> Vec<Row> {
     let mut all = Vec::new();
     for d in days {
         all.extend(sim.state.rows_for_day(d, as_of));
@@ -174,7 +191,11 @@ pub fn expected(sim: &SimHandle, days: impl IntoIterator<Item = NaiveDate>, as_o
 }
 
 /// The invalid rows served for `days`, by (work_order_id, issue_id, status).
-pub fn expected_invalid(sim: &SimHandle, days: impl IntoIterator<Item = NaiveDate>, as_of: DateTime<Utc>) -> BTreeSet<(String, String, String)> {
+pub fn expected_invalid(
+    sim: &SimHandle,
+    days: impl IntoIterator<Item = NaiveDate>,
+    as_of: DateTime<Utc>,
+) -> BTreeSet<(String, String, String)> {
     days.into_iter()
         .flat_map(|d| sim.state.rows_for_day(d, as_of))
         .filter(|r| !r.is_valid())
@@ -194,7 +215,13 @@ pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String)> {
             strings(&b, "_reason"),
         );
         for i in 0..b.num_rows() {
-            let get = |a: &StringArray| if a.is_null(i) { String::new() } else { a.value(i).to_string() };
+            let get = |a: &StringArray| {
+                if a.is_null(i) {
+                    String::new()
+                } else {
+                    a.value(i).to_string()
+                }
+            };
             out.push((get(&wo), get(&issue), get(&status), get(&reason)));
         }
     }
@@ -203,7 +230,10 @@ pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String)> {
 
 pub fn days_before_today(n: i64) -> Vec<NaiveDate> {
     let today = Utc::now().date_naive();
-    (1..=n).rev().map(|k| today - chrono::Duration::days(k)).collect()
+    (1..=n)
+        .rev()
+        .map(|k| today - chrono::Duration::days(k))
+        .collect()
 }
 
 /// DuckDB's view of the lake: its column types and every row, or `None` when Python's duckdb is

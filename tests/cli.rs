@@ -1,0 +1,344 @@
+//! The binary as operators use it: exit codes, messages that name the key, environment
+//! overrides, and each command's output.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use chrono::Utc;
+use common::*;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dpss-sync"));
+    c.env("RUST_LOG", "warn");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DPSS_SYNC") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, key) in [
+        ("[api]\npoll_intervall = \"30s\"\n", "api.poll_intervall"),
+        ("[api]\npoll_interval = \"thirty\"\n", "api.poll_interval"),
+        (
+            "[products.hid_work_orders]\nschedule = \"*/5 * * * *\"\n",
+            "products.hid_work_orders.schedule",
+        ),
+        ("[lake]\nurl = \"ftp://x\"\n", "lake.url"),
+    ] {
+        let f = write(dir.path(), "bad.toml", body);
+        let o = bin()
+            .arg("--config")
+            .arg(&f)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(&format!("`{key}`")), "{body}: {err}");
+        assert!(
+            err.contains("bad.toml"),
+            "the message says where the value came from: {err}"
+        );
+    }
+    let o = bin()
+        .args(["--config", "/nonexistent.toml", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("/nonexistent.toml"));
+    // Malformed TOML.
+    let f = write(dir.path(), "broken.toml", "[api\nbase_url = ");
+    let o = bin()
+        .arg("--config")
+        .arg(&f)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn missing_secret_and_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[api]\nsubscriber_id = \"s\"\n[auth]\nclient_id = \"c\"\n[state]\nurl = \"sqlite://{}/s.db\"\n[products.hid_work_orders]\nsubscription_id = \"x\"\n",
+            dir.path().display()
+        ),
+    );
+    let o = bin().arg("--config").arg(&f).arg("sync").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("`auth.client_secret`")
+            && text(&o).1.contains("DPSS_SYNC__AUTH__CLIENT_SECRET")
+    );
+    // The documented variable names reach the documented keys.
+    let o = bin()
+        .arg("--config")
+        .arg(&f)
+        .arg("check-config")
+        .env("DPSS_SYNC__AUTH__CLIENT_SECRET", "from-env-secret")
+        .env("DPSS_SYNC__LAKE__URL", "s3://bucket/prefix")
+        .env("DPSS_SYNC__PRODUCTS__HID_WORK_ORDERS__LOOKBACK_DAYS", "5")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("s3://bucket/prefix") && out.contains("lookback 5 day(s)"),
+        "{out}"
+    );
+    assert!(!out.contains("from-env-secret") && !err.contains("from-env-secret"));
+    let o = bin()
+        .arg("--config")
+        .arg(&f)
+        .arg("check-config")
+        .env("DPSS_SYNC__API__NOPE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("`api.nope`") && text(&o).1.contains("environment"),
+        "{}",
+        text(&o).1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_against_the_simulator() {
+    let sim = start(quick_sim("")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "dpss.toml",
+        &config_text(&sim, dir.path(), "csv", 2),
+    );
+    let run = |args: &[&str]| bin().arg("--config").arg(&cfg).args(args).output().unwrap();
+
+    let o = run(&["check-config", "--online"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("probe OK"));
+
+    let o = run(&["plan"]);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("history") && out.contains("no watermark yet"),
+        "{out}"
+    );
+
+    let o = run(&["sync"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("1 window(s) committed, 0 failed"));
+
+    let o = run(&["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let yesterday = (Utc::now().date_naive() - chrono::Duration::days(1)).to_string();
+    assert_eq!(doc["products"][0]["watermark"], yesterday.as_str());
+    assert_eq!(doc["runs"][0]["outcome"], "ok");
+    assert!(doc["runs"][0]["rows_quarantined"].as_i64().unwrap() > 0);
+    let o = run(&["status"]);
+    assert!(text(&o).0.contains(&format!("watermark {yesterday}")));
+
+    let o = run(&["plan"]);
+    let (out, _) = text(&o);
+    assert!(out.contains("lookback") && out.contains("today"), "{out}");
+
+    // On-demand: typed like the lake, with the cap warning when it is reached.
+    let wo = sim
+        .state
+        .rows_for_day(
+            Utc::now().date_naive() - chrono::Duration::days(3),
+            Utc::now(),
+        )
+        .into_iter()
+        .find(|r| r.is_valid())
+        .unwrap()
+        .work_order_id;
+    let o = run(&[
+        "query",
+        "--product",
+        "hid_work_orders",
+        "--work-order-id",
+        &wo,
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(
+        !rows.is_empty()
+            && rows
+                .iter()
+                .all(|r| r["work_order_id"] == wo.as_str() && r["phase"].is_i64())
+    );
+    let o = run(&["query", "--product", "hid_work_orders", "--format", "csv"]);
+    let (out, err) = text(&o);
+    assert!(out.starts_with(
+        "service_point_id,phase,issue_id,status,status_datetime,reason,event_date,work_order_id"
+    ));
+    assert!(err.contains("at most 1000 rows"), "{err}");
+    let o = run(&[
+        "query",
+        "--product",
+        "hid_work_orders",
+        "--status-datetime",
+        "yesterday",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_of_export_files_matches_sync() {
+    use std::collections::BTreeMap;
+    let sim = start(quick_sim("")).await;
+    let c = client(&sim);
+    let sub = sim.state.config().subscription_id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let days = days_before_today(2);
+    let mut files = Vec::new();
+    for (i, ft) in [
+        dpss_sync::config::FileType::Orc,
+        dpss_sync::config::FileType::Json,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tokens = BTreeMap::from([("StatusDatetime".to_string(), days[i].to_string())]);
+        let job = c.create_batch(&sub, ft, &tokens).await.unwrap();
+        let url = loop {
+            let j = c.job_status(&sub, &job.job_id).await.unwrap();
+            if let Some(u) = j.download_url {
+                break u;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        };
+        let f = dir.path().join(format!("export-{i}.zip"));
+        c.download(&url, &f, u64::MAX).await.unwrap();
+        files.push(f);
+    }
+    let cfg = write(
+        dir.path(),
+        "dpss.toml",
+        &config_text(&sim, dir.path(), "csv", 2),
+    );
+    let o = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["import", "--product", "hid_work_orders"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        expected(&sim, days.clone(), Utc::now())
+    );
+    // Importing again replaces, never doubles.
+    let o = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["import", "--product", "hid_work_orders"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        expected(&sim, days, Utc::now())
+    );
+    let o = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["import", "--product", "hid_work_orders", "/nope.csv"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    sim.shutdown().await;
+}
+
+#[test]
+fn demo_runs_on_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin().arg("demo").current_dir(dir.path()).output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("1 window(s) committed, 0 failed"), "{out}");
+    assert!(out.contains("duckdb -c"));
+    assert!(dir.path().join("lake/hid_work_orders").is_dir());
+    assert!(dir.path().join("state/state.db").is_file());
+}
+
+#[test]
+fn simulate_serves_the_documented_walkthrough() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = bin()
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--job-delay",
+            "100ms",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut token = None;
+        for _ in 0..100 {
+            if let Ok(r) = http
+                .post(format!("{base}/connect/token/"))
+                .form(&[("grant_type", "client_credentials"), ("client_id", "dpss-sim-client"), ("client_secret", "dpss-sim-secret"), ("scope", "DPSSSubscriberApi")])
+                .send()
+                .await
+            {
+                token = r.json::<serde_json::Value>().await.ok();
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let token = token.expect("simulator answered")["access_token"].as_str().unwrap().to_string();
+        let r = http
+            .post(format!("{base}/dpss/api/v1/subscriptions/00000000-0000-4000-8000-00000000cafe/batch-request"))
+            .bearer_auth(&token)
+            .header("Itron-CorrelationId", uuid::Uuid::new_v4().to_string())
+            .header("DataSubscriberId", "00000000-0000-4000-8000-00000000beef")
+            .json(&serde_json::json!({"FileType": "Json", "Tokens": {"StatusDatetime": "", "WorkOrderId": ""}, "isOhsRequest": false}))
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(outcome, 202);
+}
