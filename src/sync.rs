@@ -2,7 +2,7 @@
 //! normalize it, rewrite the lake partitions it touches, then commit the window and move the
 //! watermark. Every stage is recorded, so a run killed anywhere is finished by the next one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +14,9 @@ use crate::api::DpssClient;
 use crate::config::{ConfigError, Settings};
 use crate::decode::{self, DecodeError};
 use crate::fetch::{FetchError, Fetcher};
+use crate::lake::Identity;
 use crate::lake::{Lake, LakeError};
-use crate::normalize::{Counts, Coverage, Normalized, Normalizer};
+use crate::normalize::{Counts, Normalized, Normalizer};
 use crate::plan::{self, WindowPlan};
 use crate::product::Product;
 use crate::state::{RunTotals, Stage, State, StateError, WindowKind, WindowRow};
@@ -94,6 +95,14 @@ impl RunReport {
         }
         t
     }
+}
+
+/// Which status days a job's result replaces whole.
+enum Replace {
+    /// Exactly these days (a day window); rows it delivers for other days merge by identity.
+    Days(BTreeSet<NaiveDate>),
+    /// These days and every day the result holds (an unfiltered export, an import).
+    DaysAndDelivered(BTreeSet<NaiveDate>),
 }
 
 /// Everything a run needs, opened once.
@@ -362,11 +371,12 @@ impl Pipeline {
                         .fetch(&window, &job_id, &subscription, resumed)
                         .await?
                 };
-                let coverage = match plan.kind {
-                    WindowKind::Day => Coverage::Days(BTreeSet::from([plan.from])),
-                    WindowKind::History => Coverage::Any,
+                let replace = match plan.kind {
+                    WindowKind::Day => Replace::Days(BTreeSet::from([plan.from])),
+                    WindowKind::History => {
+                        Replace::DaysAndDelivered(days_between(plan.from, plan.to))
+                    }
                 };
-                let replaced = days_between(plan.from, plan.to);
                 let result = self
                     .ingest(
                         product,
@@ -374,8 +384,7 @@ impl Pipeline {
                         &plan.key,
                         &fetched.job_id,
                         &fetched.path,
-                        coverage,
-                        replaced,
+                        replace,
                     )
                     .await;
                 if result.is_ok() {
@@ -432,23 +441,21 @@ impl Pipeline {
     }
 
     /// Decodes, normalizes and writes one export, then commits its window.
-    #[allow(clippy::too_many_arguments)]
     async fn ingest(
         &self,
         product: Product,
         window: &WindowRow,
-        quarantine_key: &str,
+        window_key: &str,
         job_id: &str,
         path: &Path,
-        coverage: Coverage,
-        replaced: BTreeSet<NaiveDate>,
+        replace: Replace,
     ) -> Result<Counts, SyncError> {
         let normalized = self
-            .normalize_files(product, job_id, vec![path.to_path_buf()], coverage)
+            .normalize_files(product, job_id, vec![path.to_path_buf()])
             .await?;
         let _lake = self.lake_lock.lock().await;
         let counts = self
-            .write(product, quarantine_key, job_id, normalized, replaced)
+            .write(product, window_key, job_id, normalized, replace)
             .await?;
         self.state.mark_written(window.id, counts).await?;
         crate::failpoint::hit("after-write");
@@ -469,13 +476,12 @@ impl Pipeline {
         product: Product,
         job_id: &str,
         files: Vec<PathBuf>,
-        coverage: Coverage,
     ) -> Result<Normalized, SyncError> {
         let job_id = job_id.to_string();
         let scratch = self.work_dir();
         let limit = self.settings.lake.max_uncompressed_size;
         tokio::task::spawn_blocking(move || {
-            let mut n = Normalizer::new(product, &job_id, coverage, Utc::now());
+            let mut n = Normalizer::new(product, &job_id, Utc::now());
             let mut unknown = BTreeSet::new();
             for f in &files {
                 let summary = decode::decode_path(f, &scratch, limit, &mut |b| {
@@ -493,20 +499,53 @@ impl Pipeline {
         .map_err(|e| SyncError::Task(e.to_string()))?
     }
 
-    /// Rewrites every partition the replaced days or the new rows touch, then the quarantine.
+    /// Rewrites every partition that holds a replaced day or receives new rows, then the
+    /// quarantine. Rows delivered for days the job does not replace whole (a vendor that serves
+    /// a row outside the asked-for day) replace only the rows with their identity.
     async fn write(
         &self,
         product: Product,
-        quarantine_key: &str,
+        window_key: &str,
         job_id: &str,
         normalized: Normalized,
-        mut replaced: BTreeSet<NaiveDate>,
+        replace: Replace,
     ) -> Result<Counts, SyncError> {
-        replaced.extend(normalized.status_days.iter().copied());
+        let (replaced, default_day) = match replace {
+            Replace::Days(days) => {
+                let only = (days.len() == 1).then(|| *days.first().expect("one day"));
+                (days, only)
+            }
+            Replace::DaysAndDelivered(mut days) => {
+                days.extend(normalized.status_days.iter().copied());
+                (days, None)
+            }
+        };
+        let soft: BTreeSet<NaiveDate> = normalized
+            .status_days
+            .difference(&replaced)
+            .copied()
+            .collect();
+        let merged: HashSet<Identity> = if soft.is_empty() {
+            HashSet::new()
+        } else {
+            normalized
+                .partitions
+                .values()
+                .flat_map(crate::lake::identities)
+                .filter(|id| soft.contains(&crate::normalize::time::day_of_micros(id.3)))
+                .collect()
+        };
+        if !soft.is_empty() {
+            tracing::warn!(
+                window = window_key, rows = merged.len(), days = ?soft,
+                "the export holds rows of days it was not asked for; they are merged by identity"
+            );
+        }
+        let interesting: BTreeSet<NaiveDate> = replaced.union(&soft).copied().collect();
         let known = self.state.partition_days(product).await?;
         let mut touched: BTreeSet<NaiveDate> = known
             .iter()
-            .filter(|(_, days)| !days.is_disjoint(&replaced))
+            .filter(|(_, days)| !days.is_disjoint(&interesting))
             .map(|(p, _)| *p)
             .collect();
         touched.extend(normalized.partitions.keys().copied());
@@ -521,7 +560,7 @@ impl Pipeline {
             }
             let state = self
                 .lake
-                .rewrite_partition(product, date, &replaced, new)
+                .rewrite_partition(product, date, &replaced, &merged, new)
                 .await?;
             crate::failpoint::hit("mid-write");
             self.state
@@ -529,12 +568,18 @@ impl Pipeline {
                 .await?;
         }
         self.lake
-            .write_quarantine(product, quarantine_key, normalized.quarantine.as_ref())
+            .write_quarantine(
+                product,
+                window_key,
+                normalized.quarantine.as_ref(),
+                &replaced,
+                default_day,
+            )
             .await?;
         let counts = normalized.counts;
         if !counts.reconciles() || lake_rows != counts.written {
             return Err(SyncError::Reconcile {
-                window: quarantine_key.to_string(),
+                window: window_key.to_string(),
                 counts,
                 lake_rows,
             });
@@ -558,11 +603,17 @@ impl Pipeline {
             let job_id = format!("import:{}", f.display());
             let result = async {
                 let normalized = self
-                    .normalize_files(product, &job_id, vec![f.clone()], Coverage::Any)
+                    .normalize_files(product, &job_id, vec![f.clone()])
                     .await?;
                 let _lake = self.lake_lock.lock().await;
-                self.write(product, &key, &job_id, normalized, BTreeSet::new())
-                    .await
+                self.write(
+                    product,
+                    &key,
+                    &job_id,
+                    normalized,
+                    Replace::DaysAndDelivered(BTreeSet::new()),
+                )
+                .await
             }
             .await;
             report.windows.push(match result {

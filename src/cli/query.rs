@@ -16,7 +16,7 @@ use clap::{Args, ValueEnum};
 use super::CliError;
 use crate::api::DpssClient;
 use crate::config::Settings;
-use crate::normalize::{Coverage, Normalizer};
+use crate::normalize::Normalizer;
 use crate::product::Product;
 use crate::sim::ON_DEMAND_MAX_ROWS;
 
@@ -95,7 +95,7 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
             unknown.into_iter().collect::<Vec<_>>().join(", ")
         );
     }
-    let mut n = Normalizer::new(args.product, "on-demand", Coverage::Any, Utc::now());
+    let mut n = Normalizer::new(args.product, "on-demand", Utc::now());
     n.push(&raw);
     let out = n.finish();
     let table = with_event_date(&out.partitions);

@@ -9,10 +9,10 @@
 
 mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::compute::{
     SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
 };
@@ -201,12 +201,15 @@ impl Lake {
             .collect())
     }
 
-    /// Rewrites one partition: its rows of `replaced` status days are dropped, `new` is added.
+    /// Rewrites one partition: its rows of `replaced` status days are dropped, and so are rows
+    /// whose identity is in `merged` (rows this job delivers for days it does not replace whole);
+    /// then `new` is added.
     pub async fn rewrite_partition(
         &self,
         product: Product,
         date: NaiveDate,
         replaced: &BTreeSet<NaiveDate>,
+        merged: &HashSet<Identity>,
         new: Option<&RecordBatch>,
     ) -> Result<PartitionState, LakeError> {
         let prefix = self.partition(product, date);
@@ -220,45 +223,59 @@ impl Lake {
                 detail,
             })?;
             let ts = status_column(&b);
-            let mask: arrow::array::BooleanArray = ts
-                .values()
-                .iter()
-                .map(|&t| Some(!replaced.contains(&day_of_micros(t))))
+            let ids = (!merged.is_empty()).then(|| identities(&b));
+            let mask: arrow::array::BooleanArray = (0..b.num_rows())
+                .map(|i| {
+                    let replaced_day = replaced.contains(&day_of_micros(ts.value(i)));
+                    let superseded = ids.as_ref().is_some_and(|ids| merged.contains(&ids[i]));
+                    Some(!replaced_day && !superseded)
+                })
                 .collect();
             keep.push(filter_record_batch(&b, &mask).expect("mask length matches"));
         }
         if let Some(n) = new {
             keep.push(n.clone());
         }
-        let merged = concat_batches(&schema, &keep).expect("batches share the lake schema");
-        let merged = sort_rows(&merged);
-        let status_days: BTreeSet<NaiveDate> = status_column(&merged)
+        let rows =
+            sort_rows(&concat_batches(&schema, &keep).expect("batches share the lake schema"));
+        let status_days: BTreeSet<NaiveDate> = status_column(&rows)
             .values()
             .iter()
             .map(|&t| day_of_micros(t))
             .collect();
-        let mut written = Vec::new();
-        let mut bytes = 0u64;
-        if merged.num_rows() > 0 {
-            let (names, size) = self.write_parts(&prefix, &merged).await?;
-            written = names;
-            bytes = size;
-        }
-        // Parts beyond the new count are stale once the new ones are in place.
-        for meta in existing_objects {
-            if !written.iter().any(|w: &String| w == meta.location.as_ref()) {
+        let (objects, bytes) = self
+            .replace_objects(&prefix, &existing_objects, &rows)
+            .await?;
+        Ok(PartitionState {
+            status_days,
+            rows: rows.num_rows() as u64,
+            objects,
+            bytes,
+        })
+    }
+
+    /// Puts `rows` under `prefix` (nothing when empty) and deletes the objects that were there
+    /// and are not among the new ones: parts beyond the new count are stale once these are in.
+    async fn replace_objects(
+        &self,
+        prefix: &Path,
+        existing: &[object_store::ObjectMeta],
+        rows: &RecordBatch,
+    ) -> Result<(Vec<String>, u64), LakeError> {
+        let (written, bytes) = if rows.num_rows() > 0 {
+            self.write_parts(prefix, rows).await?
+        } else {
+            (Vec::new(), 0)
+        };
+        for meta in existing {
+            if !written.iter().any(|w| w == meta.location.as_ref()) {
                 self.store
                     .delete(&meta.location)
                     .await
                     .map_err(store_err(&meta.location))?;
             }
         }
-        Ok(PartitionState {
-            status_days,
-            rows: merged.num_rows() as u64,
-            objects: written,
-            bytes,
-        })
+        Ok((written, bytes))
     }
 
     /// Writes sorted rows as one object, or numbered parts once one passes the target size.
@@ -297,34 +314,78 @@ impl Lake {
         Ok((names, total))
     }
 
-    /// Replaces the quarantine of one window; `None` removes it (a clean re-sync).
+    /// Writes a job's quarantined rows under `status_date=YYYY-MM-DD` (the day their raw
+    /// StatusDatetime names, else `default_day`, the job's one day), mirroring the data: the
+    /// quarantine of a `replaced` day is replaced, other days gain the new rows without copies
+    /// of ones already there. Rows with no day go to `status_date=unknown/window=<window>`.
     pub async fn write_quarantine(
         &self,
         product: Product,
         window: &str,
         rows: Option<&RecordBatch>,
-    ) -> Result<Vec<String>, LakeError> {
-        let prefix = self
+        replaced: &BTreeSet<NaiveDate>,
+        default_day: Option<NaiveDate>,
+    ) -> Result<(), LakeError> {
+        let root = self
             .root
             .clone()
             .join("_quarantine")
-            .join(product.config_name())
-            .join(format!("window={window}"));
-        let existing = self.list(&prefix).await?;
-        let mut written = Vec::new();
-        if let Some(rows) = rows.filter(|r| r.num_rows() > 0) {
-            let (names, _) = self.write_parts(&prefix, rows).await?;
-            written = names;
+            .join(product.config_name());
+        let mut existing: BTreeMap<String, Vec<object_store::ObjectMeta>> = BTreeMap::new();
+        for meta in self.list(&root).await? {
+            let dir = meta
+                .location
+                .prefix_match(&root)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let key = match dir.first().map(String::as_str) {
+                Some("status_date=unknown") => format!(
+                    "status_date=unknown/{}",
+                    dir.get(1).cloned().unwrap_or_default()
+                ),
+                Some(d) => d.to_string(),
+                None => continue,
+            };
+            existing.entry(key).or_default().push(meta);
         }
-        for meta in existing {
-            if !written.iter().any(|w| w == meta.location.as_ref()) {
-                self.store
-                    .delete(&meta.location)
-                    .await
-                    .map_err(store_err(&meta.location))?;
+        let mut groups = rows
+            .map(|r| split_by_day(r, default_day))
+            .unwrap_or_default();
+        let schema = crate::normalize::quarantine_schema();
+        let mut dirs: BTreeSet<String> = replaced
+            .iter()
+            .map(|d| format!("status_date={d}"))
+            .filter(|k| existing.contains_key(k))
+            .collect();
+        dirs.extend(groups.keys().map(|d| match d {
+            Some(d) => format!("status_date={d}"),
+            None => format!("status_date=unknown/window={window}"),
+        }));
+        for dir in dirs {
+            let day = dir
+                .strip_prefix("status_date=")
+                .and_then(|d| d.parse::<NaiveDate>().ok());
+            let new = groups.remove(&day).into_iter();
+            let old = existing.remove(&dir).unwrap_or_default();
+            let merge_old = day.is_some_and(|d| !replaced.contains(&d));
+            let mut batches: Vec<RecordBatch> = new.collect();
+            if merge_old {
+                let fresh: HashSet<String> = batches.iter().flat_map(raw_keys).collect();
+                for b in self.read_objects(&old).await? {
+                    let keys = raw_keys(&b);
+                    let mask: arrow::array::BooleanArray =
+                        keys.iter().map(|k| Some(!fresh.contains(k))).collect();
+                    batches.push(filter_record_batch(&b, &mask).expect("mask length matches"));
+                }
             }
+            let rows = concat_batches(&schema, &batches).map_err(|e| LakeError::Schema {
+                path: dir.clone(),
+                detail: e.to_string(),
+            })?;
+            self.replace_objects(&root.clone().join(dir.as_str()), &old, &rows)
+                .await?;
         }
-        Ok(written)
+        Ok(())
     }
 
     /// Every quarantined row of a product.
@@ -425,6 +486,92 @@ fn sort_rows(b: &RecordBatch) -> RecordBatch {
     )
     .expect("sortable columns");
     take_record_batch(b, &idx).expect("indices in range")
+}
+
+/// The identity of DESIGN.md: (work_order_id, issue_id, status, status_datetime in µs).
+pub type Identity = (String, String, String, i64);
+
+fn text_column<'a>(b: &'a RecordBatch, name: &str) -> &'a StringArray {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .expect("text column of the lake or quarantine schema")
+}
+
+/// The identities of a lake batch, row by row.
+pub fn identities(b: &RecordBatch) -> Vec<Identity> {
+    let (wo, issue, status) = (
+        text_column(b, "work_order_id"),
+        text_column(b, "issue_id"),
+        text_column(b, "status"),
+    );
+    let ts = status_column(b);
+    (0..b.num_rows())
+        .map(|i| {
+            (
+                wo.value(i).to_string(),
+                issue.value(i).to_string(),
+                status.value(i).to_string(),
+                ts.value(i),
+            )
+        })
+        .collect()
+}
+
+/// A quarantined row's raw values as one key, to keep one copy of a row served twice.
+fn raw_keys(b: &RecordBatch) -> Vec<String> {
+    let cols: Vec<&StringArray> = b
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.name().starts_with('_') || f.name() == "_raw")
+        .map(|(i, _)| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("raw text columns")
+        })
+        .collect();
+    (0..b.num_rows())
+        .map(|i| {
+            cols.iter()
+                .map(|c| if c.is_null(i) { "\u{0}" } else { c.value(i) })
+                .collect::<Vec<_>>()
+                .join("\u{1f}")
+        })
+        .collect()
+}
+
+/// Quarantined rows grouped by the UTC day their raw StatusDatetime names.
+fn split_by_day(
+    b: &RecordBatch,
+    default_day: Option<NaiveDate>,
+) -> BTreeMap<Option<NaiveDate>, RecordBatch> {
+    let ts = text_column(b, "status_datetime");
+    let days: Vec<Option<NaiveDate>> = (0..b.num_rows())
+        .map(|i| {
+            // A broken time often still has a good day (`2024-06-15T25:61:00Z`).
+            (!ts.is_null(i))
+                .then(|| {
+                    let raw = ts.value(i).trim();
+                    crate::normalize::time::parse_date(raw)
+                        .or_else(|| raw.get(..10).and_then(crate::normalize::time::parse_date))
+                })
+                .flatten()
+                .or(default_day)
+        })
+        .collect();
+    let distinct: BTreeSet<Option<NaiveDate>> = days.iter().copied().collect();
+    distinct
+        .into_iter()
+        .map(|d| {
+            let mask: arrow::array::BooleanArray = days.iter().map(|x| Some(*x == d)).collect();
+            (
+                d,
+                filter_record_batch(b, &mask).expect("mask length matches"),
+            )
+        })
+        .collect()
 }
 
 /// The `event_date=` of an object path.

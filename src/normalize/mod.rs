@@ -20,24 +20,6 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use crate::decode::RawBatch;
 use crate::product::{Column, Product};
 
-/// Which status days a job is allowed to deliver; rows outside go to the quarantine, because
-/// writing them would replace days this job does not own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Coverage {
-    /// An unfiltered export or an import: every status day it holds is its own.
-    Any,
-    Days(BTreeSet<NaiveDate>),
-}
-
-impl Coverage {
-    pub fn contains(&self, day: NaiveDate) -> bool {
-        match self {
-            Coverage::Any => true,
-            Coverage::Days(d) => d.contains(&day),
-        }
-    }
-}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub read: u64,
@@ -57,7 +39,7 @@ pub struct Normalized {
     pub partitions: BTreeMap<NaiveDate, RecordBatch>,
     pub quarantine: Option<RecordBatch>,
     pub counts: Counts,
-    /// Status days of the valid rows; with the coverage, the days this job replaces.
+    /// Status days of the valid rows.
     pub status_days: BTreeSet<NaiveDate>,
 }
 
@@ -77,7 +59,6 @@ pub struct Normalizer {
     product: Product,
     job_id: Arc<str>,
     ingested_at: i64,
-    coverage: Coverage,
     parts: Vec<(NaiveDate, Part)>,
     part_index: HashMap<NaiveDate, usize>,
     identities: HashMap<u128, (u32, u32)>,
@@ -98,17 +79,11 @@ fn identity(wo: &str, issue: &str, status: &str, ts: i64) -> u128 {
 }
 
 impl Normalizer {
-    pub fn new(
-        product: Product,
-        job_id: &str,
-        coverage: Coverage,
-        ingested_at: DateTime<Utc>,
-    ) -> Self {
+    pub fn new(product: Product, job_id: &str, ingested_at: DateTime<Utc>) -> Self {
         Self {
             product,
             job_id: Arc::from(job_id),
             ingested_at: ingested_at.timestamp_micros(),
-            coverage,
             parts: Vec::new(),
             part_index: HashMap::new(),
             identities: HashMap::new(),
@@ -156,7 +131,7 @@ impl Normalizer {
     fn validate(&self, cells: &[Option<&str>; 8]) -> Result<Valid, String> {
         let empty: Vec<&str> = Column::ALL
             .into_iter()
-            .filter(|c| cells[c.index()].is_none_or(|v| v.trim().is_empty()))
+            .filter(|c| cells[c.index()].is_none_or(is_blank))
             .map(Column::lake_name)
             .collect();
         if !empty.is_empty() {
@@ -179,11 +154,6 @@ impl Normalizer {
         if event_date > status_day + Duration::days(1) {
             return Err(format!(
                 "event_date {event_date} is more than one day after the status day {status_day}"
-            ));
-        }
-        if !self.coverage.contains(status_day) {
-            return Err(format!(
-                "status day {status_day} is outside the days this job was asked for"
             ));
         }
         Ok(Valid {
@@ -283,6 +253,12 @@ struct Valid {
     phase: i8,
     ts: i64,
     event_date: NaiveDate,
+}
+
+/// Empty, whitespace, or the `--` the vendor's exports use for a missing id.
+fn is_blank(v: &str) -> bool {
+    let t = v.trim();
+    t.is_empty() || t == "--"
 }
 
 /// `1`, `01`, `1.0`: integral values only.
@@ -405,7 +381,7 @@ mod tests {
 
     #[test]
     fn valid_rows_are_typed_and_partitioned() {
-        let mut n = Normalizer::new(Product::HidWorkOrders, "job-1", Coverage::Any, Utc::now());
+        let mut n = Normalizer::new(Product::HidWorkOrders, "job-1", Utc::now());
         let mut other = GOOD;
         other[6] = "2024-06-14";
         other[3] = "New";
@@ -462,7 +438,7 @@ mod tests {
         r[6] = "2024-06-17";
         cases.push((r, "more than one day after"));
         let rows: Vec<[&str; 8]> = cases.iter().map(|c| c.0).collect();
-        let mut n = Normalizer::new(Product::HidWorkOrders, "job-1", Coverage::Any, Utc::now());
+        let mut n = Normalizer::new(Product::HidWorkOrders, "job-1", Utc::now());
         n.push(&batch(&rows));
         let out = n.finish();
         assert_eq!(out.counts.quarantined, cases.len() as u64);
@@ -492,14 +468,13 @@ mod tests {
     }
 
     #[test]
-    fn one_day_tolerance_and_coverage() {
+    fn one_day_tolerance_and_placeholders() {
         let mut tolerated = GOOD;
         tolerated[6] = "2024-06-16";
-        let mut outside = GOOD;
-        outside[4] = "2024-06-16T10:00:00Z";
-        let cov = Coverage::Days(BTreeSet::from([day("2024-06-15")]));
-        let mut n = Normalizer::new(Product::HidWorkOrders, "j", cov, Utc::now());
-        n.push(&batch(&[tolerated, outside]));
+        let mut placeholder = GOOD;
+        placeholder[0] = "--";
+        let mut n = Normalizer::new(Product::HidWorkOrders, "j", Utc::now());
+        n.push(&batch(&[tolerated, placeholder]));
         let out = n.finish();
         assert_eq!(out.counts.written, 1);
         assert_eq!(out.counts.quarantined, 1);
@@ -510,7 +485,7 @@ mod tests {
         let mut later = GOOD;
         later[5] = "updated reason";
         later[6] = "2024-06-14";
-        let mut n = Normalizer::new(Product::HidWorkOrders, "j", Coverage::Any, Utc::now());
+        let mut n = Normalizer::new(Product::HidWorkOrders, "j", Utc::now());
         n.push(&batch(&[GOOD, later]));
         let out = n.finish();
         assert_eq!(
@@ -538,7 +513,7 @@ mod tests {
             reason: "row has 3 fields".into(),
             raw: Some("a,b,c".into()),
         }];
-        let mut n = Normalizer::new(Product::HidWorkOrders, "j", Coverage::Any, Utc::now());
+        let mut n = Normalizer::new(Product::HidWorkOrders, "j", Utc::now());
         n.push(&b);
         let out = n.finish();
         assert_eq!(out.counts.quarantined, 1);

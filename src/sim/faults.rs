@@ -21,6 +21,9 @@ pub struct Faults {
     pub truncated_downloads: Option<u64>,
     /// Every Nth download link is issued already expired.
     pub expired_links: Option<u64>,
+    /// A day's export also serves a few rows of the day before, as a vendor filtering by local
+    /// time would.
+    pub stray_rows: bool,
 }
 
 impl Faults {
@@ -47,6 +50,7 @@ impl Faults {
                 "failed-jobs" => f.failed_jobs = every(2)?,
                 "truncated" => f.truncated_downloads = every(2)?,
                 "expired-links" => f.expired_links = every(2)?,
+                "stray-rows" => f.stray_rows = true,
                 "slow-jobs" => {
                     f.slow_jobs = Some(match value {
                         None => Duration::from_secs(30),
@@ -56,7 +60,7 @@ impl Faults {
                 }
                 other => {
                     return Err(format!(
-                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links)"
+                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows)"
                     ));
                 }
             }

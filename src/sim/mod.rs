@@ -32,6 +32,9 @@ use export::{Filter, Layout};
 pub use faults::Faults;
 use faults::fires;
 
+/// Rows of the previous day a `stray-rows` export adds.
+pub const STRAY_ROWS: usize = 3;
+
 /// The on-demand endpoint's documented cap.
 pub const ON_DEMAND_MAX_ROWS: usize = 1000;
 
@@ -567,8 +570,23 @@ fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
             .path()
             .join(format!("{}.zip", id.to_ascii_uppercase()));
         let today = as_of.date_naive();
+        let strays = state.cfg.faults.stray_rows.then_some(filter.day).flatten();
         let result = export::write_zip(&path, &id, file_type, layout, |emit| {
-            filter.for_each_row(&state.dataset, today, as_of, &extra, emit)
+            filter.for_each_row(&state.dataset, today, as_of, &extra, &mut *emit);
+            if let Some(day) = strays {
+                let before = Filter {
+                    day: day.pred_opt(),
+                    ..Default::default()
+                };
+                let mut left = STRAY_ROWS;
+                before.for_each_row(&state.dataset, today, as_of, &extra, |r| {
+                    if r.is_valid() && left > 0 {
+                        left -= 1;
+                        return emit(r);
+                    }
+                    left > 0
+                });
+            }
         });
         *build.lock().expect("build") = match result {
             Ok(rows) => {

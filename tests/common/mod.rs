@@ -203,16 +203,17 @@ pub fn expected_invalid(
         .collect()
 }
 
-/// The quarantine's (work_order_id, issue_id, status) and reasons.
-pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String)> {
+/// The quarantine's (work_order_id, issue_id, status, reason, raw status_datetime).
+pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String, String)> {
     let lake = Lake::open(&settings_for_lake(dir)).unwrap();
     let mut out = Vec::new();
     for b in lake.read_quarantine(P).await.unwrap() {
-        let (wo, issue, status, reason) = (
+        let (wo, issue, status, reason, ts) = (
             strings(&b, "work_order_id"),
             strings(&b, "issue_id"),
             strings(&b, "status"),
             strings(&b, "_reason"),
+            strings(&b, "status_datetime"),
         );
         for i in 0..b.num_rows() {
             let get = |a: &StringArray| {
@@ -222,7 +223,7 @@ pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String)> {
                     a.value(i).to_string()
                 }
             };
-            out.push((get(&wo), get(&issue), get(&status), get(&reason)));
+            out.push((get(&wo), get(&issue), get(&status), get(&reason), get(&ts)));
         }
     }
     out
