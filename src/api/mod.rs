@@ -192,9 +192,14 @@ impl DpssClient {
         self.tokens.tokens_fetched()
     }
 
+    /// `base_url` is the host (as in DESIGN.md), or already ends in `/dpss/api/v1`.
     fn url(&self, path: &str) -> Url {
         let mut url = self.settings.base_url.clone();
-        let base = url.path().trim_end_matches('/').to_string();
+        let base = url.path().trim_end_matches('/');
+        let base = base
+            .strip_suffix("/dpss/api/v1")
+            .unwrap_or(base)
+            .to_string();
         url.set_path(&format!("{base}/dpss/api/v1/{path}"));
         url
     }

@@ -5,10 +5,15 @@ use std::io::Read;
 use std::sync::Arc;
 
 use super::{DecodeError, DecodeSummary, RawBuilder, Sink, map_header};
+use crate::product::Column;
 
+/// `previous_header` is the header of an earlier part of the same export: a part written
+/// without a header row (Spark can) is read with it, provided no field of its first row is a
+/// known column name and the widths agree.
 pub fn decode(
     reader: impl Read,
     file: Arc<str>,
+    previous_header: &mut Option<Vec<String>>,
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
@@ -34,10 +39,28 @@ pub fn decode(
                 .to_string()
         })
         .collect();
-    let mapping = map_header(&names, &file, summary)?;
+    let headerless = names.iter().all(|n| Column::from_header(n).is_none())
+        && previous_header
+            .as_ref()
+            .is_some_and(|h| h.len() == names.len());
+    let mapping = if headerless {
+        let header = previous_header.clone().expect("checked above");
+        tracing::warn!(file = %file, "part has no header row; reading it with the previous part's header");
+        map_header(&header, &file, summary)?
+    } else {
+        let m = map_header(&names, &file, summary)?;
+        *previous_header = Some(names);
+        m
+    };
     let width = mapping.len();
     let mut out = RawBuilder::new(file.clone());
-    while rdr.read_byte_record(&mut record).map_err(malformed)? {
+    let mut first_is_data = headerless;
+    loop {
+        if !std::mem::take(&mut first_is_data)
+            && !rdr.read_byte_record(&mut record).map_err(malformed)?
+        {
+            break;
+        }
         let ragged = (record.len() < width || record.iter().skip(width).any(|f| !f.is_empty()))
             .then(|| format!("row has {} fields; the header has {width}", record.len()));
         let not_utf8 = mapping
@@ -78,16 +101,21 @@ pub fn decode(
 mod tests {
     use super::*;
     use crate::decode::RawBatch;
-    use crate::product::Column;
     use arrow::array::Array;
 
     fn run(text: &[u8]) -> Result<(Vec<RawBatch>, DecodeSummary), DecodeError> {
         let mut batches = Vec::new();
         let mut summary = DecodeSummary::default();
-        decode(text, Arc::from("t.csv"), &mut summary, &mut |b| {
-            batches.push(b);
-            Ok(())
-        })?;
+        decode(
+            text,
+            Arc::from("t.csv"),
+            &mut None,
+            &mut summary,
+            &mut |b| {
+                batches.push(b);
+                Ok(())
+            },
+        )?;
         Ok((batches, summary))
     }
 
@@ -145,5 +173,40 @@ mod tests {
     #[test]
     fn empty_file_has_no_rows() {
         assert!(run(b"").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_headerless_part_reads_with_the_previous_header() {
+        let header =
+            "Status,StatusDatetime,Reason,EventDate,WorkOrderId,ServicePointId,Phase,IssueID,";
+        let mut previous = None;
+        let mut summary = DecodeSummary::default();
+        let mut rows = Vec::new();
+        for text in [
+            format!("{header}\nNew,2024-06-15T00:00:13Z,r,2024-06-15,1,9,1,7,\n"),
+            "Accepted,2024-06-16T00:00:13Z,r,2024-06-15,1,9,1,7,\n".to_string(),
+        ] {
+            decode(
+                text.as_bytes(),
+                Arc::from("p.csv"),
+                &mut previous,
+                &mut summary,
+                &mut |b| {
+                    rows.push(cell(&b, Column::Status, 0).unwrap());
+                    Ok(())
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(rows, ["New", "Accepted"]);
+        // Without an earlier header, a headerless first part is an error naming a column.
+        let err = decode(
+            b"Accepted,x\n".as_slice(),
+            Arc::from("q.csv"),
+            &mut None,
+            &mut summary,
+            &mut |_| Ok(()),
+        );
+        assert!(err.unwrap_err().to_string().contains("required column"));
     }
 }

@@ -208,7 +208,7 @@ pub fn decode_path(
         match ft {
             FileType::Csv | FileType::Json => {
                 let file = File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
-                decode_text(ft, &name, file, &mut summary, sink)?;
+                decode_text(ft, &name, file, &mut None, &mut summary, sink)?;
             }
             FileType::Parquet | FileType::Orc => {
                 decode_columnar(ft, &name, path, &mut summary, sink)?
@@ -253,6 +253,7 @@ fn decode_zip(
         });
     }
     let mut budget = max_uncompressed;
+    let mut csv_header = None;
     for i in 0..archive.len() {
         let entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
         if entry.is_dir() {
@@ -270,7 +271,9 @@ fn decode_zip(
             limit: budget,
         };
         let result = match ft {
-            FileType::Csv | FileType::Json => decode_text(ft, &label, &mut limited, summary, sink),
+            FileType::Csv | FileType::Json => {
+                decode_text(ft, &label, &mut limited, &mut csv_header, summary, sink)
+            }
             FileType::Parquet | FileType::Orc => {
                 let mut tmp = tempfile::NamedTempFile::new_in(scratch).map_err(|e| {
                     DecodeError::Io(format!("scratch file in {}: {e}", scratch.display()))
@@ -310,12 +313,13 @@ fn decode_text(
     ft: FileType,
     label: &str,
     reader: impl Read,
+    csv_header: &mut Option<Vec<String>>,
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
     let label: Arc<str> = Arc::from(label);
     if ft == FileType::Csv {
-        csv::decode(reader, label, summary, sink)
+        csv::decode(reader, label, csv_header, summary, sink)
     } else {
         json::decode(reader, label, summary, sink)
     }
