@@ -65,6 +65,9 @@ pub struct WindowReport {
     pub job_id: Option<String>,
     pub counts: Option<Counts>,
     pub error: Option<String>,
+    /// The vendor refused the request itself (a 4xx no retry can fix).
+    #[serde(skip)]
+    pub refused: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -199,8 +202,21 @@ impl Pipeline {
             .await?
             .into_iter()
             .map(|(p, _)| p)
-            .collect();
-        self.run("sync", product, None, plans, Vec::new()).await
+            .collect::<Vec<_>>();
+        let report = self.run("sync", product, None, plans, Vec::new()).await?;
+        let history_refused = report
+            .windows
+            .iter()
+            .any(|w| w.key == "history" && w.refused);
+        if !history_refused {
+            return Ok(report);
+        }
+        // A vendor that will not export without a time filter: load the history day by day.
+        let note = "the vendor refused the unfiltered history export; loading the 13 months day by day instead".to_string();
+        let days = plan::plan_backfill(product, plan::available_from(today), today, today)
+            .map_err(SyncError::Usage)?
+            .0;
+        self.run("sync", product, None, days, vec![note]).await
     }
 
     /// Explicit days, clamped to the availability; the watermark never moves backwards.
@@ -289,6 +305,7 @@ impl Pipeline {
                         job_id,
                         counts: Some(counts),
                         error: None,
+                        refused: false,
                     },
                     Err(e) => {
                         tracing::error!(product = %product, window = %plan.key, error = %e, "window failed");
@@ -297,6 +314,7 @@ impl Pipeline {
                             job_id,
                             counts: window.and_then(|w| w.counts),
                             error: Some(e.to_string()),
+                            refused: e.is_permanent(),
                         }
                     }
                 }
@@ -622,12 +640,14 @@ impl Pipeline {
                     job_id: Some(job_id),
                     counts: Some(c),
                     error: None,
+                    refused: false,
                 },
                 Err(e) => WindowReport {
                     key,
                     job_id: Some(job_id),
                     counts: None,
                     error: Some(e.to_string()),
+                    refused: e.is_permanent(),
                 },
             });
         }

@@ -473,3 +473,45 @@ async fn rows_outside_the_asked_day_merge_without_loss_or_duplicates() {
     assert_eq!(lake_rows(dir.path()).await, want);
     sim.shutdown().await;
 }
+
+/// A vendor that refuses the unfiltered export: the first sync loads the history day by day.
+#[tokio::test]
+async fn refused_history_export_falls_back_to_day_windows() {
+    let sim = start(SimConfig {
+        rows_per_day: 3,
+        job_delay: Duration::from_millis(5),
+        ..quick_sim("no-history")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sim, dir.path(), "json", 2)
+        .replace("max_concurrent_jobs = 3", "max_concurrent_jobs = 16");
+    let settings = dpss_sync::config::Settings::load(&dpss_sync::config::Sources {
+        inline: vec![text],
+        ..Default::default()
+    })
+    .unwrap();
+    let pipeline = Pipeline::open(settings, true).await.unwrap();
+    let report = pipeline.sync(P).await.unwrap();
+    assert!(
+        report.ok(),
+        "{:?}",
+        report
+            .windows
+            .iter()
+            .filter(|w| w.error.is_some())
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    assert!(report.notes[0].contains("day by day"));
+    assert_eq!(report.windows.len(), closed_days().len() + 1);
+    assert_eq!(
+        closed(lake_rows(dir.path()).await),
+        expected(&sim, closed_days(), Utc::now())
+    );
+    assert_eq!(
+        pipeline.state.watermark(P).await.unwrap(),
+        Some(Utc::now().date_naive() - chrono::Duration::days(1))
+    );
+    sim.shutdown().await;
+}

@@ -24,6 +24,8 @@ pub struct Faults {
     /// A day's export also serves a few rows of the day before, as a vendor filtering by local
     /// time would.
     pub stray_rows: bool,
+    /// Batch requests without a StatusDatetime are refused (400), as a vendor might.
+    pub no_history: bool,
 }
 
 impl Faults {
@@ -51,6 +53,7 @@ impl Faults {
                 "truncated" => f.truncated_downloads = every(2)?,
                 "expired-links" => f.expired_links = every(2)?,
                 "stray-rows" => f.stray_rows = true,
+                "no-history" => f.no_history = true,
                 "slow-jobs" => {
                     f.slow_jobs = Some(match value {
                         None => Duration::from_secs(30),
@@ -60,7 +63,7 @@ impl Faults {
                 }
                 other => {
                     return Err(format!(
-                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows)"
+                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows, no-history)"
                     ));
                 }
             }

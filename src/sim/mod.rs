@@ -537,6 +537,13 @@ fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
         Ok(f) => f,
         Err(r) => return *r,
     };
+    if s.cfg.faults.no_history && filter.day.is_none() && filter.instant.is_none() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "One or more validation errors occurred.",
+            json!({"StatusDatetime": ["required"]}),
+        );
+    }
     let seq = {
         let mut c = s.counters.lock().expect("counters");
         c.jobs += 1;
