@@ -12,7 +12,9 @@ use chrono::Utc;
 
 use crate::api::{ApiError, BatchJob, DpssClient, JobPhase};
 use crate::config::{ApiSettings, FileType};
-use crate::state::{Stage, State, StateError, WindowRow};
+use crate::events::{InternalEvent, JobFinished, JobSubmitted};
+use crate::product::Product;
+use crate::state::{JobRow, Stage, State, StateError, WindowRow};
 
 /// How many fresh links to ask for when a download link is refused (expired SAS).
 const LINK_ATTEMPTS: u32 = 3;
@@ -53,6 +55,7 @@ impl FetchError {
 }
 
 pub struct Fetcher<'a> {
+    pub product: Product,
     pub client: &'a DpssClient,
     pub state: &'a State,
     pub api: &'a ApiSettings,
@@ -98,7 +101,12 @@ impl Fetcher<'_> {
                 deadline,
             )
             .await?;
-        tracing::info!(window = %window.key, job_id = %job.job_id, status = %job.status, "vendor job submitted");
+        JobSubmitted {
+            product: self.product,
+            window: &window.key,
+            job_id: &job.job_id,
+        }
+        .emit();
         crate::failpoint::hit("after-submit");
         Ok(job.job_id)
     }
@@ -124,11 +132,10 @@ impl Fetcher<'_> {
             wait_first = false;
             let url = job.download_url.expect("poll returns only with a link");
             match self.client.download(&url, &path, u64::MAX).await {
-                Ok(bytes) => {
+                Ok(_) => {
                     self.state
                         .set_stage(window.id, Stage::Downloaded, None)
                         .await?;
-                    tracing::info!(window = %window.key, job_id, bytes, "export downloaded");
                     crate::failpoint::hit("after-download");
                     return Ok(Fetched {
                         job_id: job_id.to_string(),
@@ -145,6 +152,20 @@ impl Fetcher<'_> {
             job_id: job_id.to_string(),
             attempts: LINK_ATTEMPTS,
         })
+    }
+
+    fn finished(&self, job: &JobRow, outcome: &'static str) {
+        let created =
+            chrono::DateTime::parse_from_rfc3339(&job.created_at).map(|t| t.with_timezone(&Utc));
+        JobFinished {
+            product: self.product,
+            job_id: &job.job_id,
+            outcome,
+            seconds: created
+                .map(|c| (Utc::now() - c).num_milliseconds() as f64 / 1000.0)
+                .unwrap_or(0.0),
+        }
+        .emit();
     }
 
     /// Until `Success` with a link, a terminal failure, or the job's deadline.
@@ -170,6 +191,7 @@ impl Fetcher<'_> {
                     self.state
                         .record_poll(job_id, "NotFound", Some("unknown to the vendor"), true)
                         .await?;
+                    self.finished(&record, "gone");
                     return Err(FetchError::JobGone {
                         job_id: job_id.to_string(),
                     });
@@ -182,6 +204,7 @@ impl Fetcher<'_> {
                     self.state
                         .record_poll(job_id, &job.status, None, true)
                         .await?;
+                    self.finished(&record, "succeeded");
                     return Ok(job);
                 }
                 JobPhase::Failed => {
@@ -193,6 +216,7 @@ impl Fetcher<'_> {
                             true,
                         )
                         .await?;
+                    self.finished(&record, "failed");
                     return Err(FetchError::JobFailed {
                         job_id: job_id.to_string(),
                         status: job.status,
@@ -209,6 +233,7 @@ impl Fetcher<'_> {
                 self.state
                     .record_poll(job_id, &job.status, Some("timed out"), true)
                     .await?;
+                self.finished(&record, "timed_out");
                 return Err(FetchError::JobTimeout {
                     job_id: job_id.to_string(),
                     timeout: humantime::format_duration(self.api.job_timeout).to_string(),

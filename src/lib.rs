@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod events;
 pub mod failpoint;
 pub mod fetch;
 pub mod lake;

@@ -13,6 +13,9 @@ use tokio::sync::{Mutex, Semaphore};
 use crate::api::DpssClient;
 use crate::config::{ConfigError, Settings};
 use crate::decode::{self, DecodeError};
+use crate::events::{
+    InternalEvent, JobsInFlight, ObjectsWritten, UnknownColumns, WindowCommitted, WindowFailed,
+};
 use crate::fetch::{FetchError, Fetcher};
 use crate::lake::Identity;
 use crate::lake::{Lake, LakeError};
@@ -308,7 +311,12 @@ impl Pipeline {
                         refused: false,
                     },
                     Err(e) => {
-                        tracing::error!(product = %product, window = %plan.key, error = %e, "window failed");
+                        WindowFailed {
+                            product,
+                            window: &plan.key,
+                            error: &e.to_string(),
+                        }
+                        .emit();
                         WindowReport {
                             key: plan.key,
                             job_id,
@@ -365,6 +373,7 @@ impl Pipeline {
         let client = self.client.as_deref().expect("checked in run");
         let work = self.work_dir();
         let fetcher = Fetcher {
+            product,
             client,
             state: &self.state,
             api: &self.settings.api,
@@ -382,12 +391,18 @@ impl Pipeline {
             let outcome = async {
                 let fetched = {
                     let _slot = self.jobs.acquire().await.expect("semaphore open");
-                    let job_id = fetcher
-                        .submit(&window, &subscription, p.file_type, &plan.tokens)
-                        .await?;
-                    fetcher
-                        .fetch(&window, &job_id, &subscription, resumed)
-                        .await?
+                    JobsInFlight(product, 1).emit();
+                    let fetched = async {
+                        let job_id = fetcher
+                            .submit(&window, &subscription, p.file_type, &plan.tokens)
+                            .await?;
+                        fetcher
+                            .fetch(&window, &job_id, &subscription, resumed)
+                            .await
+                    }
+                    .await;
+                    JobsInFlight(product, -1).emit();
+                    fetched?
                 };
                 let replace = match plan.kind {
                     WindowKind::Day => Replace::Days(BTreeSet::from([plan.from])),
@@ -479,12 +494,13 @@ impl Pipeline {
         crate::failpoint::hit("after-write");
         self.state.mark_committed(window.id).await?;
         crate::failpoint::hit("after-commit");
-        tracing::info!(
-            product = %product, window = %window.key, job_id,
-            rows_read = counts.read, rows_written = counts.written,
-            rows_quarantined = counts.quarantined, duplicates = counts.duplicates,
-            "window committed"
-        );
+        WindowCommitted {
+            product,
+            window: &window.key,
+            job_id,
+            counts,
+        }
+        .emit();
         Ok(counts)
     }
 
@@ -509,7 +525,13 @@ impl Pipeline {
                 unknown.extend(summary.unknown_columns);
             }
             if !unknown.is_empty() {
-                tracing::warn!(job_id = %job_id, columns = ?unknown, "export has columns this product does not know; they are ignored");
+                let columns: Vec<String> = unknown.into_iter().collect();
+                UnknownColumns {
+                    product,
+                    job_id: &job_id,
+                    columns: &columns,
+                }
+                .emit();
             }
             Ok::<_, SyncError>(n.finish())
         })
@@ -580,6 +602,12 @@ impl Pipeline {
                 .lake
                 .rewrite_partition(product, date, &replaced, &merged, new)
                 .await?;
+            ObjectsWritten {
+                product,
+                objects: state.objects.len(),
+                bytes: state.bytes,
+            }
+            .emit();
             crate::failpoint::hit("mid-write");
             self.state
                 .set_partition(product, date, &state, job_id)

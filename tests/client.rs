@@ -387,6 +387,7 @@ async fn failed_job_surfaces_as_an_error_naming_the_job() {
     let (sim, dir, settings, state) = fetcher_setup("failed-jobs=1", "2m").await;
     let c = client(&sim);
     let f = Fetcher {
+        product: P,
         client: &c,
         state: &state,
         api: &settings.api,
@@ -424,6 +425,7 @@ async fn slow_job_times_out_by_job_timeout() {
     let (sim, dir, settings, state) = fetcher_setup("slow-jobs=1h", "400ms").await;
     let c = client(&sim);
     let f = Fetcher {
+        product: P,
         client: &c,
         state: &state,
         api: &settings.api,
@@ -463,6 +465,7 @@ async fn fetcher_asks_for_a_fresh_link_when_one_expired() {
     let (sim, dir, settings, state) = fetcher_setup("expired-links=2", "2m").await;
     let c = client(&sim);
     let f = Fetcher {
+        product: P,
         client: &c,
         state: &state,
         api: &settings.api,

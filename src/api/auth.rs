@@ -8,6 +8,7 @@ use url::Url;
 
 use super::ApiError;
 use crate::config::Secret;
+use crate::events::{InternalEvent, VendorRequest};
 
 /// Refresh this long before the token's stated expiry, so a request never leaves with a token
 /// that dies in flight (the docs give 3600 s lifetimes).
@@ -91,12 +92,16 @@ impl TokenProvider {
             .text()
             .await
             .map_err(|e| ApiError::network("token", e))?;
-        tracing::info!(
-            endpoint = "token",
-            status = status.as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            "identity token request"
-        );
+        VendorRequest {
+            endpoint: "token",
+            method: "POST",
+            status: Some(status.as_u16()),
+            duration: started.elapsed(),
+            attempt: 1,
+            correlation_id: None,
+            error: None,
+        }
+        .emit();
         if !status.is_success() {
             return Err(ApiError::Auth {
                 status: status.as_u16(),

@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::redact::redact_url;
 use super::{ApiError, DpssClient, error_chain, jittered};
+use crate::events::{Downloaded, InternalEvent, Retrying, VendorRequest};
 
 impl DpssClient {
     /// Streams `url` into `dest` (via `dest.part`, renamed when complete) and returns the size.
@@ -30,8 +31,15 @@ impl DpssClient {
                 Err(e) if attempt >= self.settings.max_attempts => return Err(e),
                 Err(e) => {
                     let wait = jittered(self.settings.retry_base, self.settings.retry_cap, attempt);
-                    tracing::warn!(url = %shown, attempt, wait_ms = wait.as_millis() as u64, error = %e, "download failed, retrying");
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    Retrying {
+                        endpoint: "download",
+                        attempt,
+                        wait,
+                        retry_after: false,
+                        reason: &e.to_string(),
+                    }
+                    .emit();
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -60,7 +68,16 @@ impl DpssClient {
             .await
             .map_err(|e| fail(error_chain(&e.without_url())))?;
         let status = resp.status();
-        tracing::info!(endpoint = "download", url = %shown, status = status.as_u16(), duration_ms = started.elapsed().as_millis() as u64, "download response");
+        VendorRequest {
+            endpoint: "download",
+            method: "GET",
+            status: Some(status.as_u16()),
+            duration: started.elapsed(),
+            attempt: 1,
+            correlation_id: None,
+            error: None,
+        }
+        .emit();
         if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::NOT_FOUND {
             return Err(ApiError::LinkRejected {
                 url: shown.to_string(),
@@ -125,7 +142,12 @@ impl DpssClient {
         self.stats
             .bytes_downloaded
             .fetch_add(written, Ordering::Relaxed);
-        tracing::info!(url = %shown, bytes = written, duration_ms = started.elapsed().as_millis() as u64, "downloaded");
+        Downloaded {
+            url: shown,
+            bytes: written,
+            duration: started.elapsed(),
+        }
+        .emit();
         Ok(written)
     }
 }

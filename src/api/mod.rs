@@ -26,6 +26,7 @@ pub use auth::{Credentials, TokenProvider};
 pub use model::{BatchJob, JobPhase, OnDemandRow, TokenSpec};
 
 use crate::config::{FileType, Settings};
+use crate::events::{InternalEvent, Retrying, VendorRequest};
 
 /// Longest `Retry-After` honoured; a server asking for more is treated as a failure.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -331,13 +332,22 @@ impl DpssClient {
             let started = Instant::now();
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let outcome = req.send().await;
-            let elapsed = started.elapsed().as_millis() as u64;
+            let cid = correlation_id.to_string();
             let resp = match outcome {
                 Ok(r) => r,
                 Err(e) => {
                     let never_sent = e.is_connect();
                     let detail = error_chain(&e.without_url());
-                    tracing::warn!(%correlation_id, endpoint, method = %method, attempt, duration_ms = elapsed, error = %detail, "DPSS request failed");
+                    VendorRequest {
+                        endpoint,
+                        method: method.as_str(),
+                        status: None,
+                        duration: started.elapsed(),
+                        attempt,
+                        correlation_id: Some(&cid),
+                        error: Some(&detail),
+                    }
+                    .emit();
                     if idempotency == Idempotency::CreatesJob && !never_sent {
                         return Err(ApiError::OutcomeUnknown {
                             endpoint,
@@ -350,7 +360,16 @@ impl DpssClient {
                 }
             };
             let status = resp.status();
-            tracing::info!(%correlation_id, endpoint, method = %method, status = status.as_u16(), attempt, duration_ms = elapsed, "DPSS request");
+            VendorRequest {
+                endpoint,
+                method: method.as_str(),
+                status: Some(status.as_u16()),
+                duration: started.elapsed(),
+                attempt,
+                correlation_id: Some(&cid),
+                error: None,
+            }
+            .emit();
             if status.is_success() {
                 let text = resp
                     .text()
@@ -447,7 +466,14 @@ impl DpssClient {
             None => jittered(self.settings.retry_base, self.settings.retry_cap, attempt),
         };
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(endpoint, attempt, wait_ms = wait.as_millis() as u64, reason = %last, "retrying");
+        Retrying {
+            endpoint,
+            attempt,
+            wait,
+            retry_after: retry_after.is_some(),
+            reason: &last,
+        }
+        .emit();
         tokio::time::sleep(wait).await;
         Ok(())
     }

@@ -19,6 +19,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::CliError;
 use crate::config::Settings;
+use crate::events::{CycleFinished, InternalEvent, TickSkipped, WatermarkAge};
 use crate::product::Product;
 use crate::sync::Pipeline;
 
@@ -51,42 +52,26 @@ async fn cycle(shared: Arc<Shared>, product: Product) {
         return;
     }
     if flag.swap(true, Ordering::SeqCst) {
-        metrics::counter!("dpss_sync_skipped_ticks_total", "product" => product.config_name())
-            .increment(1);
-        tracing::warn!(product = %product, "schedule tick skipped: the previous cycle is still running");
+        TickSkipped(product).emit();
         return;
     }
     let started = std::time::Instant::now();
     let outcome = shared.pipeline.sync(product).await;
-    let label = product.config_name();
-    match &outcome {
-        Ok(report) => {
-            let t = report.totals();
-            metrics::counter!("dpss_sync_rows_read_total", "product" => label)
-                .increment(t.counts.read);
-            metrics::counter!("dpss_sync_rows_written_total", "product" => label)
-                .increment(t.counts.written);
-            metrics::counter!("dpss_sync_rows_quarantined_total", "product" => label)
-                .increment(t.counts.quarantined);
-            metrics::counter!("dpss_sync_rows_duplicate_total", "product" => label)
-                .increment(t.counts.duplicates);
-            metrics::counter!("dpss_sync_windows_committed_total", "product" => label)
-                .increment(t.committed as u64);
-            metrics::counter!("dpss_sync_windows_failed_total", "product" => label)
-                .increment(t.failed as u64);
-            let result = if report.ok() { "ok" } else { "failed" };
-            metrics::counter!("dpss_sync_cycles_total", "product" => label, "outcome" => result)
-                .increment(1);
-            tracing::info!(product = %product, outcome = result, committed = t.committed, failed = t.failed, "cycle finished");
-        }
-        Err(e) => {
-            metrics::counter!("dpss_sync_cycles_total", "product" => label, "outcome" => "error")
-                .increment(1);
-            tracing::error!(product = %product, error = %e, "cycle failed");
-        }
+    let (outcome, error) = match &outcome {
+        Ok(report) if report.ok() => ("ok", None),
+        Ok(report) => (
+            "failed",
+            report.windows.iter().find_map(|w| w.error.clone()),
+        ),
+        Err(e) => ("error", Some(e.to_string())),
+    };
+    CycleFinished {
+        product,
+        outcome,
+        duration: started.elapsed(),
+        error: error.as_deref(),
     }
-    metrics::histogram!("dpss_sync_cycle_duration_seconds", "product" => label)
-        .record(started.elapsed().as_secs_f64());
+    .emit();
     flag.store(false, Ordering::SeqCst);
 }
 
@@ -134,9 +119,11 @@ async fn metrics_page(AxState(shared): AxState<Arc<Shared>>) -> String {
                 .and_hms_opt(0, 0, 0)
                 .expect("midnight")
                 .and_utc();
-            let age = (Utc::now() - end).num_seconds().max(0) as f64;
-            metrics::gauge!("dpss_sync_watermark_age_seconds", "product" => product.config_name())
-                .set(age);
+            WatermarkAge {
+                product: *product,
+                seconds: (Utc::now() - end).num_seconds().max(0) as f64,
+            }
+            .emit();
         }
     }
     shared.metrics.render()

@@ -1,0 +1,278 @@
+//! Typed internal events: each one writes its log line and updates its metrics in one place, so
+//! the two never drift apart (the pattern Vector uses). Metric names carry their unit; without a
+//! recorder installed (one-shot commands) the metric calls are no-ops.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+use crate::normalize::Counts;
+use crate::product::Product;
+
+pub trait InternalEvent {
+    fn emit(self);
+}
+
+/// "2xx", "4xx", … or "network" when no response came back.
+fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "network",
+    }
+}
+
+/// One HTTP exchange with the vendor (identity server, DPSS API or the blob host).
+pub struct VendorRequest<'a> {
+    pub endpoint: &'static str,
+    pub method: &'a str,
+    pub status: Option<u16>,
+    pub duration: Duration,
+    pub attempt: u32,
+    pub correlation_id: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+impl InternalEvent for VendorRequest<'_> {
+    fn emit(self) {
+        let class = status_class(self.status);
+        let ms = self.duration.as_millis() as u64;
+        match self.error {
+            None => tracing::info!(
+                correlation_id = self.correlation_id,
+                endpoint = self.endpoint,
+                method = self.method,
+                status = self.status,
+                attempt = self.attempt,
+                duration_ms = ms,
+                "vendor request"
+            ),
+            Some(e) => tracing::warn!(
+                correlation_id = self.correlation_id,
+                endpoint = self.endpoint,
+                method = self.method,
+                status = self.status,
+                attempt = self.attempt,
+                duration_ms = ms,
+                error = e,
+                "vendor request failed"
+            ),
+        }
+        counter!("dpss_sync_vendor_requests_total", "endpoint" => self.endpoint, "status_class" => class).increment(1);
+        histogram!("dpss_sync_vendor_request_duration_seconds", "endpoint" => self.endpoint)
+            .record(self.duration.as_secs_f64());
+    }
+}
+
+/// A request about to be sent again.
+pub struct Retrying<'a> {
+    pub endpoint: &'static str,
+    pub attempt: u32,
+    pub wait: Duration,
+    pub retry_after: bool,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for Retrying<'_> {
+    fn emit(self) {
+        tracing::info!(
+            endpoint = self.endpoint,
+            attempt = self.attempt,
+            wait_ms = self.wait.as_millis() as u64,
+            retry_after = self.retry_after,
+            reason = self.reason,
+            "retrying"
+        );
+        counter!("dpss_sync_retries_total", "endpoint" => self.endpoint).increment(1);
+        if self.retry_after {
+            counter!("dpss_sync_retry_after_waits_total", "endpoint" => self.endpoint).increment(1);
+            counter!("dpss_sync_retry_after_wait_seconds_total", "endpoint" => self.endpoint)
+                .increment(self.wait.as_secs());
+        }
+    }
+}
+
+/// A download streamed to disk.
+pub struct Downloaded<'a> {
+    pub url: &'a str,
+    pub bytes: u64,
+    pub duration: Duration,
+}
+
+impl InternalEvent for Downloaded<'_> {
+    fn emit(self) {
+        tracing::info!(
+            url = self.url,
+            bytes = self.bytes,
+            duration_ms = self.duration.as_millis() as u64,
+            "downloaded"
+        );
+        counter!("dpss_sync_downloaded_bytes_total").increment(self.bytes);
+    }
+}
+
+/// A vendor job recorded in the state.
+pub struct JobSubmitted<'a> {
+    pub product: Product,
+    pub window: &'a str,
+    pub job_id: &'a str,
+}
+
+impl InternalEvent for JobSubmitted<'_> {
+    fn emit(self) {
+        tracing::info!(product = %self.product, window = self.window, job_id = self.job_id, "vendor job submitted");
+        counter!("dpss_sync_jobs_submitted_total", "product" => self.product.config_name())
+            .increment(1);
+    }
+}
+
+/// A vendor job done with, however it ended; `seconds` from submission.
+pub struct JobFinished<'a> {
+    pub product: Product,
+    pub job_id: &'a str,
+    pub outcome: &'static str,
+    pub seconds: f64,
+}
+
+impl InternalEvent for JobFinished<'_> {
+    fn emit(self) {
+        tracing::info!(product = %self.product, job_id = self.job_id, outcome = self.outcome, seconds = self.seconds, "vendor job finished");
+        counter!("dpss_sync_jobs_finished_total", "product" => self.product.config_name(), "outcome" => self.outcome)
+            .increment(1);
+        histogram!("dpss_sync_job_duration_seconds", "product" => self.product.config_name())
+            .record(self.seconds);
+    }
+}
+
+/// Vendor jobs this process is polling or downloading right now.
+pub struct JobsInFlight(pub Product, pub i64);
+
+impl InternalEvent for JobsInFlight {
+    fn emit(self) {
+        gauge!("dpss_sync_jobs_in_flight", "product" => self.0.config_name())
+            .increment(self.1 as f64);
+    }
+}
+
+/// Columns in an export the product does not know; reported once per job.
+pub struct UnknownColumns<'a> {
+    pub product: Product,
+    pub job_id: &'a str,
+    pub columns: &'a [String],
+}
+
+impl InternalEvent for UnknownColumns<'_> {
+    fn emit(self) {
+        tracing::warn!(product = %self.product, job_id = self.job_id, columns = ?self.columns, "export has columns this product does not know; they are ignored");
+        counter!("dpss_sync_unknown_columns_total", "product" => self.product.config_name())
+            .increment(self.columns.len() as u64);
+    }
+}
+
+/// One partition (or quarantine day) rewritten in the lake.
+pub struct ObjectsWritten {
+    pub product: Product,
+    pub objects: usize,
+    pub bytes: u64,
+}
+
+impl InternalEvent for ObjectsWritten {
+    fn emit(self) {
+        counter!("dpss_sync_objects_written_total", "product" => self.product.config_name())
+            .increment(self.objects as u64);
+        counter!("dpss_sync_written_bytes_total", "product" => self.product.config_name())
+            .increment(self.bytes);
+    }
+}
+
+/// A window committed: its rows are in the lake and its counts reconcile.
+pub struct WindowCommitted<'a> {
+    pub product: Product,
+    pub window: &'a str,
+    pub job_id: &'a str,
+    pub counts: Counts,
+}
+
+impl InternalEvent for WindowCommitted<'_> {
+    fn emit(self) {
+        let c = self.counts;
+        tracing::info!(
+            product = %self.product, window = self.window, job_id = self.job_id,
+            rows_read = c.read, rows_written = c.written, rows_quarantined = c.quarantined,
+            duplicates = c.duplicates, "window committed"
+        );
+        let p = self.product.config_name();
+        counter!("dpss_sync_rows_read_total", "product" => p).increment(c.read);
+        counter!("dpss_sync_rows_written_total", "product" => p).increment(c.written);
+        counter!("dpss_sync_rows_quarantined_total", "product" => p).increment(c.quarantined);
+        counter!("dpss_sync_rows_duplicate_total", "product" => p).increment(c.duplicates);
+        counter!("dpss_sync_windows_total", "product" => p, "outcome" => "committed").increment(1);
+        gauge!("dpss_sync_last_commit_timestamp_seconds", "product" => p)
+            .set(chrono::Utc::now().timestamp() as f64);
+    }
+}
+
+/// A window that did not commit in this run.
+pub struct WindowFailed<'a> {
+    pub product: Product,
+    pub window: &'a str,
+    pub error: &'a str,
+}
+
+impl InternalEvent for WindowFailed<'_> {
+    fn emit(self) {
+        tracing::error!(product = %self.product, window = self.window, error = self.error, "window failed");
+        counter!("dpss_sync_windows_total", "product" => self.product.config_name(), "outcome" => "failed").increment(1);
+    }
+}
+
+/// A scheduled cycle, however it ended.
+pub struct CycleFinished<'a> {
+    pub product: Product,
+    pub outcome: &'static str,
+    pub duration: Duration,
+    pub error: Option<&'a str>,
+}
+
+impl InternalEvent for CycleFinished<'_> {
+    fn emit(self) {
+        match self.error {
+            None => {
+                tracing::info!(product = %self.product, outcome = self.outcome, duration_ms = self.duration.as_millis() as u64, "cycle finished")
+            }
+            Some(e) => {
+                tracing::error!(product = %self.product, outcome = self.outcome, error = e, "cycle failed")
+            }
+        }
+        let p = self.product.config_name();
+        counter!("dpss_sync_cycles_total", "product" => p, "outcome" => self.outcome).increment(1);
+        histogram!("dpss_sync_cycle_duration_seconds", "product" => p)
+            .record(self.duration.as_secs_f64());
+    }
+}
+
+/// A schedule tick that found the previous cycle still running.
+pub struct TickSkipped(pub Product);
+
+impl InternalEvent for TickSkipped {
+    fn emit(self) {
+        tracing::warn!(product = %self.0, "schedule tick skipped: the previous cycle is still running");
+        counter!("dpss_sync_skipped_ticks_total", "product" => self.0.config_name()).increment(1);
+    }
+}
+
+/// The watermark's age: how far the lake's closed days trail the clock.
+pub struct WatermarkAge {
+    pub product: Product,
+    pub seconds: f64,
+}
+
+impl InternalEvent for WatermarkAge {
+    fn emit(self) {
+        gauge!("dpss_sync_watermark_age_seconds", "product" => self.product.config_name())
+            .set(self.seconds);
+    }
+}
