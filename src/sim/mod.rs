@@ -166,6 +166,11 @@ impl SimState {
         self.counters.lock().expect("counters").jobs
     }
 
+    /// Every access token handed out, for tests that prove none was logged or stored.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.tokens.lock().expect("tokens").live.keys().cloned().collect()
+    }
+
     pub fn tokens_issued(&self) -> u64 {
         self.counters.lock().expect("counters").tokens_issued
     }

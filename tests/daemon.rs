@@ -1,0 +1,195 @@
+//! `dpss-sync run` as operators run it: a child process with its HTTP server, scraped and
+//! signalled; plus the proof that no secret reaches a log line or a file.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use dpss_sync::sim::SimConfig;
+use dpss_sync::state::{Stage, State};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn daemon_config(sim: &dpss_sync::sim::SimHandle, dir: &Path, port: u16) -> std::path::PathBuf {
+    let text = config_text(sim, dir, "csv", 2).replace(
+        "[products.hid_work_orders]",
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"2s\"\n[products.hid_work_orders]\nschedule = \"0 0 0 1 1 *\""),
+    );
+    let path = dir.join("dpss.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn_daemon(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dpss-sync"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
+    Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
+}
+
+async fn wait_for(port: u16, path: &str, status: u16, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some((s, body)) = get(port, path).await
+            && s == status
+        {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{path} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
+    let sim = start(SimConfig { rows_per_day: 20, ..quick_sim("") }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_daemon(&daemon_config(&sim, dir.path(), port));
+    wait_for(port, "/healthz", 200, Duration::from_secs(30)).await;
+    wait_for(port, "/readyz", 200, Duration::from_secs(60)).await;
+    let metrics = wait_for(port, "/metrics", 200, Duration::from_secs(5)).await;
+    let rows = lake_rows(dir.path()).await.len() as f64;
+    let p = "product=\"hid_work_orders\"";
+    assert_eq!(metric(&metrics, "dpss_sync_rows_written_total", &[p]), rows, "{metrics}");
+    assert_eq!(metric(&metrics, "dpss_sync_windows_total", &[p, "outcome=\"committed\""]), 1.0);
+    assert!(metric(&metrics, "dpss_sync_rows_quarantined_total", &[p]) > 0.0);
+    assert!(metric(&metrics, "dpss_sync_vendor_requests_total", &["endpoint=\"job-status\"", "status_class=\"2xx\""]) >= 1.0);
+    assert!(metric(&metrics, "dpss_sync_downloaded_bytes_total", &[]) > 0.0);
+    assert!(metrics.contains("dpss_sync_watermark_age_seconds"));
+    assert!(metrics.contains("dpss_sync_last_commit_timestamp_seconds"));
+    assert!(metrics.contains("dpss_sync_job_duration_seconds"));
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
+    let sim = start(SimConfig { rows_per_day: 20, ..quick_sim("slow-jobs=5s") }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = daemon_config(&sim, dir.path(), port);
+    let mut child = spawn_daemon(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.state.jobs_created() == 0 {
+        assert!(Instant::now() < deadline, "no job was submitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(&child);
+    // Draining: not ready, while the cycle in flight gets its grace period.
+    let (status, body) = get(port, "/readyz").await.expect("server still up while draining");
+    assert_eq!((status, body.trim()), (503, "draining"));
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let state_path = dir.path().join("state/state.db");
+    let st = State::open(&state_path).await.unwrap();
+    let w = st.window(P, "history").await.unwrap().unwrap();
+    assert_eq!(w.stage, Stage::Submitted);
+    let job = w.job_id.clone().unwrap();
+    st.close().await;
+
+    let mut child = spawn_daemon(&config);
+    wait_for(port, "/readyz", 200, Duration::from_secs(60)).await;
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(sim.state.jobs_created(), 1, "the recorded job was resumed, not requested again");
+    let st = State::open(&state_path).await.unwrap();
+    let w = st.window(P, "history").await.unwrap().unwrap();
+    assert_eq!((w.stage, w.job_id.as_deref()), (Stage::Committed, Some(job.as_str())));
+    sim.shutdown().await;
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// A full sync with known secret values, logging at debug in JSON: no secret in any log line,
+/// in the state, the lake or the quarantine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_is_logged_or_stored() {
+    let secret = "s3cr3t-Client-Secret-7f2a";
+    let cloud_key = "AKIA-CLOUD-KEY-SHOULD-NOT-LEAK";
+    let mut cfg = SimConfig { rows_per_day: 20, ..quick_sim("token-expiry=3,expired-links=2") };
+    cfg.client_secret = secret.into();
+    let sim = start(cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dpss.toml");
+    std::fs::write(&config, config_text(&sim, dir.path(), "parquet", 2).replace(&format!("client_secret = \"{secret}\"\n"), "")).unwrap();
+    let mut logs = Vec::new();
+    for args in [vec!["sync"], vec!["sync"], vec!["status", "--json"], vec!["check-config", "--online"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dpss-sync"))
+            .arg("--config")
+            .arg(&config)
+            .args(&args)
+            .env("RUST_LOG", "debug")
+            .env("DPSS_SYNC__LOG__FORMAT", "json")
+            .env("DPSS_SYNC__AUTH__CLIENT_SECRET", secret)
+            .env("AWS_SECRET_ACCESS_KEY", cloud_key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        logs.extend(out.stdout);
+        logs.extend(out.stderr);
+    }
+    let logs = String::from_utf8_lossy(&logs).into_owned();
+    assert!(logs.lines().count() > 50, "debug logging produced too little to be a real check");
+    assert!(logs.contains("correlation_id"), "vendor calls are logged with their correlation id");
+    let tokens = sim.state.issued_tokens();
+    assert!(tokens.len() >= 2);
+    let mut needles: Vec<String> = vec![secret.into(), cloud_key.into(), "sig=".into()];
+    needles.extend(tokens);
+    for n in &needles {
+        assert!(!logs.contains(n.as_str()), "a secret reached the logs: {n}");
+    }
+    for f in files_under(dir.path()) {
+        if f == config {
+            continue;
+        }
+        let bytes = std::fs::read(&f).unwrap();
+        for n in &needles {
+            let found = bytes.windows(n.len()).any(|w| w == n.as_bytes());
+            assert!(!found, "{} holds a secret: {n}", f.display());
+        }
+    }
+    sim.shutdown().await;
+}
