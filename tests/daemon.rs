@@ -12,7 +12,11 @@ use dpss_sync::sim::SimConfig;
 use dpss_sync::state::{Stage, State};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn daemon_config(sim: &dpss_sync::sim::SimHandle, dir: &Path, port: u16) -> std::path::PathBuf {
@@ -38,7 +42,9 @@ fn spawn_daemon(config: &Path) -> Child {
 }
 
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .ok()?;
     Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
 }
 
@@ -56,7 +62,10 @@ async fn wait_for(port: u16, path: &str, status: u16, limit: Duration) -> String
 }
 
 fn sigterm(child: &Child) {
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -69,7 +78,11 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
-    let sim = start(SimConfig { rows_per_day: 20, ..quick_sim("") }).await;
+    let sim = start(SimConfig {
+        rows_per_day: 20,
+        ..quick_sim("")
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = spawn_daemon(&daemon_config(&sim, dir.path(), port));
@@ -78,10 +91,27 @@ async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
     let metrics = wait_for(port, "/metrics", 200, Duration::from_secs(5)).await;
     let rows = lake_rows(dir.path()).await.len() as f64;
     let p = "product=\"hid_work_orders\"";
-    assert_eq!(metric(&metrics, "dpss_sync_rows_written_total", &[p]), rows, "{metrics}");
-    assert_eq!(metric(&metrics, "dpss_sync_windows_total", &[p, "outcome=\"committed\""]), 1.0);
+    assert_eq!(
+        metric(&metrics, "dpss_sync_rows_written_total", &[p]),
+        rows,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "dpss_sync_windows_total",
+            &[p, "outcome=\"committed\""]
+        ),
+        1.0
+    );
     assert!(metric(&metrics, "dpss_sync_rows_quarantined_total", &[p]) > 0.0);
-    assert!(metric(&metrics, "dpss_sync_vendor_requests_total", &["endpoint=\"job-status\"", "status_class=\"2xx\""]) >= 1.0);
+    assert!(
+        metric(
+            &metrics,
+            "dpss_sync_vendor_requests_total",
+            &["endpoint=\"job-status\"", "status_class=\"2xx\""]
+        ) >= 1.0
+    );
     assert!(metric(&metrics, "dpss_sync_downloaded_bytes_total", &[]) > 0.0);
     assert!(metrics.contains("dpss_sync_watermark_age_seconds"));
     assert!(metrics.contains("dpss_sync_last_commit_timestamp_seconds"));
@@ -94,7 +124,11 @@ async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
-    let sim = start(SimConfig { rows_per_day: 20, ..quick_sim("slow-jobs=5s") }).await;
+    let sim = start(SimConfig {
+        rows_per_day: 20,
+        ..quick_sim("slow-jobs=5s")
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = daemon_config(&sim, dir.path(), port);
@@ -106,7 +140,9 @@ async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
     }
     sigterm(&child);
     // Draining: not ready, while the cycle in flight gets its grace period.
-    let (status, body) = get(port, "/readyz").await.expect("server still up while draining");
+    let (status, body) = get(port, "/readyz")
+        .await
+        .expect("server still up while draining");
     assert_eq!((status, body.trim()), (503, "draining"));
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
@@ -121,10 +157,17 @@ async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
     wait_for(port, "/readyz", 200, Duration::from_secs(60)).await;
     sigterm(&child);
     assert!(child.wait().unwrap().success());
-    assert_eq!(sim.state.jobs_created(), 1, "the recorded job was resumed, not requested again");
+    assert_eq!(
+        sim.state.jobs_created(),
+        1,
+        "the recorded job was resumed, not requested again"
+    );
     let st = State::open(&state_path).await.unwrap();
     let w = st.window(P, "history").await.unwrap().unwrap();
-    assert_eq!((w.stage, w.job_id.as_deref()), (Stage::Committed, Some(job.as_str())));
+    assert_eq!(
+        (w.stage, w.job_id.as_deref()),
+        (Stage::Committed, Some(job.as_str()))
+    );
     sim.shutdown().await;
 }
 
@@ -149,14 +192,27 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn no_secret_is_logged_or_stored() {
     let secret = "s3cr3t-Client-Secret-7f2a";
     let cloud_key = "AKIA-CLOUD-KEY-SHOULD-NOT-LEAK";
-    let mut cfg = SimConfig { rows_per_day: 20, ..quick_sim("token-expiry=3,expired-links=2") };
+    let mut cfg = SimConfig {
+        rows_per_day: 20,
+        ..quick_sim("token-expiry=3,expired-links=2")
+    };
     cfg.client_secret = secret.into();
     let sim = start(cfg).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("dpss.toml");
-    std::fs::write(&config, config_text(&sim, dir.path(), "parquet", 2).replace(&format!("client_secret = \"{secret}\"\n"), "")).unwrap();
+    std::fs::write(
+        &config,
+        config_text(&sim, dir.path(), "parquet", 2)
+            .replace(&format!("client_secret = \"{secret}\"\n"), ""),
+    )
+    .unwrap();
     let mut logs = Vec::new();
-    for args in [vec!["sync"], vec!["sync"], vec!["status", "--json"], vec!["check-config", "--online"]] {
+    for args in [
+        vec!["sync"],
+        vec!["sync"],
+        vec!["status", "--json"],
+        vec!["check-config", "--online"],
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_dpss-sync"))
             .arg("--config")
             .arg(&config)
@@ -167,13 +223,23 @@ async fn no_secret_is_logged_or_stored() {
             .env("AWS_SECRET_ACCESS_KEY", cloud_key)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         logs.extend(out.stdout);
         logs.extend(out.stderr);
     }
     let logs = String::from_utf8_lossy(&logs).into_owned();
-    assert!(logs.lines().count() > 50, "debug logging produced too little to be a real check");
-    assert!(logs.contains("correlation_id"), "vendor calls are logged with their correlation id");
+    assert!(
+        logs.lines().count() > 50,
+        "debug logging produced too little to be a real check"
+    );
+    assert!(
+        logs.contains("correlation_id"),
+        "vendor calls are logged with their correlation id"
+    );
     let tokens = sim.state.issued_tokens();
     assert!(tokens.len() >= 2);
     let mut needles: Vec<String> = vec![secret.into(), cloud_key.into(), "sig=".into()];

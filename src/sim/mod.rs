@@ -168,7 +168,13 @@ impl SimState {
 
     /// Every access token handed out, for tests that prove none was logged or stored.
     pub fn issued_tokens(&self) -> Vec<String> {
-        self.tokens.lock().expect("tokens").live.keys().cloned().collect()
+        self.tokens
+            .lock()
+            .expect("tokens")
+            .live
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn tokens_issued(&self) -> u64 {

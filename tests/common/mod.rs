@@ -111,9 +111,14 @@ fn strings(b: &arrow::record_batch::RecordBatch, name: &str) -> StringArray {
         .clone()
 }
 
-/// Every row of the lake, read back through the project's own reader.
+/// Every row of the lake under `dir/lake`, read back through the project's own reader.
 pub async fn lake_rows(dir: &Path) -> Vec<Row> {
-    let lake = Lake::open(&settings_for_lake(dir)).unwrap();
+    lake_rows_at(&dir.join("lake")).await
+}
+
+/// Every row of a local lake rooted at `root`.
+pub async fn lake_rows_at(root: &Path) -> Vec<Row> {
+    let lake = Lake::open(&local_lake(root)).unwrap();
     let mut out = Vec::new();
     for (date, b) in lake.read_table(P).await.unwrap() {
         let phase = b
@@ -154,9 +159,9 @@ pub async fn lake_rows(dir: &Path) -> Vec<Row> {
     out
 }
 
-pub fn settings_for_lake(dir: &Path) -> dpss_sync::config::LakeSettings {
+pub fn local_lake(root: &Path) -> dpss_sync::config::LakeSettings {
     dpss_sync::config::LakeSettings {
-        url: url::Url::from_directory_path(dir.join("lake")).unwrap(),
+        url: url::Url::from_directory_path(root).unwrap(),
         target_file_size: 256 << 20,
         max_uncompressed_size: 1 << 34,
     }
@@ -205,7 +210,7 @@ pub fn expected_invalid(
 
 /// The quarantine's (work_order_id, issue_id, status, reason, raw status_datetime).
 pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String, String)> {
-    let lake = Lake::open(&settings_for_lake(dir)).unwrap();
+    let lake = Lake::open(&local_lake(&dir.join("lake"))).unwrap();
     let mut out = Vec::new();
     for b in lake.read_quarantine(P).await.unwrap() {
         let (wo, issue, status, reason, ts) = (
@@ -237,9 +242,14 @@ pub fn days_before_today(n: i64) -> Vec<NaiveDate> {
         .collect()
 }
 
-/// DuckDB's view of the lake: its column types and every row, or `None` when Python's duckdb is
-/// not installed and this is not CI (in CI a missing independent reader is a failure).
+/// DuckDB's view of the lake under `dir/lake`.
 pub fn duckdb_rows(dir: &Path) -> Option<(String, Vec<Row>)> {
+    duckdb_rows_at(&dir.join("lake"))
+}
+
+/// DuckDB's view of a local lake: its column types and every row, or `None` when Python's
+/// duckdb is not installed and this is not CI (in CI a missing independent reader is a failure).
+pub fn duckdb_rows_at(root: &Path) -> Option<(String, Vec<Row>)> {
     let script = r#"
 import sys, json, duckdb
 lake = sys.argv[1]
@@ -251,7 +261,7 @@ for r in con.sql(q).fetchall():
     print(json.dumps(list(r), ensure_ascii=False))
 "#;
     let out = std::process::Command::new("python3")
-        .args(["-c", script, &dir.join("lake").display().to_string()])
+        .args(["-c", script, &root.display().to_string()])
         .output();
     match out {
         Ok(o) if o.status.success() => {

@@ -1,0 +1,257 @@
+//! Full syncs into real object-store protocols: an S3-compatible server (s3s-fs, in-process) and
+//! Azurite (Azure Blob, installed from npm by `scripts/test`). The binary runs as operators run
+//! it, with credentials from the usual environment variables; the lake is then read back.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::*;
+use dpss_sync::sim::SimConfig;
+
+const AK: &str = "dpss-test-access-key";
+const SK: &str = "dpss-test-secret-key";
+
+async fn start_s3(root: &Path) -> SocketAddr {
+    let fs = s3s_fs::FileSystem::new(root).unwrap();
+    let mut b = s3s::service::S3ServiceBuilder::new(fs);
+    b.set_auth(s3s::auth::SimpleAuth::from_single(AK, SK));
+    let service = b.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let http =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let conn = http
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone())
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    });
+    addr
+}
+
+fn sync_with_env(config: &Path, args: &[&str], env: &[(&str, String)]) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpss-sync"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{args:?} took {:.2}s", started.elapsed().as_secs_f64());
+}
+
+fn config_with_lake(sim: &dpss_sync::sim::SimHandle, dir: &Path, lake_url: &str) -> PathBuf {
+    let text = config_text(sim, dir, "parquet", 2);
+    let local = format!("url = \"file://{}\"", dir.join("lake").display());
+    assert!(text.contains(&local));
+    let path = dir.join("dpss.toml");
+    std::fs::write(
+        &path,
+        text.replace(&local, &format!("url = \"{lake_url}\"")),
+    )
+    .unwrap();
+    path
+}
+
+async fn check_lake(sim: &dpss_sync::sim::SimHandle, root: &Path) {
+    let rows = lake_rows_at(root).await;
+    let days: Vec<_> = {
+        let today = Utc::now().date_naive();
+        dpss_sync::plan::available_from(today)
+            .iter_days()
+            .take_while(|d| *d < today)
+            .collect()
+    };
+    let today_start = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros();
+    let closed: Vec<Row> = rows.iter().filter(|r| r.4 < today_start).cloned().collect();
+    assert_eq!(closed, expected(sim, days, Utc::now()));
+    if let Some((_, duck)) = duckdb_rows_at(root) {
+        assert_eq!(duck, rows);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_into_an_s3_compatible_store() {
+    let sim = start(SimConfig {
+        rows_per_day: 20,
+        ..quick_sim("")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s3");
+    std::fs::create_dir_all(root.join("lake-bucket")).unwrap();
+    let addr = start_s3(&root).await;
+    let config = config_with_lake(&sim, dir.path(), "s3://lake-bucket/dpss");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", AK.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SK.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT", format!("http://{addr}")),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+    ];
+    sync_with_env(&config, &["check-config", "--online"], &env);
+    // The first sync writes; the second rewrites the lookback partitions, reading them over S3.
+    sync_with_env(&config, &["sync"], &env);
+    sync_with_env(&config, &["sync"], &env);
+    // s3s-fs keeps each object as a plain file: read them back as a local lake.
+    check_lake(&sim, &root.join("lake-bucket/dpss")).await;
+    assert!(
+        root.join("lake-bucket/dpss/_quarantine/hid_work_orders")
+            .is_dir()
+    );
+    sim.shutdown().await;
+}
+
+/// A tool the tests need: present, or (in CI) a failure; elsewhere a loud skip.
+fn tool(path: PathBuf, what: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!(
+        "{what} is not installed at {} (scripts/test installs it)",
+        path.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+fn azure_python(port: u16, script: &str, arg: &Path) {
+    let conn = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    );
+    let out = Command::new("python3")
+        .args(["-c", script, &conn])
+        .arg(arg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_into_azurite() {
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-tools/node_modules/.bin/azurite-blob");
+    let Some(azurite) = tool(root, "Azurite") else {
+        return;
+    };
+    let sim = start(SimConfig {
+        rows_per_day: 20,
+        ..quick_sim("")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _azurite = Killed(
+        Command::new(azurite)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+                "-l",
+            ])
+            .arg(dir.path().join("azurite"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    azure_python(
+        port,
+        "import sys; from azure.storage.blob import BlobServiceClient as C; C.from_connection_string(sys.argv[1]).create_container('lake')",
+        dir.path(),
+    );
+    let config = config_with_lake(&sim, dir.path(), "az://lake/dpss");
+    let env = [
+        ("AZURE_STORAGE_USE_EMULATOR", "true".to_string()),
+        (
+            "AZURITE_BLOB_STORAGE_URL",
+            format!("http://127.0.0.1:{port}"),
+        ),
+    ];
+    sync_with_env(&config, &["check-config", "--online"], &env);
+    sync_with_env(&config, &["sync"], &env);
+    sync_with_env(&config, &["sync"], &env);
+    // Read back through Azure's own client library, then as a local lake.
+    let copy = dir.path().join("copy");
+    azure_python(
+        port,
+        r#"
+import sys, os
+from azure.storage.blob import BlobServiceClient as C
+c = C.from_connection_string(sys.argv[1]).get_container_client('lake')
+for b in c.list_blobs(name_starts_with='dpss/'):
+    path = os.path.join(sys.argv[2], b.name[len('dpss/'):])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'wb') as f:
+        f.write(c.download_blob(b.name).readall())
+"#,
+        &copy,
+    );
+    check_lake(&sim, &copy).await;
+    sim.shutdown().await;
+}
