@@ -1,5 +1,6 @@
 //! The `dpss-sync` binary: parse the command line, load the configuration, set up logging, run.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,8 +11,10 @@ fn init_logging(log: Option<&LogSettings>) {
     let level = log.map(|l| l.level.as_str()).unwrap_or("info");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colour only for a person at a terminal; journald, files and log shippers get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if log.is_some_and(|l| l.format == LogFormat::Json) {
         builder.json().flatten_event(true).init();
