@@ -10,6 +10,8 @@ RUN cargo build --release --locked && strip target/release/dpss-sync
 
 # Runtime: a small Debian with CA certificates (rustls verifies against them), non-root.
 FROM debian:bookworm-slim
+# ca-certificates is left unpinned on purpose: it must follow Debian's security updates.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \

@@ -425,6 +425,22 @@ mod tests {
     }
 
     #[test]
+    fn annotated_example_is_valid() {
+        let s = load(include_str!("../../config/example.toml")).unwrap();
+        assert_eq!(
+            s.products[&Product::HidWorkOrders].file_type,
+            FileType::Parquet
+        );
+        // The secret is left to the environment.
+        assert!(
+            s.require_api()
+                .unwrap_err()
+                .to_string()
+                .contains("auth.client_secret")
+        );
+    }
+
+    #[test]
     fn demo_defaults_are_valid() {
         let s = load(DEMO_TOML).unwrap();
         assert!(s.products.contains_key(&Product::HidWorkOrders));
