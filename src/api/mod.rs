@@ -371,10 +371,22 @@ impl DpssClient {
             }
             .emit();
             if status.is_success() {
-                let text = resp
-                    .text()
-                    .await
-                    .map_err(|e| ApiError::network(endpoint, e))?;
+                let text = match resp.text().await {
+                    Ok(t) => t,
+                    // The connection broke mid-answer: for a job-creating POST the job may exist.
+                    Err(e) if idempotency == Idempotency::CreatesJob => {
+                        return Err(ApiError::OutcomeUnknown {
+                            endpoint,
+                            correlation_id,
+                            detail: error_chain(&e.without_url()),
+                        });
+                    }
+                    Err(e) => {
+                        self.backoff(endpoint, attempt, None, error_chain(&e.without_url()))
+                            .await?;
+                        continue;
+                    }
+                };
                 if text.trim().is_empty() {
                     return Ok(Value::Null);
                 }

@@ -26,6 +26,12 @@ pub struct Faults {
     pub stray_rows: bool,
     /// Batch requests without a StatusDatetime are refused (400), as a vendor might.
     pub no_history: bool,
+    /// Jobs number 1, 1+N, 1+2N… are forgotten by the vendor: their status answers 404.
+    pub lost_jobs: Option<u64>,
+    /// Every Nth DPSS request has its connection reset after the status line.
+    pub resets: Option<u64>,
+    /// Every Nth download serves bytes that are not a zip.
+    pub corrupt_zips: Option<u64>,
 }
 
 impl Faults {
@@ -54,6 +60,9 @@ impl Faults {
                 "expired-links" => f.expired_links = every(2)?,
                 "stray-rows" => f.stray_rows = true,
                 "no-history" => f.no_history = true,
+                "lost-jobs" => f.lost_jobs = every(2)?,
+                "reset" => f.resets = every(3)?,
+                "corrupt-zips" => f.corrupt_zips = every(2)?,
                 "slow-jobs" => {
                     f.slow_jobs = Some(match value {
                         None => Duration::from_secs(30),
@@ -63,7 +72,7 @@ impl Faults {
                 }
                 other => {
                     return Err(format!(
-                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows, no-history)"
+                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows, no-history, lost-jobs, reset, corrupt-zips)"
                     ));
                 }
             }

@@ -94,6 +94,7 @@ struct Job {
     created: Instant,
     delay: Duration,
     fails: bool,
+    lost: bool,
     build: Arc<Mutex<Build>>,
 }
 
@@ -359,6 +360,16 @@ fn guard(s: &SimState, headers: &HeaderMap, sub: &str) -> Option<Response> {
         ][(n / f.server_errors.unwrap_or(1) % 3) as usize];
         return Some((status, "upstream error").into_response());
     }
+    if fires(f.resets, n) {
+        // The status line goes out, then the connection breaks before the body.
+        let broken = futures::stream::once(async {
+            Err::<bytes::Bytes, _>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated reset",
+            ))
+        });
+        return Some(Response::new(Body::from_stream(broken)));
+    }
     let unauthorized = (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
@@ -569,6 +580,7 @@ fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
         created: Instant::now(),
         delay: s.cfg.faults.slow_jobs.unwrap_or(s.cfg.job_delay),
         fails: s.cfg.faults.failed_jobs.is_some_and(|n| (seq - 1) % n == 0),
+        lost: s.cfg.faults.lost_jobs.is_some_and(|n| (seq - 1) % n == 0),
         build: build.clone(),
     };
     let response = job_json(&job, "New", None);
@@ -643,7 +655,7 @@ async fn job_status(
 
 fn job_status_inner(s: &SimState, job_id: &str) -> Response {
     let jobs = s.jobs.lock().expect("jobs");
-    let Some(job) = jobs.get(&job_id.to_ascii_lowercase()) else {
+    let Some(job) = jobs.get(&job_id.to_ascii_lowercase()).filter(|j| !j.lost) else {
         return problem(
             StatusCode::NOT_FOUND,
             "Job not found.",
@@ -797,7 +809,10 @@ async fn download_inner(
     };
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
-    let body = if fires(s.cfg.faults.truncated_downloads, n) {
+    let body = if fires(s.cfg.faults.corrupt_zips, n) {
+        // As many bytes as promised, none of them a zip.
+        Body::from(vec![b'x'; len as usize])
+    } else if fires(s.cfg.faults.truncated_downloads, n) {
         // Half the promised bytes, then a broken connection.
         let mut left = len / 2;
         let s = stream

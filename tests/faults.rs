@@ -1,0 +1,251 @@
+//! The fault matrix: every simulator fault (and the failures that are not the vendor's), each
+//! with its asserted outcome: recovered, with the evidence of how, or a failed window with a
+//! clear error and nothing committed.
+
+mod common;
+
+use std::path::Path;
+
+use chrono::Utc;
+use common::*;
+use dpss_sync::config::{Settings, Sources};
+use dpss_sync::sim::{SimConfig, SimHandle};
+use dpss_sync::state::Stage;
+use dpss_sync::sync::{Pipeline, RunReport};
+
+fn two_days() -> Vec<chrono::NaiveDate> {
+    days_before_today(2)
+}
+
+async fn backfill(
+    sim: &SimHandle,
+    dir: &Path,
+    edit: impl Fn(String) -> String,
+) -> (Pipeline, RunReport) {
+    let text = edit(config_text(sim, dir, "csv", 2));
+    let settings = Settings::load(&Sources {
+        inline: vec![text],
+        ..Default::default()
+    })
+    .unwrap();
+    let pipeline = Pipeline::open(settings, true).await.unwrap();
+    let days = two_days();
+    let report = pipeline.backfill(P, days[0], days[1]).await.unwrap();
+    (pipeline, report)
+}
+
+fn statuses(sim: &SimHandle, endpoint: &str) -> Vec<u16> {
+    sim.state
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == endpoint)
+        .map(|r| r.status)
+        .collect()
+}
+
+/// A fault the sync must get through: the lake ends up exactly right.
+async fn recovers(faults: &str, evidence: impl Fn(&SimHandle)) {
+    let sim = start(SimConfig {
+        rows_per_day: 15,
+        ..quick_sim(faults)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_pipeline, report) = backfill(&sim, dir.path(), |t| t).await;
+    assert!(report.ok(), "{faults}: {:?}", report.windows);
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        expected(&sim, two_days(), Utc::now()),
+        "{faults}"
+    );
+    evidence(&sim);
+    sim.shutdown().await;
+}
+
+/// A fault no retry fixes: every window fails with `message` and nothing is committed.
+async fn fails_cleanly(
+    sim: SimHandle,
+    edit: impl Fn(String) -> String,
+    message: &str,
+) -> SimHandle {
+    let dir = tempfile::tempdir().unwrap();
+    let (pipeline, report) = backfill(&sim, dir.path(), edit).await;
+    assert!(!report.ok());
+    for w in &report.windows {
+        let err = w.error.as_deref().unwrap_or_default();
+        assert!(err.contains(message), "expected `{message}` in: {err}");
+        let row = pipeline.state.window(P, &w.key).await.unwrap().unwrap();
+        assert_ne!(row.stage, Stage::Committed);
+        assert!(row.error.as_deref().is_some_and(|e| e.contains(message)));
+    }
+    assert!(lake_rows(dir.path()).await.is_empty());
+    assert_eq!(pipeline.state.watermark(P).await.unwrap(), None);
+    let runs = pipeline.state.recent_runs(1).await.unwrap();
+    assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(message))
+    );
+    sim
+}
+
+#[tokio::test]
+async fn token_expiry_mid_run_refreshes() {
+    recovers("token-expiry=2", |sim| {
+        assert!(sim.state.requests().iter().any(|r| r.status == 401));
+        assert!(sim.state.tokens_issued() >= 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn throttling_is_waited_out() {
+    recovers("429=2", |sim| {
+        assert!(sim.state.requests().iter().any(|r| r.status == 429))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_error_bursts_are_retried() {
+    recovers("5xx=2", |sim| {
+        assert!(sim.state.requests().iter().any(|r| r.status >= 500))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connection_resets_are_retried() {
+    recovers("reset=3", |_| {}).await;
+}
+
+#[tokio::test]
+async fn failed_jobs_are_requested_again() {
+    recovers("failed-jobs=2", |sim| {
+        assert!(sim.state.jobs_created() >= 3)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_the_vendor_forgot_is_requested_again() {
+    recovers("lost-jobs=2", |sim| {
+        assert!(statuses(sim, "job-status").contains(&404));
+        assert!(sim.state.jobs_created() >= 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn truncated_downloads_are_fetched_again() {
+    recovers("truncated=2", |sim| {
+        assert!(statuses(sim, "download").len() >= 3)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn corrupt_zips_are_fetched_again() {
+    recovers("corrupt-zips=2", |sim| {
+        assert!(statuses(sim, "download").len() >= 3)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expired_links_are_renewed() {
+    recovers("expired-links=2", |sim| {
+        assert!(statuses(sim, "download").contains(&403))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn slow_jobs_past_the_timeout_fail_the_window() {
+    let sim = start(quick_sim("slow-jobs=1h")).await;
+    let sim = fails_cleanly(
+        sim,
+        |t| t.replace("job_timeout = \"2m\"", "job_timeout = \"300ms\""),
+        "api.job_timeout",
+    )
+    .await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn jobs_that_always_fail_are_reported_with_their_id() {
+    let sim = start(quick_sim("failed-jobs=1")).await;
+    let sim = fails_cleanly(sim, |t| t, "ended with status `Failed`").await;
+    // Three attempts per window, then it is left for the next run.
+    assert_eq!(sim.state.jobs_created(), 6);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_without_creating_jobs() {
+    let sim = start(quick_sim("")).await;
+    let sim = fails_cleanly(
+        sim,
+        |t| {
+            t.replace(
+                "client_secret = \"dpss-sim-secret\"",
+                "client_secret = \"wrong\"",
+            )
+        },
+        "invalid_client",
+    )
+    .await;
+    assert_eq!(sim.state.jobs_created(), 0);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscription_that_is_not_ours_fails_at_once() {
+    let sim = start(quick_sim("")).await;
+    let sim = fails_cleanly(
+        sim,
+        |t| {
+            t.replace(
+                "subscription_id = \"00000000-0000-4000-8000-00000000cafe\"",
+                "subscription_id = \"someone-else\"",
+            )
+        },
+        "HTTP 403",
+    )
+    .await;
+    // A 403 is permanent: one request per window, no retries.
+    assert_eq!(statuses(&sim, "batch-request"), [403, 403]);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_object_store_commits_nothing() {
+    let sim = start(quick_sim("")).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The table's directory is a file: every write into the lake fails.
+    std::fs::create_dir_all(dir.path().join("lake")).unwrap();
+    std::fs::write(dir.path().join("lake/hid_work_orders"), "in the way").unwrap();
+    let text = config_text(&sim, dir.path(), "csv", 2);
+    let settings = Settings::load(&Sources {
+        inline: vec![text],
+        ..Default::default()
+    })
+    .unwrap();
+    let pipeline = Pipeline::open(settings, true).await.unwrap();
+    let days = two_days();
+    let report = pipeline.backfill(P, days[0], days[1]).await.unwrap();
+    assert!(!report.ok());
+    for w in &report.windows {
+        assert!(
+            w.error.as_deref().unwrap().contains("object store"),
+            "{:?}",
+            w.error
+        );
+        let row = pipeline.state.window(P, &w.key).await.unwrap().unwrap();
+        assert_ne!(row.stage, Stage::Committed);
+    }
+    assert_eq!(pipeline.state.watermark(P).await.unwrap(), None);
+    sim.shutdown().await;
+}
