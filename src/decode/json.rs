@@ -18,6 +18,7 @@ struct RowSink<'a, 'b> {
     keys: HashMap<String, Option<Column>>,
     seen: [bool; 8],
     rows: u64,
+    objects: u64,
     summary: &'a mut DecodeSummary,
     sink: &'a mut Sink<'b>,
 }
@@ -27,6 +28,7 @@ impl RowSink<'_, '_> {
         self.rows += 1;
         match value {
             Value::Object(obj) => {
+                self.objects += 1;
                 let mut cells: [Option<String>; 8] = Default::default();
                 for (k, v) in obj {
                     let col = *self
@@ -62,7 +64,7 @@ impl RowSink<'_, '_> {
         if let Some(b) = self.out.take() {
             (self.sink)(b)?;
         }
-        if self.rows > 0
+        if self.objects > 0
             && let Some(c) = Column::ALL.into_iter().find(|c| !self.seen[c.index()])
         {
             return Err(DecodeError::MissingColumn {
@@ -135,6 +137,7 @@ pub fn decode(
         keys: HashMap::new(),
         seen: [false; 8],
         rows: 0,
+        objects: 0,
         summary,
         sink,
     };
