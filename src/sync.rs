@@ -136,7 +136,7 @@ impl Pipeline {
         let work = settings.work_dir();
         std::fs::create_dir_all(&work)
             .map_err(|e| SyncError::Usage(format!("cannot create {}: {e}", work.display())))?;
-        clean_partial_downloads(&work);
+        clean_downloads(&work, &state).await?;
         Ok(Self {
             jobs: Arc::new(Semaphore::new(settings.api.max_concurrent_jobs)),
             settings: Arc::new(settings),
@@ -721,13 +721,37 @@ fn sanitize(p: &Path) -> String {
         .collect()
 }
 
-/// `.part` files are downloads a killed process left half-written; they are never resumed.
-fn clean_partial_downloads(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.path().extension().is_some_and(|x| x == "part") {
-                let _ = std::fs::remove_file(e.path());
-            }
+/// Leftovers of a killed process: `.part` files (half-written downloads, never resumed),
+/// scratch copies of columnar parts, and zips of jobs no window is still working on (one killed
+/// between commit and clean-up).
+async fn clean_downloads(dir: &Path, state: &State) -> Result<(), SyncError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut live = HashSet::new();
+    for product in Product::ALL {
+        for w in state.in_flight(product).await? {
+            live.extend(w.job_id);
         }
     }
+    for e in entries.flatten() {
+        let path = e.path();
+        let scratch = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(decode::SCRATCH_PREFIX));
+        let stale = scratch
+            || match path.extension().and_then(|x| x.to_str()) {
+                Some("part") => true,
+                Some("zip") => path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .is_some_and(|job| !live.contains(job)),
+                _ => false,
+            };
+        if stale {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
 }

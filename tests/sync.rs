@@ -368,66 +368,69 @@ async fn crash_at_every_stage_boundary_is_repaired() {
     sim.shutdown().await;
 }
 
-/// Real SIGKILLs at seeded random moments of a backfill, then a clean finish.
+/// Real SIGKILLs at seeded random moments of a 20-day backfill (slow jobs, flaky downloads),
+/// restarted each time until a run finishes; at least 15 kills in all. After each round: no
+/// duplicate, no missing row, no window submitted twice, no leftover download.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     let sim = start(SimConfig {
-        rows_per_day: 30,
+        rows_per_day: 20,
         job_delay: Duration::from_millis(300),
-        ..quick_sim("")
+        ..quick_sim("truncated=3")
     })
     .await;
-    let days = days_before_today(6);
+    let days = days_before_today(20);
     let keys: Vec<String> = days.iter().map(|d| d.to_string()).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("dpss-sync.toml");
-    std::fs::write(&config, config_text(&sim, dir.path(), "parquet", 2)).unwrap();
-    let args = ["backfill", "--from", &keys[0], "--to", &keys[5]];
+    let want = expected(&sim, days.clone(), Utc::now());
     let mut seed = 0x5eed_u64;
     let mut kills = 0;
-    let mut completed = false;
-    // Kill, restart, kill… until a run gets to finish on its own, as an operator's restarts would.
-    for _ in 0..12 {
-        seed = dpss_sync::sim::data::mix(seed);
-        let delay = Duration::from_millis(80 + seed % 600);
-        let mut child = Command::new(bin())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(delay).await;
-        if child.try_wait().unwrap().is_none() {
+    let mut spawns = 0;
+    while kills < 15 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("dpss-sync.toml");
+        std::fs::write(&config, config_text(&sim, dir.path(), "parquet", 2)).unwrap();
+        let args = ["backfill", "--from", &keys[0], "--to", &keys[19]];
+        let state = dir.path().join("state/state.db");
+        let mut completed = false;
+        while kills < 15 {
+            assert!(spawns < 80, "runs keep finishing before they can be killed");
+            spawns += 1;
+            seed = dpss_sync::sim::data::mix(seed);
+            let mut child = Command::new(bin())
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stderr(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50 + seed % 900)).await;
+            if child.try_wait().unwrap().is_some() {
+                completed = child.wait().unwrap().success();
+                break;
+            }
             child.kill().unwrap();
             child.wait().unwrap();
             kills += 1;
-        } else {
-            completed = child.wait().unwrap().success();
-            break;
+            for (k, j) in recorded_jobs(&state, &keys).await {
+                assert!(j.len() <= 1, "window {k} submitted twice: {j:?}");
+            }
         }
-        let jobs = recorded_jobs(&dir.path().join("state/state.db"), &keys).await;
-        for (k, j) in &jobs {
-            assert!(j.len() <= 1, "window {k} submitted twice: {j:?}");
+        if !completed {
+            let finished = run_child(&config, &args, None);
+            assert!(
+                finished.status.success(),
+                "{}",
+                String::from_utf8_lossy(&finished.stderr)
+            );
         }
+        assert_eq!(lake_rows(dir.path()).await, want);
+        let jobs = recorded_jobs(&state, &keys).await;
+        assert!(jobs.values().all(|j| j.len() == 1), "{jobs:?}");
+        let left = walk(&dir.path().join("state/downloads"));
+        assert!(left.is_empty(), "downloads left behind: {left:?}");
     }
-    assert!(kills >= 3, "only {kills} runs were killed mid-way");
-    if !completed {
-        let finished = run_child(&config, &args, None);
-        assert!(
-            finished.status.success(),
-            "{}",
-            String::from_utf8_lossy(&finished.stderr)
-        );
-    }
-    assert_eq!(
-        lake_rows(dir.path()).await,
-        expected(&sim, days, Utc::now())
-    );
-    let jobs = recorded_jobs(&dir.path().join("state/state.db"), &keys).await;
-    assert!(jobs.values().all(|j| j.len() == 1), "{jobs:?}");
     sim.shutdown().await;
 }
 

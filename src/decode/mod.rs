@@ -21,6 +21,10 @@ use arrow::array::{Array, StringArray, StringBuilder};
 use crate::config::FileType;
 use crate::product::Column;
 
+/// Name prefix of the scratch copies of Parquet/ORC parts, so a killed run's leftovers can be
+/// recognised and removed.
+pub const SCRATCH_PREFIX: &str = "scratch-";
+
 /// Rows per decoded batch: large enough to amortise per-batch work, small enough to stay cheap.
 pub const BATCH_ROWS: usize = 16_384;
 
@@ -275,9 +279,12 @@ fn decode_zip(
                 decode_text(ft, &label, &mut limited, &mut csv_header, summary, sink)
             }
             FileType::Parquet | FileType::Orc => {
-                let mut tmp = tempfile::NamedTempFile::new_in(scratch).map_err(|e| {
-                    DecodeError::Io(format!("scratch file in {}: {e}", scratch.display()))
-                })?;
+                let mut tmp = tempfile::Builder::new()
+                    .prefix(SCRATCH_PREFIX)
+                    .tempfile_in(scratch)
+                    .map_err(|e| {
+                        DecodeError::Io(format!("scratch file in {}: {e}", scratch.display()))
+                    })?;
                 match io::copy(&mut limited, tmp.as_file_mut()) {
                     Ok(_) => decode_columnar(ft, &label, tmp.path(), summary, sink),
                     Err(e) => Err(io_error(&label, e)),
