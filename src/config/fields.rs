@@ -139,6 +139,11 @@ impl Table {
 
     pub fn lake_url(&mut self, name: &str, default: &str) -> Result<Url, ConfigError> {
         self.parsed(name, default, |s| {
+            // A bare absolute path is taken for the local directory it names.
+            if s.starts_with('/') {
+                return Url::from_directory_path(s)
+                    .map_err(|_| format!("`{s}` is not a usable directory path"));
+            }
             let url = Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
             match url.scheme() {
                 "file" | "s3" | "az" | "abfs" | "abfss" | "gs" | "memory" => Ok(url),
@@ -151,9 +156,12 @@ impl Table {
 
     pub fn sqlite_path(&mut self, name: &str, default: &str) -> Result<PathBuf, ConfigError> {
         self.parsed(name, default, |s| {
-            let rest = s.strip_prefix("sqlite://").ok_or_else(|| {
-                format!("`{s}` is not a sqlite:// URL (only SQLite is supported)")
-            })?;
+            let rest = s
+                .strip_prefix("sqlite://")
+                .or_else(|| s.strip_prefix("sqlite:"))
+                .ok_or_else(|| {
+                    format!("`{s}` is not a sqlite:// URL (only SQLite is supported)")
+                })?;
             let rest = rest.split('?').next().unwrap_or_default();
             if rest.is_empty() {
                 return Err("the sqlite:// URL has no file path".into());

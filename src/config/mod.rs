@@ -406,6 +406,16 @@ mod tests {
     }
 
     #[test]
+    fn url_spellings_operators_use() {
+        let s = load("[lake]\nurl = \"/data/lake\"\n[state]\nurl = \"sqlite:/data/state.db\"\n")
+            .unwrap();
+        assert_eq!(s.lake.url.as_str(), "file:///data/lake/");
+        assert_eq!(s.state.path, PathBuf::from("/data/state.db"));
+        let s = load("[state]\nurl = \"sqlite://relative/state.db\"\n").unwrap();
+        assert_eq!(s.state.path, PathBuf::from("relative/state.db"));
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let s =
             load("[auth]\nclient_secret = \"hunter2-very-secret\"\nclient_id = \"id\"\n").unwrap();
