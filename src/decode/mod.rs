@@ -199,35 +199,75 @@ pub fn decode_path(
     sink: &mut Sink<'_>,
 ) -> Result<DecodeSummary, DecodeError> {
     let name = path.display().to_string();
-    let is_zip = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("zip"))
-        || sniff_zip(path);
     let mut summary = DecodeSummary::default();
-    if is_zip {
-        decode_zip(path, scratch, max_uncompressed, &mut summary, sink)?;
-    } else {
-        let ft = file_type_of(&name).ok_or(DecodeError::UnsupportedFile { file: name.clone() })?;
-        summary.uncompressed_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        match ft {
-            FileType::Csv | FileType::Json => {
-                let file = File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
-                decode_text(ft, &name, file, &mut None, &mut summary, sink)?;
+    match sniff(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))? {
+        Kind::Zip => decode_zip(path, scratch, max_uncompressed, &mut summary, sink)?,
+        Kind::Part(ft) => {
+            summary.uncompressed_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            match ft {
+                FileType::Csv | FileType::Json => {
+                    let file =
+                        File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
+                    decode_text(ft, &name, file, &mut None, &mut summary, sink)?;
+                }
+                FileType::Parquet | FileType::Orc => {
+                    decode_columnar(ft, &name, path, &mut summary, sink)?
+                }
             }
-            FileType::Parquet | FileType::Orc => {
-                decode_columnar(ft, &name, path, &mut summary, sink)?
-            }
+            summary.files.push(name);
         }
-        summary.files.push(name);
+        Kind::Unknown => return Err(DecodeError::UnsupportedFile { file: name }),
     }
     Ok(summary)
 }
 
-fn sniff_zip(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok_and(|_| magic == *b"PK\x03\x04" || magic == *b"PK\x05\x06")
+enum Kind {
+    Zip,
+    Part(FileType),
+    Unknown,
+}
+
+/// What a file is, by its first bytes before its name: a download saved as `<job>.zip` may be a
+/// bare part file if the vendor skipped the zip. An empty or unrecognisable `.zip` is a broken
+/// zip, never zero rows.
+fn sniff(path: &Path) -> io::Result<Kind> {
+    let mut head = [0u8; 64];
+    let n = File::open(path)?.read(&mut head)?;
+    let head = &head[..n];
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Ok(Kind::Zip);
+    }
+    if head.starts_with(b"PAR1") {
+        return Ok(Kind::Part(FileType::Parquet));
+    }
+    if head.starts_with(b"ORC") {
+        return Ok(Kind::Part(FileType::Orc));
+    }
+    let name = path.to_string_lossy();
+    if let Some(ft) = file_type_of(&name) {
+        return Ok(Kind::Part(ft));
+    }
+    let is_zip_name = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+    let text = head.strip_prefix("\u{feff}".as_bytes()).unwrap_or(head);
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    Ok(match first {
+        None if is_zip_name => Kind::Zip,
+        Some(b'[' | b'{') => Kind::Part(FileType::Json),
+        Some(_)
+            if is_zip_name
+                && Column::ALL.iter().any(|c| {
+                    String::from_utf8_lossy(text)
+                        .to_ascii_lowercase()
+                        .contains(&c.vendor_name().to_ascii_lowercase())
+                }) =>
+        {
+            Kind::Part(FileType::Csv)
+        }
+        _ if is_zip_name => Kind::Zip,
+        _ => Kind::Unknown,
+    })
 }
 
 fn decode_zip(
@@ -421,5 +461,27 @@ mod tests {
         assert_eq!(file_type_of("_SUCCESS"), None);
         assert_eq!(file_type_of(".part-00000.csv.crc"), None);
         assert_eq!(file_type_of("part-00000.csv.crc"), None);
+    }
+
+    #[test]
+    fn a_bare_part_saved_as_zip_is_read_and_an_empty_zip_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("job.zip");
+        std::fs::write(
+            &raw,
+            "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n",
+        )
+        .unwrap();
+        let mut rows = 0;
+        decode_path(&raw, dir.path(), u64::MAX, &mut |b| {
+            rows += b.num_rows();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rows, 1);
+        let empty = dir.path().join("empty.zip");
+        std::fs::write(&empty, "").unwrap();
+        let err = decode_path(&empty, dir.path(), u64::MAX, &mut |_| Ok(())).unwrap_err();
+        assert!(matches!(err, DecodeError::BadZip { .. }), "{err}");
     }
 }
