@@ -357,144 +357,148 @@ async fn download_size_limit_is_enforced() {
 }
 
 /// The fetcher: jobs recorded before anything else, failures named by job id, timeouts.
-async fn fetcher_setup(
-    faults: &str,
-    timeout: &str,
-) -> (
-    dpss_sync::sim::SimHandle,
-    tempfile::TempDir,
-    Settings,
-    State,
-) {
-    let sim = start(quick_sim(faults)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut text = config_text(&sim, dir.path(), "csv", 2);
-    text = text.replace(
-        "job_timeout = \"2m\"",
-        &format!("job_timeout = \"{timeout}\""),
-    );
-    let settings = Settings::load(&Sources {
-        inline: vec![text],
-        ..Default::default()
-    })
-    .unwrap();
-    let state = State::open(&settings.state.path).await.unwrap();
-    (sim, dir, settings, state)
+struct FetchSetup {
+    sim: dpss_sync::sim::SimHandle,
+    dir: tempfile::TempDir,
+    settings: Settings,
+    state: State,
+    client: dpss_sync::api::DpssClient,
+}
+
+impl FetchSetup {
+    async fn new(faults: &str, timeout: &str) -> Self {
+        let sim = start(quick_sim(faults)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = config_text(&sim, dir.path(), "csv", 2).replace(
+            "job_timeout = \"2m\"",
+            &format!("job_timeout = \"{timeout}\""),
+        );
+        let settings = Settings::load(&Sources {
+            inline: vec![text],
+            ..Default::default()
+        })
+        .unwrap();
+        let state = State::open(&settings.state.path).await.unwrap();
+        let client = client(&sim);
+        Self {
+            sim,
+            dir,
+            settings,
+            state,
+            client,
+        }
+    }
+
+    fn fetcher(&self) -> Fetcher<'_> {
+        Fetcher {
+            product: P,
+            client: &self.client,
+            state: &self.state,
+            api: &self.settings.api,
+            work_dir: self.dir.path(),
+        }
+    }
+
+    fn sub(&self) -> String {
+        self.sim.state.config().subscription_id.clone()
+    }
+
+    /// Plans and submits `day`'s window; returns the window as recorded and the job id.
+    async fn submit(&self, day: chrono::NaiveDate) -> (dpss_sync::state::WindowRow, String) {
+        let run = self.state.start_run("test", None).await.unwrap();
+        let w = self
+            .state
+            .plan_window(P, &day.to_string(), WindowKind::Day, day, day, run)
+            .await
+            .unwrap();
+        let job_id = self
+            .fetcher()
+            .submit(
+                &w,
+                &self.sub(),
+                FileType::Csv,
+                &day_tokens(&day.to_string()),
+            )
+            .await
+            .unwrap();
+        (self.state.window(P, &w.key).await.unwrap().unwrap(), job_id)
+    }
 }
 
 #[tokio::test]
 async fn failed_job_surfaces_as_an_error_naming_the_job() {
-    let (sim, dir, settings, state) = fetcher_setup("failed-jobs=1", "2m").await;
-    let c = client(&sim);
-    let f = Fetcher {
-        product: P,
-        client: &c,
-        state: &state,
-        api: &settings.api,
-        work_dir: dir.path(),
-    };
-    let run = state.start_run("test", None).await.unwrap();
-    let day = days_before_today(1)[0];
-    let w = state
-        .plan_window(P, &day.to_string(), WindowKind::Day, day, day, run)
-        .await
-        .unwrap();
-    let sub = sim.state.config().subscription_id.clone();
-    let job_id = f
-        .submit(&w, &sub, FileType::Csv, &day_tokens(&day.to_string()))
-        .await
-        .unwrap();
+    let t = FetchSetup::new("failed-jobs=1", "2m").await;
+    let (w, job_id) = t.submit(days_before_today(1)[0]).await;
     // The id is in the state before the first poll.
     assert_eq!(
-        state.jobs_for_window(P, &w.key).await.unwrap(),
+        t.state.jobs_for_window(P, &w.key).await.unwrap(),
         vec![job_id.clone()]
     );
-    let w = state.window(P, &w.key).await.unwrap().unwrap();
-    let err = f.fetch(&w, &job_id, &sub, false).await.err().unwrap();
+    let err = t
+        .fetcher()
+        .fetch(&w, &job_id, &t.sub(), false)
+        .await
+        .err()
+        .unwrap();
     assert!(
         matches!(&err, FetchError::JobFailed { job_id: j, .. } if *j == job_id),
         "{err}"
     );
     assert!(err.to_string().contains(&job_id));
-    assert_eq!(state.job(&job_id).await.unwrap().unwrap().status, "Failed");
-    sim.shutdown().await;
+    assert_eq!(
+        t.state.job(&job_id).await.unwrap().unwrap().status,
+        "Failed"
+    );
+    t.sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn slow_job_times_out_by_job_timeout() {
-    let (sim, dir, settings, state) = fetcher_setup("slow-jobs=1h", "400ms").await;
-    let c = client(&sim);
-    let f = Fetcher {
-        product: P,
-        client: &c,
-        state: &state,
-        api: &settings.api,
-        work_dir: dir.path(),
-    };
-    let run = state.start_run("test", None).await.unwrap();
-    let day = days_before_today(1)[0];
-    let w = state
-        .plan_window(P, &day.to_string(), WindowKind::Day, day, day, run)
-        .await
-        .unwrap();
-    let sub = sim.state.config().subscription_id.clone();
-    let job_id = f
-        .submit(&w, &sub, FileType::Csv, &day_tokens(&day.to_string()))
-        .await
-        .unwrap();
-    let w = state.window(P, &w.key).await.unwrap().unwrap();
+    let t = FetchSetup::new("slow-jobs=1h", "400ms").await;
+    let (w, job_id) = t.submit(days_before_today(1)[0]).await;
     let started = Instant::now();
-    let err = f.fetch(&w, &job_id, &sub, false).await.err().unwrap();
+    let err = t
+        .fetcher()
+        .fetch(&w, &job_id, &t.sub(), false)
+        .await
+        .err()
+        .unwrap();
     assert!(
         matches!(&err, FetchError::JobTimeout { job_id: j, .. } if *j == job_id),
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
-    let polls = sim
+    let polls = t
+        .sim
         .state
         .requests()
         .iter()
         .filter(|r| r.endpoint == "job-status")
         .count();
     assert!(polls >= 2, "polled {polls} times");
-    sim.shutdown().await;
+    t.sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn fetcher_asks_for_a_fresh_link_when_one_expired() {
-    let (sim, dir, settings, state) = fetcher_setup("expired-links=2", "2m").await;
-    let c = client(&sim);
-    let f = Fetcher {
-        product: P,
-        client: &c,
-        state: &state,
-        api: &settings.api,
-        work_dir: dir.path(),
-    };
-    let run = state.start_run("test", None).await.unwrap();
-    let day = days_before_today(1)[0];
-    let sub = sim.state.config().subscription_id.clone();
+    let t = FetchSetup::new("expired-links=2", "2m").await;
     // Link #1 good, link #2 expired: the second window's first link fails, a re-poll fixes it.
-    for k in [1i64, 2] {
-        let d = day - chrono::Duration::days(k);
-        let w = state
-            .plan_window(P, &d.to_string(), WindowKind::Day, d, d, run)
+    for k in [2i64, 3] {
+        let (w, job_id) = t.submit(days_before_today(k)[0]).await;
+        let got = t
+            .fetcher()
+            .fetch(&w, &job_id, &t.sub(), false)
             .await
             .unwrap();
-        let job_id = f
-            .submit(&w, &sub, FileType::Csv, &day_tokens(&d.to_string()))
-            .await
-            .unwrap();
-        let w = state.window(P, &w.key).await.unwrap().unwrap();
-        let got = f.fetch(&w, &job_id, &sub, false).await.unwrap();
         assert!(got.path.exists());
     }
-    let refused = sim
+    let refused = t
+        .sim
         .state
         .requests()
         .iter()
         .filter(|r| r.endpoint == "download" && r.status == 403)
         .count();
     assert_eq!(refused, 1);
-    sim.shutdown().await;
+    t.sim.shutdown().await;
 }

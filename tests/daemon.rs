@@ -11,14 +11,6 @@ use common::*;
 use dpss_sync::sim::SimConfig;
 use dpss_sync::state::{Stage, State};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn daemon_config(sim: &dpss_sync::sim::SimHandle, dir: &Path, port: u16) -> std::path::PathBuf {
     let text = config_text(sim, dir, "csv", 2).replace(
         "[products.hid_work_orders]",

@@ -357,50 +357,51 @@ impl ColumnarBuffer {
     }
 }
 
-struct ParquetPart {
-    buf: ColumnarBuffer,
-    w: parquet::arrow::ArrowWriter<File>,
+/// The two columnar formats' writers, behind one interface.
+trait BatchWriter {
+    fn write_batch(&mut self, b: &RecordBatch) -> io::Result<()>;
+    fn close_file(self: Box<Self>) -> io::Result<()>;
 }
 
-impl PartWriter for ParquetPart {
+impl BatchWriter for parquet::arrow::ArrowWriter<File> {
+    fn write_batch(&mut self, b: &RecordBatch) -> io::Result<()> {
+        self.write(b).map_err(io::Error::other)
+    }
+    fn close_file(self: Box<Self>) -> io::Result<()> {
+        self.close().map(drop).map_err(io::Error::other)
+    }
+}
+
+impl BatchWriter for orc_rust::ArrowWriter<File> {
+    fn write_batch(&mut self, b: &RecordBatch) -> io::Result<()> {
+        self.write(b).map_err(io::Error::other)
+    }
+    fn close_file(self: Box<Self>) -> io::Result<()> {
+        self.close().map_err(io::Error::other)
+    }
+}
+
+/// Rows buffered into typed batches for a Parquet or ORC part.
+struct ColumnarPart {
+    buf: ColumnarBuffer,
+    w: Box<dyn BatchWriter>,
+}
+
+impl PartWriter for ColumnarPart {
     fn write(&mut self, row: &SimRow) -> io::Result<()> {
         self.buf.push(row);
         if self.buf.len >= BATCH_ROWS {
             let b = self.buf.take().expect("non-empty");
-            self.w.write(&b).map_err(io::Error::other)?;
+            self.w.write_batch(&b)?;
         }
         Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         if let Some(b) = self.buf.take() {
-            self.w.write(&b).map_err(io::Error::other)?;
+            self.w.write_batch(&b)?;
         }
-        self.w.close().map_err(io::Error::other)?;
-        Ok(())
-    }
-}
-
-struct OrcPart {
-    buf: ColumnarBuffer,
-    w: orc_rust::ArrowWriter<File>,
-}
-
-impl PartWriter for OrcPart {
-    fn write(&mut self, row: &SimRow) -> io::Result<()> {
-        self.buf.push(row);
-        if self.buf.len >= BATCH_ROWS {
-            let b = self.buf.take().expect("non-empty");
-            self.w.write(&b).map_err(io::Error::other)?;
-        }
-        Ok(())
-    }
-
-    fn finish(mut self: Box<Self>) -> io::Result<()> {
-        if let Some(b) = self.buf.take() {
-            self.w.write(&b).map_err(io::Error::other)?;
-        }
-        self.w.close().map_err(io::Error::other)
+        self.w.close_file()
     }
 }
 
@@ -420,14 +421,20 @@ fn part_writer(
                 .build();
             let w = parquet::arrow::ArrowWriter::try_new(file, buf.schema.clone(), Some(props))
                 .map_err(io::Error::other)?;
-            Box::new(ParquetPart { buf, w })
+            Box::new(ColumnarPart {
+                buf,
+                w: Box::new(w),
+            })
         }
         FileType::Orc => {
             let buf = ColumnarBuffer::new(layout);
             let w = orc_rust::ArrowWriterBuilder::new(file, buf.schema.clone())
                 .try_build()
                 .map_err(io::Error::other)?;
-            Box::new(OrcPart { buf, w })
+            Box::new(ColumnarPart {
+                buf,
+                w: Box::new(w),
+            })
         }
     })
 }
