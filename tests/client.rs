@@ -22,6 +22,20 @@ fn yesterday() -> String {
     days_before_today(1)[0].to_string()
 }
 
+/// A finished job's download link: the job created for yesterday, polled to Success.
+async fn ready_link(
+    c: &dpss_sync::api::DpssClient,
+    sim: &dpss_sync::sim::SimHandle,
+    ft: FileType,
+) -> String {
+    let sub = sim.state.config().subscription_id.clone();
+    let job = c
+        .create_batch(&sub, ft, &day_tokens(&yesterday()))
+        .await
+        .unwrap();
+    wait_done(c, &sub, &job.job_id).await.download_url.unwrap()
+}
+
 async fn wait_done(
     c: &dpss_sync::api::DpssClient,
     sub: &str,
@@ -288,12 +302,7 @@ async fn unknown_job_and_bad_request_are_reported_with_status() {
 async fn truncated_download_is_retried_and_completes() {
     let sim = start(quick_sim("truncated=2")).await;
     let c = client(&sim);
-    let sub = sim.state.config().subscription_id.clone();
-    let job = c
-        .create_batch(&sub, FileType::Parquet, &day_tokens(&yesterday()))
-        .await
-        .unwrap();
-    let url = wait_done(&c, &sub, &job.job_id).await.download_url.unwrap();
+    let url = ready_link(&c, &sim, FileType::Parquet).await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("a.zip");
     // Download #1 is whole; #2 is cut halfway and retried as #3.
@@ -311,12 +320,7 @@ async fn truncated_download_is_retried_and_completes() {
 async fn expired_link_is_refused_and_redacted() {
     let sim = start(quick_sim("expired-links=1")).await;
     let c = client(&sim);
-    let sub = sim.state.config().subscription_id.clone();
-    let job = c
-        .create_batch(&sub, FileType::Csv, &day_tokens(&yesterday()))
-        .await
-        .unwrap();
-    let url = wait_done(&c, &sub, &job.job_id).await.download_url.unwrap();
+    let url = ready_link(&c, &sim, FileType::Csv).await;
     let dir = tempfile::tempdir().unwrap();
     let err = c
         .download(&url, &dir.path().join("b.zip"), u64::MAX)
@@ -338,12 +342,7 @@ async fn expired_link_is_refused_and_redacted() {
 async fn download_size_limit_is_enforced() {
     let sim = start(quick_sim("")).await;
     let c = client(&sim);
-    let sub = sim.state.config().subscription_id.clone();
-    let job = c
-        .create_batch(&sub, FileType::Csv, &day_tokens(&yesterday()))
-        .await
-        .unwrap();
-    let url = wait_done(&c, &sub, &job.job_id).await.download_url.unwrap();
+    let url = ready_link(&c, &sim, FileType::Csv).await;
     let dir = tempfile::tempdir().unwrap();
     let err = c
         .download(&url, &dir.path().join("c.zip"), 100)
