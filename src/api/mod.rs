@@ -82,19 +82,6 @@ impl ApiError {
             detail: error_chain(&e.without_url()),
         }
     }
-
-    /// Whether waiting and trying the same thing again may help.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ApiError::Http { status, .. } => *status == 429 || *status >= 500,
-            ApiError::Network { .. }
-            | ApiError::RetriesExhausted { .. }
-            | ApiError::OutcomeUnknown { .. }
-            | ApiError::Download { .. }
-            | ApiError::LinkRejected { .. } => true,
-            _ => false,
-        }
-    }
 }
 
 /// The error and its sources in one line; reqwest's own Display says only "error sending request".

@@ -161,7 +161,8 @@ pub async fn check_config(settings: Settings, online: bool) -> Result<ExitCode, 
     println!("  state          {}", settings.state.path.display());
     for (p, s) in &settings.products {
         println!(
-            "  products.{p}: file_type {}, schedule \"{}\", lookback {} day(s)",
+            "  products.{p} (data product {}): file_type {}, schedule \"{}\", lookback {} day(s)",
+            p.data_product_id(),
             s.file_type, s.schedule, s.lookback_days
         );
     }

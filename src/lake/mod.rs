@@ -100,10 +100,6 @@ impl Lake {
         &self.display
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
     fn table(&self, product: Product) -> Path {
         self.root.clone().join(product.config_name())
     }

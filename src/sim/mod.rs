@@ -155,10 +155,6 @@ impl SimState {
         &self.cfg
     }
 
-    pub fn dataset(&self) -> &Dataset {
-        &self.dataset
-    }
-
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.log.lock().expect("log lock").clone()
     }
