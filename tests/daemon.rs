@@ -105,6 +105,19 @@ async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
         ) >= 1.0
     );
     assert!(metric(&metrics, "dpss_sync_downloaded_bytes_total", &[]) > 0.0);
+    // Bytes written are the objects' sizes.
+    let lake = dpss_sync::lake::Lake::open(&local_lake(&dir.path().join("lake"))).unwrap();
+    let objects = lake.objects(P).await.unwrap();
+    let on_disk: u64 = objects.iter().map(|(_, size)| size).sum();
+    let written = metric(&metrics, "dpss_sync_written_bytes_total", &[p]);
+    assert!(
+        written <= on_disk as f64 && written > on_disk as f64 - 2048.0 * objects.len() as f64,
+        "{written} vs {on_disk}"
+    );
+    assert_eq!(
+        metric(&metrics, "dpss_sync_objects_written_total", &[p]),
+        objects.len() as f64
+    );
     assert!(metrics.contains("dpss_sync_watermark_age_seconds"));
     assert!(metrics.contains("dpss_sync_last_commit_timestamp_seconds"));
     assert!(metrics.contains("dpss_sync_job_duration_seconds"));

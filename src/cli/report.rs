@@ -163,7 +163,9 @@ pub async fn check_config(settings: Settings, online: bool) -> Result<ExitCode, 
         println!(
             "  products.{p} (data product {}): file_type {}, schedule \"{}\", lookback {} day(s)",
             p.data_product_id(),
-            s.file_type, s.schedule, s.lookback_days
+            s.file_type,
+            s.schedule,
+            s.lookback_days
         );
     }
     if !online {

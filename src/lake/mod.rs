@@ -303,8 +303,9 @@ impl Lake {
                     break;
                 }
             }
-            total += w.bytes_written() as u64;
             w.close().await.map_err(parquet_err(&path))?;
+            // The writer's own count misses the row group and footer it writes on close.
+            total += self.store.head(&path).await.map_err(store_err(&path))?.size;
             names.push(path.to_string());
         }
         Ok((names, total))
