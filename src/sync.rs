@@ -3,6 +3,9 @@
 //! watermark. Every stage is recorded, so a run killed anywhere is finished by the next one.
 
 use std::collections::{BTreeSet, HashSet};
+
+use arrow::record_batch::RecordBatch;
+use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,12 +42,10 @@ pub enum SyncError {
     Lake(#[from] LakeError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    #[error("counts do not reconcile for {window}: read {} != written {} + quarantined {} + duplicates {} (lake received {lake_rows})", .counts.read, .counts.written, .counts.quarantined, .counts.duplicates)]
-    Reconcile {
-        window: String,
-        counts: Counts,
-        lake_rows: u64,
-    },
+    #[error("counts do not reconcile for {window}: read {} != written {} + quarantined {} + duplicates {}", .counts.read, .counts.written, .counts.quarantined, .counts.duplicates)]
+    Reconcile { window: String, counts: Counts },
+    #[error(transparent)]
+    Rows(#[from] crate::normalize::RowsError),
     #[error("{0}")]
     Usage(String),
     #[error("internal task failed: {0}")]
@@ -504,7 +505,8 @@ impl Pipeline {
         Ok(counts)
     }
 
-    /// Decoding and normalizing are CPU work on a blocking thread, streamed batch by batch.
+    /// Decoding and normalizing are CPU work: the decoder runs on its own thread and hands
+    /// batches through a short queue to the normalizer on another, so the two overlap.
     async fn normalize_files(
         &self,
         product: Product,
@@ -515,15 +517,32 @@ impl Pipeline {
         let scratch = self.work_dir();
         let limit = self.settings.lake.max_uncompressed_size;
         tokio::task::spawn_blocking(move || {
-            let mut n = Normalizer::new(product, &job_id, Utc::now());
-            let mut unknown = BTreeSet::new();
-            for f in &files {
-                let summary = decode::decode_path(f, &scratch, limit, &mut |b| {
-                    n.push(&b);
-                    Ok(())
-                })?;
-                unknown.extend(summary.unknown_columns);
+            let expected = files
+                .iter()
+                .map(|f| decode::uncompressed_size(f) / 64)
+                .sum();
+            let mut n = Normalizer::new(product, &job_id, Utc::now(), &scratch, expected);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<decode::RawBatch>(4);
+            let decoder = {
+                let scratch = scratch.clone();
+                std::thread::spawn(move || {
+                    let mut unknown = BTreeSet::new();
+                    for f in &files {
+                        let summary = decode::decode_path(f, &scratch, limit, &mut |b| {
+                            tx.send(b)
+                                .map_err(|_| DecodeError::Sink("the normalizer stopped".into()))
+                        })?;
+                        unknown.extend(summary.unknown_columns);
+                    }
+                    Ok::<_, DecodeError>(unknown)
+                })
+            };
+            for batch in rx {
+                n.push(&batch);
             }
+            let unknown = decoder
+                .join()
+                .map_err(|_| SyncError::Task("the decoder thread panicked".into()))??;
             if !unknown.is_empty() {
                 let columns: Vec<String> = unknown.into_iter().collect();
                 UnknownColumns {
@@ -533,7 +552,7 @@ impl Pipeline {
                 }
                 .emit();
             }
-            Ok::<_, SyncError>(n.finish())
+            Ok::<_, SyncError>(n.finish()?)
         })
         .await
         .map_err(|e| SyncError::Task(e.to_string()))?
@@ -541,7 +560,8 @@ impl Pipeline {
 
     /// Rewrites every partition that holds a replaced day or receives new rows, then the
     /// quarantine. Rows delivered for days the job does not replace whole (a vendor that serves
-    /// a row outside the asked-for day) replace only the rows with their identity.
+    /// a row outside the asked-for day) replace only the rows with their identity. Partitions
+    /// are written two at a time: encoding Parquet is the costly part, and there are two cores.
     async fn write(
         &self,
         product: Product,
@@ -560,21 +580,24 @@ impl Pipeline {
                 (days, None)
             }
         };
+        let normalized = Arc::new(normalized);
         let soft: BTreeSet<NaiveDate> = normalized
             .status_days
             .difference(&replaced)
             .copied()
             .collect();
-        let merged: HashSet<Identity> = if soft.is_empty() {
-            HashSet::new()
-        } else {
-            normalized
-                .partitions
-                .values()
-                .flat_map(crate::lake::identities)
-                .filter(|id| soft.contains(&crate::normalize::time::day_of_micros(id.3)))
-                .collect()
-        };
+        let mut merged: HashSet<Identity> = HashSet::new();
+        for (date, p) in &normalized.rows.partitions {
+            if !p.status_days.is_disjoint(&soft)
+                && let Some((batch, _)) = load(&normalized, *date).await?
+            {
+                merged.extend(
+                    crate::lake::identities(&batch)
+                        .into_iter()
+                        .filter(|id| soft.contains(&crate::normalize::time::day_of_micros(id.3))),
+                );
+            }
+        }
         if !soft.is_empty() {
             tracing::warn!(
                 window = window_key, rows = merged.len(), days = ?soft,
@@ -588,30 +611,47 @@ impl Pipeline {
             .filter(|(_, days)| !days.is_disjoint(&interesting))
             .map(|(p, _)| *p)
             .collect();
-        touched.extend(normalized.partitions.keys().copied());
-        let mut lake_rows = 0u64;
-        for date in touched {
-            let new = normalized.partitions.get(&date);
-            if let Some(batch) = new {
-                lake_rows += batch.num_rows() as u64;
-                self.state
-                    .add_partition_days(product, date, &batch_days(batch))
-                    .await?;
-            }
-            let state = self
-                .lake
-                .rewrite_partition(product, date, &replaced, &merged, new)
-                .await?;
-            ObjectsWritten {
-                product,
-                objects: state.objects.len(),
-                bytes: state.bytes,
-            }
-            .emit();
-            crate::failpoint::hit("mid-write");
-            self.state
-                .set_partition(product, date, &state, job_id)
-                .await?;
+        touched.extend(normalized.rows.partitions.keys().copied());
+        let (replaced, merged) = (Arc::new(replaced), Arc::new(merged));
+        let results: Vec<Result<(u64, u64), SyncError>> = futures::stream::iter(touched)
+            .map(|date| {
+                let (normalized, replaced, merged) =
+                    (normalized.clone(), replaced.clone(), merged.clone());
+                async move {
+                    let new = load(&normalized, date).await?;
+                    if let Some(p) = normalized.rows.partitions.get(&date) {
+                        self.state
+                            .add_partition_days(product, date, &p.status_days)
+                            .await?;
+                    }
+                    let batch = new.as_ref().map(|(b, _)| b);
+                    let state = self
+                        .lake
+                        .rewrite_partition(product, date, &replaced, &merged, batch)
+                        .await?;
+                    ObjectsWritten {
+                        product,
+                        objects: state.objects.len(),
+                        bytes: state.bytes,
+                    }
+                    .emit();
+                    crate::failpoint::hit("mid-write");
+                    self.state
+                        .set_partition(product, date, &state, job_id)
+                        .await?;
+                    Ok(new
+                        .map(|(b, dropped)| (b.num_rows() as u64, dropped))
+                        .unwrap_or((0, 0)))
+                }
+            })
+            .buffer_unordered(2)
+            .collect()
+            .await;
+        let mut counts = normalized.counts;
+        for r in results {
+            let (written, dropped) = r?;
+            counts.written += written;
+            counts.duplicates += dropped;
         }
         self.lake
             .write_quarantine(
@@ -622,12 +662,10 @@ impl Pipeline {
                 default_day,
             )
             .await?;
-        let counts = normalized.counts;
-        if !counts.reconciles() || lake_rows != counts.written {
+        if !counts.reconciles() {
             return Err(SyncError::Reconcile {
                 window: window_key.to_string(),
                 counts,
-                lake_rows,
             });
         }
         Ok(counts)
@@ -687,18 +725,15 @@ impl Pipeline {
     }
 }
 
-fn batch_days(b: &arrow::record_batch::RecordBatch) -> BTreeSet<NaiveDate> {
-    let ts = b
-        .column_by_name("status_datetime")
-        .and_then(|c| {
-            c.as_any()
-                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
-        })
-        .expect("lake batch");
-    ts.values()
-        .iter()
-        .map(|&t| crate::normalize::time::day_of_micros(t))
-        .collect()
+/// Loading a partition reads spill files: blocking work, off the async threads.
+async fn load(
+    normalized: &Arc<Normalized>,
+    date: NaiveDate,
+) -> Result<Option<(RecordBatch, u64)>, SyncError> {
+    let n = normalized.clone();
+    Ok(tokio::task::spawn_blocking(move || n.load(date))
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))??)
 }
 
 fn days_between(from: NaiveDate, to: NaiveDate) -> BTreeSet<NaiveDate> {

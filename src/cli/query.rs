@@ -95,10 +95,22 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
             unknown.into_iter().collect::<Vec<_>>().join(", ")
         );
     }
-    let mut n = Normalizer::new(args.product, "on-demand", Utc::now());
+    let scratch =
+        tempfile::tempdir().map_err(|e| CliError::Failed(format!("scratch directory: {e}")))?;
+    let mut n = Normalizer::new(
+        args.product,
+        "on-demand",
+        Utc::now(),
+        scratch.path(),
+        served as u64,
+    );
     n.push(&raw);
-    let out = n.finish();
-    let table = with_event_date(&out.partitions);
+    let out = n.finish().map_err(|e| CliError::Failed(e.to_string()))?;
+    let quarantine = out.quarantine.clone();
+    let (partitions, counts) = out
+        .into_batches()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let table = with_event_date(&partitions);
     match args.format {
         Format::Table => {
             let shown = table
@@ -117,7 +129,7 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
             write_csv(&table).map_err(|e| CliError::Failed(format!("writing CSV: {e}")))?
         }
     }
-    if let Some(q) = &out.quarantine {
+    if let Some(q) = &quarantine {
         let reasons = q
             .column_by_name("_reason")
             .expect("reason")
@@ -140,7 +152,7 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
     }
     eprintln!(
         "{served} row(s) served: {} valid, {} invalid, {} duplicate(s) collapsed",
-        out.counts.written, out.counts.quarantined, out.counts.duplicates
+        counts.written, counts.quarantined, counts.duplicates
     );
     if served >= ON_DEMAND_MAX_ROWS {
         eprintln!(

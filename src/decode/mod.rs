@@ -221,6 +221,23 @@ pub fn decode_path(
     Ok(summary)
 }
 
+/// The bytes a file unpacks to: the sum of a zip's entries, or the file's own size.
+pub fn uncompressed_size(path: &Path) -> u64 {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if !matches!(sniff(path), Ok(Kind::Zip)) {
+        return size;
+    }
+    File::open(path)
+        .ok()
+        .and_then(|f| zip::ZipArchive::new(f).ok())
+        .map(|mut a| {
+            (0..a.len())
+                .filter_map(|i| a.by_index_raw(i).ok().map(|e| e.size()))
+                .sum()
+        })
+        .unwrap_or(size)
+}
+
 enum Kind {
     Zip,
     Part(FileType),

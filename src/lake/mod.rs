@@ -379,8 +379,9 @@ impl Lake {
                 path: dir.clone(),
                 detail: e.to_string(),
             })?;
-            self.replace_objects(&root.clone().join(dir.as_str()), &old, &rows)
-                .await?;
+            // One path part per segment: joining "a/b" whole would escape the slash.
+            let prefix = dir.split('/').fold(root.clone(), |p, part| p.join(part));
+            self.replace_objects(&prefix, &old, &rows).await?;
         }
         Ok(())
     }

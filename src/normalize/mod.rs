@@ -3,19 +3,22 @@
 //! and the reason; nothing is dropped silently, and the counts always reconcile:
 //! read = written + quarantined + duplicates.
 
+mod rows;
 pub mod time;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Int8Builder, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder,
+    ArrayRef, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
+
+use rows::{Row, RowStore};
+pub use rows::{Rows, RowsError};
 
 use crate::decode::RawBatch;
 use crate::product::{Column, Product};
@@ -34,62 +37,94 @@ impl Counts {
     }
 }
 
-/// A job's rows, ready for the lake.
+/// Memory the normalizer may hold in buffered rows before it spills them to disk.
+pub const ROW_BUDGET: usize = 64 << 20;
+
+/// A job's rows, ready for the lake, loaded one partition at a time.
 pub struct Normalized {
-    pub partitions: BTreeMap<NaiveDate, RecordBatch>,
+    pub rows: Rows,
     pub quarantine: Option<RecordBatch>,
+    /// Rows read and quarantined; written and duplicates are known once partitions are loaded.
     pub counts: Counts,
     /// Status days of the valid rows.
     pub status_days: BTreeSet<NaiveDate>,
+    product: Product,
+    job_id: Arc<str>,
+    ingested_at: i64,
 }
 
-#[derive(Default)]
-struct Part {
-    sp: StringBuilder,
-    phase: Int8Builder,
-    issue: StringBuilder,
-    status: StringBuilder,
-    ts: Vec<i64>,
-    reason: StringBuilder,
-    wo: StringBuilder,
-    alive: Vec<bool>,
+impl Normalized {
+    /// One partition in the lake schema, with the number of superseded copies left out.
+    pub fn load(&self, date: NaiveDate) -> Result<Option<(RecordBatch, u64)>, RowsError> {
+        self.rows
+            .load(self.product, date, &self.job_id, self.ingested_at)
+    }
+
+    /// Every partition at once, with the final counts: for small results (on-demand, tests).
+    pub fn into_batches(self) -> Result<(BTreeMap<NaiveDate, RecordBatch>, Counts), RowsError> {
+        let mut counts = self.counts;
+        let mut out = BTreeMap::new();
+        for date in self.rows.partitions.keys() {
+            if let Some((batch, dropped)) = self.load(*date)? {
+                counts.written += batch.num_rows() as u64;
+                counts.duplicates += dropped;
+                if batch.num_rows() > 0 {
+                    out.insert(*date, batch);
+                }
+            }
+        }
+        Ok((out, counts))
+    }
 }
 
 pub struct Normalizer {
     product: Product,
     job_id: Arc<str>,
     ingested_at: i64,
-    parts: Vec<(NaiveDate, Part)>,
-    part_index: HashMap<NaiveDate, usize>,
-    identities: HashMap<u128, (u32, u32)>,
+    rows: RowStore,
     quarantine: Quarantine,
     counts: Counts,
     status_days: BTreeSet<NaiveDate>,
-}
-
-fn identity(wo: &str, issue: &str, status: &str, ts: i64) -> u128 {
-    let mut halves = [0u64; 2];
-    for (salt, h) in halves.iter_mut().enumerate() {
-        let mut s = std::hash::DefaultHasher::new();
-        salt.hash(&mut s);
-        (wo, issue, status, ts).hash(&mut s);
-        *h = s.finish();
-    }
-    ((halves[0] as u128) << 64) | halves[1] as u128
+    failure: Option<RowsError>,
 }
 
 impl Normalizer {
-    pub fn new(product: Product, job_id: &str, ingested_at: DateTime<Utc>) -> Self {
+    /// `scratch` holds spill files; `expected_rows` (a rough guess is fine) sizes the duplicate
+    /// filter.
+    pub fn new(
+        product: Product,
+        job_id: &str,
+        ingested_at: DateTime<Utc>,
+        scratch: &Path,
+        expected_rows: u64,
+    ) -> Self {
+        Self::with_budget(
+            product,
+            job_id,
+            ingested_at,
+            scratch,
+            expected_rows,
+            ROW_BUDGET,
+        )
+    }
+
+    pub fn with_budget(
+        product: Product,
+        job_id: &str,
+        ingested_at: DateTime<Utc>,
+        scratch: &Path,
+        expected_rows: u64,
+        budget: usize,
+    ) -> Self {
         Self {
             product,
             job_id: Arc::from(job_id),
             ingested_at: ingested_at.timestamp_micros(),
-            parts: Vec::new(),
-            part_index: HashMap::new(),
-            identities: HashMap::new(),
+            rows: RowStore::new(scratch, budget, expected_rows),
             quarantine: Quarantine::default(),
             counts: Counts::default(),
             status_days: BTreeSet::new(),
+            failure: None,
         }
     }
 
@@ -165,87 +200,37 @@ impl Normalizer {
 
     fn accept(&mut self, cells: &[Option<&str>; 8], v: Valid) {
         let text = |c: Column| cells[c.index()].expect("validated");
-        let idx = match self.part_index.get(&v.event_date) {
-            Some(i) => *i,
-            None => {
-                self.parts.push((v.event_date, Part::default()));
-                self.part_index.insert(v.event_date, self.parts.len() - 1);
-                self.parts.len() - 1
-            }
+        let row = Row {
+            service_point_id: text(Column::ServicePointId),
+            phase: v.phase,
+            issue_id: text(Column::IssueId),
+            status: text(Column::Status),
+            status_datetime: v.ts,
+            reason: text(Column::Reason),
+            work_order_id: text(Column::WorkOrderId),
+            event_date: v.event_date,
         };
-        let part = &mut self.parts[idx].1;
-        let row = part.alive.len() as u32;
-        let key = identity(
-            text(Column::WorkOrderId),
-            text(Column::IssueId),
-            text(Column::Status),
-            v.ts,
-        );
-        // The later copy of an identity wins; the earlier one is struck out and counted.
-        if let Some((p, r)) = self.identities.insert(key, (idx as u32, row)) {
-            self.parts[p as usize].1.alive[r as usize] = false;
-            self.counts.duplicates += 1;
-        } else {
-            self.counts.written += 1;
+        if self.failure.is_none()
+            && let Err(e) = self.rows.push(&row)
+        {
+            self.failure = Some(e);
         }
-        let part = &mut self.parts[idx].1;
-        part.sp.append_value(text(Column::ServicePointId));
-        part.phase.append_value(v.phase);
-        part.issue.append_value(text(Column::IssueId));
-        part.status.append_value(text(Column::Status));
-        part.ts.push(v.ts);
-        part.reason.append_value(text(Column::Reason));
-        part.wo.append_value(text(Column::WorkOrderId));
-        part.alive.push(true);
-        self.status_days
-            .insert(crate::normalize::time::day_of_micros(v.ts));
+        self.status_days.insert(time::day_of_micros(v.ts));
     }
 
-    pub fn finish(self) -> Normalized {
-        let schema = self.product.lake_schema();
-        let mut partitions = BTreeMap::new();
-        let mut status_days = BTreeSet::new();
-        for (date, mut p) in self.parts {
-            let mask = arrow::array::BooleanArray::from(p.alive.clone());
-            let n = p.alive.len();
-            let cols: Vec<ArrayRef> = vec![
-                Arc::new(p.sp.finish()),
-                Arc::new(p.phase.finish()),
-                Arc::new(p.issue.finish()),
-                Arc::new(p.status.finish()),
-                Arc::new(
-                    TimestampMicrosecondArray::from(std::mem::take(&mut p.ts)).with_timezone("UTC"),
-                ),
-                Arc::new(p.reason.finish()),
-                Arc::new(p.wo.finish()),
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    self.job_id.as_ref(),
-                    n,
-                ))),
-                Arc::new(
-                    TimestampMicrosecondArray::from(vec![self.ingested_at; n]).with_timezone("UTC"),
-                ),
-            ];
-            let batch = RecordBatch::try_new(schema.clone(), cols).expect("lake schema matches");
-            let batch = arrow::compute::filter_record_batch(&batch, &mask)
-                .expect("mask has the batch's length");
-            if batch.num_rows() > 0 {
-                let ts = batch
-                    .column(4)
-                    .as_any()
-                    .downcast_ref::<TimestampMicrosecondArray>()
-                    .expect("status_datetime");
-                status_days.extend(ts.values().iter().map(|&t| time::day_of_micros(t)));
-                partitions.insert(date, batch);
-            }
+    pub fn finish(self) -> Result<Normalized, RowsError> {
+        if let Some(e) = self.failure {
+            return Err(e);
         }
-        debug_assert!(status_days.is_subset(&self.status_days));
-        Normalized {
-            partitions,
+        Ok(Normalized {
+            rows: self.rows.finish(),
             quarantine: self.quarantine.finish(&self.job_id, self.ingested_at),
             counts: self.counts,
-            status_days,
-        }
+            status_days: self.status_days,
+            product: self.product,
+            job_id: self.job_id,
+            ingested_at: self.ingested_at,
+        })
     }
 }
 
@@ -349,6 +334,7 @@ pub fn quarantine_schema() -> SchemaRef {
 mod tests {
     use super::*;
     use crate::decode::{RawBatch, RowError};
+    use arrow::array::TimestampMicrosecondArray;
 
     fn batch(rows: &[[&str; 8]]) -> RawBatch {
         RawBatch {
@@ -375,18 +361,51 @@ mod tests {
         "123456",
     ];
 
+    /// A normalizer whose spill files go to a directory that lives as long as the test.
+    fn normalizer(job: &str) -> Normalizer {
+        let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+        Normalizer::with_budget(
+            Product::HidWorkOrders,
+            job,
+            Utc::now(),
+            dir.path(),
+            100,
+            1 << 10,
+        )
+    }
+
+    struct Out {
+        partitions: BTreeMap<NaiveDate, RecordBatch>,
+        counts: Counts,
+        quarantine: Option<RecordBatch>,
+        status_days: BTreeSet<NaiveDate>,
+    }
+
+    /// Every partition and the final out.counts.
+    fn run(n: Normalizer) -> Out {
+        let out = n.finish().unwrap();
+        let (quarantine, status_days) = (out.quarantine.clone(), out.status_days.clone());
+        let (partitions, counts) = out.into_batches().unwrap();
+        Out {
+            partitions,
+            counts,
+            quarantine,
+            status_days,
+        }
+    }
+
     fn day(s: &str) -> NaiveDate {
         s.parse().unwrap()
     }
 
     #[test]
     fn valid_rows_are_typed_and_partitioned() {
-        let mut n = Normalizer::new(Product::HidWorkOrders, "job-1", Utc::now());
+        let mut n = normalizer("job-1");
         let mut other = GOOD;
         other[6] = "2024-06-14";
         other[3] = "New";
         n.push(&batch(&[GOOD, other]));
-        let out = n.finish();
+        let out = run(n);
         assert_eq!(
             out.counts,
             Counts {
@@ -438,9 +457,9 @@ mod tests {
         r[6] = "2024-06-17";
         cases.push((r, "more than one day after"));
         let rows: Vec<[&str; 8]> = cases.iter().map(|c| c.0).collect();
-        let mut n = Normalizer::new(Product::HidWorkOrders, "job-1", Utc::now());
+        let mut n = normalizer("job-1");
         n.push(&batch(&rows));
-        let out = n.finish();
+        let out = run(n);
         assert_eq!(out.counts.quarantined, cases.len() as u64);
         assert!(out.partitions.is_empty());
         let q = out.quarantine.unwrap();
@@ -473,9 +492,9 @@ mod tests {
         tolerated[6] = "2024-06-16";
         let mut placeholder = GOOD;
         placeholder[0] = "--";
-        let mut n = Normalizer::new(Product::HidWorkOrders, "j", Utc::now());
+        let mut n = normalizer("j");
         n.push(&batch(&[tolerated, placeholder]));
-        let out = n.finish();
+        let out = run(n);
         assert_eq!(out.counts.written, 1);
         assert_eq!(out.counts.quarantined, 1);
     }
@@ -485,9 +504,9 @@ mod tests {
         let mut later = GOOD;
         later[5] = "updated reason";
         later[6] = "2024-06-14";
-        let mut n = Normalizer::new(Product::HidWorkOrders, "j", Utc::now());
+        let mut n = normalizer("j");
         n.push(&batch(&[GOOD, later]));
-        let out = n.finish();
+        let out = run(n);
         assert_eq!(
             out.counts,
             Counts {
@@ -513,9 +532,9 @@ mod tests {
             reason: "row has 3 fields".into(),
             raw: Some("a,b,c".into()),
         }];
-        let mut n = Normalizer::new(Product::HidWorkOrders, "j", Utc::now());
+        let mut n = normalizer("j");
         n.push(&b);
-        let out = n.finish();
+        let out = run(n);
         assert_eq!(out.counts.quarantined, 1);
         let q = out.quarantine.unwrap();
         let raw = q

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""The import benchmark: dpss-sync against DuckDB and polars on the same export files.
+
+Exports come from the built-in simulator (the vendor's column names and quirks: shuffled and
+re-cased headers, BOM, mixed timestamp forms, JSON arrays and lines, typed Parquet). Each tool
+turns them into Hive-partitioned zstd Parquet by event_date; runs alternate between the tools.
+Prints wall seconds, rows/s, MB/s of input, peak RSS and output size per format and size, and
+writes docs/performance.md. Also times an end-to-end `sync` of the largest CSV export.
+
+Usage: scripts/bench.py [--sizes 1000000,10000000] [--formats csv,json,parquet] [--runs 3]
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+import zipfile
+
+BIN = os.path.abspath("target/release/dpss-sync")
+SUB = "00000000-0000-4000-8000-00000000cafe"
+HDR_SUB = "00000000-0000-4000-8000-00000000beef"
+
+FORMS = ["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%d:%H:%M:%S", "%Y-%m-%dT%H:%M:%S"]
+
+DUCK_TS = "COALESCE(" + ", ".join(
+    [f"try_strptime(StatusDatetime, '{f.replace('%f', '%g')}')" for f in FORMS]
+    + ["try_strptime(regexp_replace(StatusDatetime, ':(\\d{3})Z$', '.\\1Z'), '%Y-%m-%dT%H:%M:%S.%gZ')"]
+) + ")"
+
+DUCK_SELECT = f"""SELECT ServicePointId::VARCHAR AS service_point_id, TRY_CAST(Phase AS TINYINT) AS phase,
+  IssueId::VARCHAR AS issue_id, Status::VARCHAR AS status, {{ts}} AS status_datetime,
+  Reason::VARCHAR AS reason, WorkOrderId::VARCHAR AS work_order_id, TRY_CAST(EventDate AS DATE) AS event_date
+FROM {{src}}"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Sim:
+    def __init__(self, rows):
+        self.port = free_port()
+        self.proc = subprocess.Popen([BIN, "simulate", "--listen", f"127.0.0.1:{self.port}", "--rows-per-day",
+                                      str(rows // 397), "--job-delay", "1ms", "--max-parts", "2"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{self.port}"
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        body = b"grant_type=client_credentials&client_id=dpss-sim-client&client_secret=dpss-sim-secret&scope=DPSSSubscriberApi"
+        self.token = json.load(urllib.request.urlopen(self.base + "/connect/token", body))["access_token"]
+
+    def call(self, path, body=None):
+        req = urllib.request.Request(self.base + "/dpss/api/v1/subscriptions/" + SUB + path,
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"Authorization": "Bearer " + self.token, "DataSubscriberId": HDR_SUB,
+                                              "Itron-CorrelationId": str(uuid.uuid4()),
+                                              "Content-Type": "application/json"})
+        return json.load(urllib.request.urlopen(req))
+
+    def export(self, fmt, dest):
+        job = self.call("/batch-request", {"filetype": fmt, "tokens": {"StatusDatetime": ""}, "isOhsRequest": False})
+        while True:
+            st = self.call("/batch-request/" + job["jobId"])
+            if st["status"] == "Success":
+                break
+            time.sleep(0.2)
+        urllib.request.urlretrieve(st["downloadUrl"], dest)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def timed(cmd, cwd=None, env=None):
+    """Runs cmd under /usr/bin/time -v: (wall seconds, peak RSS MiB)."""
+    out = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed: {out.stderr[-2000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", out.stderr).group(1)
+    secs = sum(float(p) * 60 ** i for i, p in enumerate(reversed(wall.split(":"))))
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) / 1024
+    return secs, rss, out.stdout
+
+
+def size_of(path):
+    return sum(os.path.getsize(f) for f in glob.glob(path + "/**/*", recursive=True) if os.path.isfile(f))
+
+
+def run_dpss(files, out):
+    cfg = out + ".toml"
+    with open(cfg, "w") as f:
+        f.write(f'[lake]\nurl = "file://{out}"\n[state]\nurl = "sqlite://{out}-state/state.db"\n[products.hid_work_orders]\n')
+    secs, rss, stdout = timed([BIN, "--config", cfg, "import", "--product", "hid_work_orders", *files],
+                              env=dict(os.environ, RUST_LOG="warn"))
+    m = re.search(r"rows read (\d+), written (\d+), quarantined (\d+)", stdout)
+    return secs, rss, int(m.group(2))
+
+
+def run_duckdb(files, out, fmt):
+    src = {"csv": f"read_csv({files!r}, all_varchar = true, header = true)",
+           "json": f"read_json({files!r}, format = 'auto')",
+           "parquet": f"read_parquet({files!r})"}[fmt]
+    ts = "StatusDatetime" if fmt == "parquet" else DUCK_TS
+    sql = (f"COPY ({DUCK_SELECT.format(ts=ts, src=src)}) TO '{out}' "
+           f"(FORMAT parquet, PARTITION_BY (event_date), COMPRESSION zstd)")
+    script = f"import duckdb; duckdb.connect().execute({sql!r})"
+    secs, rss, _ = timed([sys.executable, "-c", script])
+    return secs, rss
+
+
+def run_polars(files, out):
+    forms = ", ".join(f"pl.col('StatusDatetime').str.to_datetime({f!r}, strict=False, time_zone='UTC')" for f in FORMS)
+    script = f"""
+import polars as pl
+lf = pl.scan_csv({files!r}, infer_schema=False)
+lf = lf.rename({{c: c for c in []}})
+df = lf.select(
+    pl.col('(?i)^servicepointid$').alias('service_point_id'),
+    pl.col('(?i)^phase$').cast(pl.Int8, strict=False).alias('phase'),
+    pl.col('(?i)^issueid$').alias('issue_id'),
+    pl.col('(?i)^status$').alias('status'),
+    pl.coalesce({forms.replace("pl.col('StatusDatetime')", "pl.col('(?i)^statusdatetime$')")}).alias('status_datetime'),
+    pl.col('(?i)^reason$').alias('reason'),
+    pl.col('(?i)^workorderid$').alias('work_order_id'),
+    pl.col('(?i)^eventdate$').str.to_date('%Y-%m-%d', strict=False).alias('event_date'),
+).collect()
+df.write_parquet({out!r}, compression='zstd', partition_by='event_date')
+"""
+    secs, rss, _ = timed([sys.executable, "-c", script])
+    return secs, rss
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000000,10000000")
+    ap.add_argument("--formats", default="csv,json,parquet")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--out", default="docs/performance.md")
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    formats = a.formats.split(",")
+    work = tempfile.mkdtemp(prefix="dpss-bench-")
+    results = []
+    try:
+        for rows in sizes:
+            sim = Sim(rows)
+            try:
+                for fmt in formats:
+                    z = os.path.join(work, f"{fmt}-{rows}.zip")
+                    sim.export(fmt, z)
+                    parts_dir = os.path.join(work, f"{fmt}-{rows}")
+                    with zipfile.ZipFile(z) as zf:
+                        zf.extractall(parts_dir)
+                    files = sorted(glob.glob(parts_dir + f"/part-*.{fmt}"))
+                    mb = sum(os.path.getsize(f) for f in files) / 1e6
+                    tools = ["dpss-sync", "duckdb"] + (["polars"] if fmt == "csv" else [])
+                    for run in range(a.runs):
+                        for tool in tools:
+                            out = os.path.join(work, f"out-{tool}-{fmt}-{rows}-{run}")
+                            if tool == "dpss-sync":
+                                secs, rss, written = run_dpss(files, out)
+                            elif tool == "duckdb":
+                                secs, rss = run_duckdb(files, out, fmt)
+                            else:
+                                secs, rss = run_polars(files, out)
+                            results.append({"rows": rows, "format": fmt, "tool": tool, "run": run, "secs": secs,
+                                            "rss": rss, "mb": mb, "out_mb": size_of(out) / 1e6})
+                            print(f"{fmt:8} {rows:>9,} {tool:10} run {run}: {secs:6.2f} s  {rows / secs:>10,.0f} rows/s  "
+                                  f"{mb / secs:6.1f} MB/s  RSS {rss:6.0f} MiB  out {size_of(out) / 1e6:6.1f} MB", flush=True)
+                            shutil.rmtree(out, ignore_errors=True)
+                            shutil.rmtree(out + "-state", ignore_errors=True)
+                    if fmt == "csv" and rows == max(sizes):
+                        results.append(sync_run(sim, rows, work, mb))
+                    shutil.rmtree(parts_dir, ignore_errors=True)
+                    os.remove(z)
+            finally:
+                sim.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(results, a.out)
+
+
+def sync_run(sim, rows, work, mb):
+    out = os.path.join(work, "sync")
+    cfg = out + ".toml"
+    with open(cfg, "w") as f:
+        f.write(f"""[api]
+base_url = "{sim.base}"
+subscriber_id = "{HDR_SUB}"
+poll_interval = "100ms"
+poll_max = "500ms"
+[auth]
+token_url = "{sim.base}/connect/token"
+client_id = "dpss-sim-client"
+client_secret = "dpss-sim-secret"
+[lake]
+url = "file://{out}/lake"
+[state]
+url = "sqlite://{out}/state/state.db"
+[products.hid_work_orders]
+subscription_id = "{SUB}"
+file_type = "csv"
+""")
+    secs, rss, _ = timed([BIN, "--config", cfg, "sync"], env=dict(os.environ, RUST_LOG="warn"))
+    print(f"csv      {rows:>9,} sync       run 0: {secs:6.2f} s  {rows / secs:>10,.0f} rows/s  RSS {rss:6.0f} MiB "
+          f"(simulator export, download, unzip, import, state)", flush=True)
+    r = {"rows": rows, "format": "csv", "tool": "sync", "run": 0, "secs": secs, "rss": rss, "mb": mb,
+         "out_mb": size_of(out + "/lake") / 1e6}
+    shutil.rmtree(out, ignore_errors=True)
+    return r
+
+
+def report(results, path):
+    def best(rows, fmt, tool):
+        xs = [r for r in results if r["rows"] == rows and r["format"] == fmt and r["tool"] == tool]
+        return min(xs, key=lambda r: r["secs"]) if xs else None
+
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True,
+                         text=True).stdout.strip()
+    lines = ["# Performance", "",
+             f"Generated by `scripts/bench.sh` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+             f"{os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+             f"{platform.system()} {platform.release()}. Best of the runs per tool; runs alternate between tools.", "",
+             "| format | rows | tool | wall s | rows/s | input MB/s | peak RSS MiB | output MB | vs DuckDB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for rows in sorted({r["rows"] for r in results}):
+        for fmt in ["csv", "json", "parquet"]:
+            duck = best(rows, fmt, "duckdb")
+            for tool in ["dpss-sync", "duckdb", "polars", "sync"]:
+                r = best(rows, fmt, tool)
+                if not r:
+                    continue
+                ratio = f"{duck['secs'] / r['secs']:.2f}x" if duck else "-"
+                lines.append(f"| {fmt} | {rows:,} | {tool} | {r['secs']:.2f} | {rows / r['secs']:,.0f} | "
+                             f"{r['mb'] / r['secs']:.1f} | {r['rss']:.0f} | {r['out_mb']:.1f} | {ratio} |")
+    lines += ["", "`vs DuckDB` is DuckDB's wall time over the tool's: above 1 is faster than DuckDB.",
+              "`sync` is a first sync of the same export served by `dpss-sync simulate`: the simulator builds the",
+              "export, then download, unzip, import and the state's bookkeeping.", "",
+              "Raw runs:", "", "```", json.dumps(results, indent=1), "```", ""]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
