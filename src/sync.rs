@@ -27,6 +27,10 @@ use crate::plan::{self, WindowPlan};
 use crate::product::Product;
 use crate::state::{RunTotals, Stage, State, StateError, WindowKind, WindowRow};
 
+/// How recently an identical backfill may have finished for a re-run to resume rather than
+/// reload it.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(600);
+
 /// Attempts per window within one run before it is left failed for the next run.
 const WINDOW_ATTEMPTS: u32 = 3;
 
@@ -207,7 +211,9 @@ impl Pipeline {
             .into_iter()
             .map(|(p, _)| p)
             .collect::<Vec<_>>();
-        let report = self.run("sync", product, None, plans, Vec::new()).await?;
+        let report = self
+            .run("sync", product, None, None, plans, Vec::new())
+            .await?;
         let history_refused = report
             .windows
             .iter()
@@ -220,15 +226,19 @@ impl Pipeline {
         let days = plan::plan_backfill(product, plan::available_from(today), today, today)
             .map_err(SyncError::Usage)?
             .0;
-        self.run("sync", product, None, days, vec![note]).await
+        self.run("sync", product, None, None, days, vec![note])
+            .await
     }
 
     /// Explicit days, clamped to the availability; the watermark never moves backwards.
+    /// A backfill re-run within [`RESUME_WINDOW`] of the same one resumes it (a process killed
+    /// just as it finished looks exactly like that); `force` reloads every day regardless.
     pub async fn backfill(
         &self,
         product: Product,
         from: NaiveDate,
         to: NaiveDate,
+        force: bool,
     ) -> Result<RunReport, SyncError> {
         let today = Utc::now().date_naive();
         let (plans, note) =
@@ -245,8 +255,16 @@ impl Pipeline {
                 all.push(p);
             }
         }
-        self.run("backfill", product, range, all, note.into_iter().collect())
-            .await
+        let resume = (!force).then_some(RESUME_WINDOW);
+        self.run(
+            "backfill",
+            product,
+            range,
+            resume,
+            all,
+            note.into_iter().collect(),
+        )
+        .await
     }
 
     async fn run(
@@ -254,6 +272,7 @@ impl Pipeline {
         command: &str,
         product: Product,
         range: Option<(NaiveDate, NaiveDate)>,
+        resume_recent: Option<Duration>,
         mut plans: Vec<WindowPlan>,
         mut notes: Vec<String>,
     ) -> Result<RunReport, SyncError> {
@@ -266,7 +285,7 @@ impl Pipeline {
         // Re-running a killed run resumes it: what it already committed is not requested again.
         if let Some(since) = self
             .state
-            .interrupted_since(command, product, range)
+            .interrupted_since(command, product, range, resume_recent)
             .await?
         {
             let mut skipped = Vec::new();
@@ -282,9 +301,10 @@ impl Pipeline {
             }
             if !skipped.is_empty() {
                 notes.push(format!(
-                    "resuming an interrupted {command} started {since}: {} window(s) it committed are not requested again ({})",
+                    "resuming the {command} started {since}: {} window(s) it committed are not requested again ({}){}",
                     skipped.len(),
-                    skipped.join(", ")
+                    skipped.join(", "),
+                    if resume_recent.is_some() { "; pass --force to reload them now" } else { "" }
                 ));
                 plans.retain(|p| !skipped.contains(&p.key));
             }

@@ -104,8 +104,14 @@ async fn history_sync_in(file_type: &str, seed: u64) {
     // Quarantine rows without a day (a typed format's null timestamp) sit under
     // status_date=unknown/window=<key>, as real directories.
     if matches!(file_type, "parquet" | "orc") {
-        let unknown = dir.path().join("lake/_quarantine/hid_work_orders/status_date=unknown/window=history");
-        assert!(unknown.join("part-00000.parquet").is_file(), "{}", unknown.display());
+        let unknown = dir
+            .path()
+            .join("lake/_quarantine/hid_work_orders/status_date=unknown/window=history");
+        assert!(
+            unknown.join("part-00000.parquet").is_file(),
+            "{}",
+            unknown.display()
+        );
     }
     // One object per partition: no small-files explosion.
     let objects = pipeline.lake.objects(P).await.unwrap();
@@ -225,7 +231,7 @@ async fn failed_jobs_are_replanned_and_counted() {
         .await
         .unwrap();
     let days = days_before_today(3);
-    let report = pipeline.backfill(P, days[0], days[2]).await.unwrap();
+    let report = pipeline.backfill(P, days[0], days[2], false).await.unwrap();
     assert!(report.ok(), "{report:?}");
     let mut attempts = 0;
     for d in &days {
@@ -273,6 +279,7 @@ async fn backfill_clamps_and_keeps_the_watermark() {
             P,
             floor - chrono::Duration::days(30),
             floor + chrono::Duration::days(1),
+            false,
         )
         .await
         .unwrap();
@@ -464,7 +471,7 @@ async fn rows_outside_the_asked_day_merge_without_loss_or_duplicates() {
         .await
         .unwrap();
     let days = days_before_today(4);
-    let report = pipeline.backfill(P, days[1], days[3]).await.unwrap();
+    let report = pipeline.backfill(P, days[1], days[3], false).await.unwrap();
     assert!(report.ok(), "{report:?}");
     let now = Utc::now();
     let mut want = expected(&sim, days[1..].to_vec(), now);
@@ -521,6 +528,53 @@ async fn refused_history_export_falls_back_to_day_windows() {
     assert_eq!(
         pipeline.state.watermark(P).await.unwrap(),
         Some(Utc::now().date_naive() - chrono::Duration::days(1))
+    );
+    sim.shutdown().await;
+}
+
+/// A backfill run again right after it finished (as after a kill that landed just as it ended)
+/// resumes it: nothing is requested twice. `--force` reloads.
+#[tokio::test]
+async fn an_immediate_rerun_of_a_backfill_resumes_and_force_reloads() {
+    let sim = start(SimConfig {
+        rows_per_day: 10,
+        ..quick_sim("")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::open(settings(&sim, dir.path(), "csv", 2), true)
+        .await
+        .unwrap();
+    let days = days_before_today(3);
+    assert!(
+        pipeline
+            .backfill(P, days[0], days[2], false)
+            .await
+            .unwrap()
+            .ok()
+    );
+    assert_eq!(sim.state.jobs_created(), 3);
+    let again = pipeline.backfill(P, days[0], days[2], false).await.unwrap();
+    assert!(again.ok() && again.windows.is_empty(), "{again:?}");
+    assert!(again.notes[0].contains("--force"), "{:?}", again.notes);
+    assert_eq!(sim.state.jobs_created(), 3);
+    // A different range is a different request.
+    assert!(
+        pipeline
+            .backfill(P, days[1], days[2], false)
+            .await
+            .unwrap()
+            .windows
+            .len()
+            == 2
+    );
+    assert_eq!(sim.state.jobs_created(), 5);
+    let forced = pipeline.backfill(P, days[0], days[2], true).await.unwrap();
+    assert_eq!(forced.windows.len(), 3);
+    assert_eq!(sim.state.jobs_created(), 8);
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        expected(&sim, days, Utc::now())
     );
     sim.shutdown().await;
 }

@@ -47,6 +47,10 @@ pub enum Command {
         /// Last UTC day, YYYY-MM-DD (inclusive).
         #[arg(long)]
         to: NaiveDate,
+        /// Reload every day even if the same backfill finished in the last 10 minutes (a re-run
+        /// that soon otherwise resumes it, as after a crash).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         product: ProductArg,
     },
@@ -179,14 +183,19 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
                 ExitCode::from(1)
             })
         }
-        Command::Backfill { from, to, product } => {
+        Command::Backfill {
+            from,
+            to,
+            force,
+            product,
+        } => {
             let settings = need()?;
             let products = products(&settings, product.product)?;
             settings.require_api()?;
             let pipeline = Pipeline::open(settings, true).await?;
             let mut ok = true;
             for product in products {
-                let report = pipeline.backfill(product, from, to).await?;
+                let report = pipeline.backfill(product, from, to, force).await?;
                 report::print_run(product, &report);
                 ok &= report.ok();
             }

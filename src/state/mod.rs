@@ -608,13 +608,15 @@ impl State {
     }
 
     /// When the same command over the same range was interrupted (killed before it finished),
-    /// possibly several times in a row: the start of the first of those runs. Windows committed
-    /// since then need not be requested again by a run that resumes it.
+    /// possibly several times in a row, or (with `recent`) finished that recently: the start of
+    /// the first of those runs. Windows committed since then need not be requested again by a
+    /// run that resumes them; a run killed just after it finished is resumed like any other.
     pub async fn interrupted_since(
         &self,
         command: &str,
         product: Product,
         range: Option<(NaiveDate, NaiveDate)>,
+        recent: Option<std::time::Duration>,
     ) -> Result<Option<String>, StateError> {
         let rows = sqlx::query(
             "SELECT command, day_from, day_to, finished_at, started_at FROM runs WHERE product = ? ORDER BY id DESC LIMIT 1000",
@@ -623,11 +625,19 @@ impl State {
         .fetch_all(&self.pool)
         .await?;
         let want = (range.map(|r| day_text(r.0)), range.map(|r| day_text(r.1)));
+        let cutoff = recent.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
         let mut since = None;
         for r in rows {
             let same = r.get::<&str, _>(0) == command
                 && (r.get::<Option<String>, _>(1), r.get::<Option<String>, _>(2)) == want;
-            if !same || r.get::<Option<String>, _>(3).is_some() {
+            let finished: Option<String> = r.get(3);
+            let resumable = match finished.as_deref() {
+                None => true,
+                Some(at) => cutoff.is_some_and(|c| {
+                    DateTime::parse_from_rfc3339(at).is_ok_and(|t| t.with_timezone(&Utc) >= c)
+                }),
+            };
+            if !same || !resumable {
                 break;
             }
             since = Some(r.get::<String, _>(4));
