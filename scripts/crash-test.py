@@ -118,7 +118,8 @@ def check(rnd, reference, ref_quarantine, problems, label):
     orphans = rnd.orphans()
     quarantine = rnd.quarantine_rows()
     for what, bad in [("duplicate identities", dupes), ("missing rows", missing), ("unexpected rows", extra),
-                      ("windows submitted more than once", len(twice)), ("orphan files", len(orphans)),
+                      ("windows submitted more than once", len(twice)),
+                      (f"orphan files ({', '.join(os.path.basename(o) for o in orphans[:3])})", len(orphans)),
                       ("quarantine rows differing from the reference", abs(quarantine - ref_quarantine))]:
         if bad:
             problems.append(f"{label}: {bad} {what}")

@@ -16,7 +16,7 @@ echo "crash harness: $kills kills..." >&2
 python3 scripts/crash-test.py --kills "$kills" --days 20 --rows-per-day 200 >"$tmp/crash.json" || true
 echo "fault matrix and corpus tests..." >&2
 cargo test --locked --test faults --test corpus -- --test-threads=2 >"$tmp/tests.txt" 2>&1 || true
-openssl=$(cargo tree --locked -i openssl-sys 2>&1 | head -1)
+openssl=$(cargo tree --locked -i openssl-sys 2>&1 | head -1 || true)
 if cargo audit --version >/dev/null 2>&1; then
   audit=$(cargo audit 2>&1 | tail -5)
 else

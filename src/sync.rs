@@ -777,7 +777,7 @@ fn sanitize(p: &Path) -> String {
 }
 
 /// Leftovers of a killed process: `.part` files (half-written downloads, never resumed),
-/// scratch copies of columnar parts, and zips of jobs no window is still working on (one killed
+/// scratch copies of columnar parts and spill directories, and zips of jobs no window is still working on (one killed
 /// between commit and clean-up).
 async fn clean_downloads(dir: &Path, state: &State) -> Result<(), SyncError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -804,7 +804,9 @@ async fn clean_downloads(dir: &Path, state: &State) -> Result<(), SyncError> {
                     .is_some_and(|job| !live.contains(job)),
                 _ => false,
             };
-        if stale {
+        if stale && path.is_dir() {
+            let _ = std::fs::remove_dir_all(&path);
+        } else if stale {
             let _ = std::fs::remove_file(&path);
         }
     }

@@ -1,7 +1,7 @@
 //! Opening an object store from the lake URL. Credentials come the usual way for each cloud
 //! (AWS_*, AZURE_STORAGE_*, GOOGLE_* variables, instance roles), read by the builders' `from_env`.
 
-use std::path::PathBuf;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use object_store::ObjectStore;
@@ -55,6 +55,34 @@ pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), LakeError> 
     }
 }
 
+/// The local store writes an object as `<name>#<digits>` and renames it when complete; a
+/// process killed in between leaves that staging file, which no listing shows. dpss-sync is the
+/// lake's only writer, so at open any such file is a leftover.
+pub fn remove_staging_files(dir: &FsPath) -> usize {
+    let mut removed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let staging = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit_once('#'))
+                .is_some_and(|(_, suffix)| {
+                    !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+                });
+            if staging && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// `file:///abs/path`, or `file://./rel/path` for a directory relative to the working directory.
 pub fn local_dir(url: &Url) -> Option<PathBuf> {
     match url.host_str() {
@@ -67,6 +95,18 @@ pub fn local_dir(url: &Url) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_leftovers_are_removed_and_objects_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t/event_date=2024-06-13");
+        std::fs::create_dir_all(&p).unwrap();
+        for name in ["part-00000.parquet", "part-00000.parquet#12", "odd#name"] {
+            std::fs::write(p.join(name), "x").unwrap();
+        }
+        assert_eq!(remove_staging_files(dir.path()), 1);
+        assert!(p.join("part-00000.parquet").exists() && p.join("odd#name").exists());
+    }
 
     #[test]
     fn local_paths() {
