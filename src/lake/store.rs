@@ -22,6 +22,10 @@ pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), LakeError> 
             let dir = local_dir(url).ok_or_else(|| bad("not a usable file path".into()))?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+            let removed = remove_staging_files(&dir);
+            if removed > 0 {
+                tracing::warn!(lake = %dir.display(), removed, "removed half-written objects a killed process left behind");
+            }
             let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| bad(e.to_string()))?;
             Ok((Arc::new(store), Path::default()))
