@@ -7,7 +7,7 @@ turns them into Hive-partitioned zstd Parquet by event_date; runs alternate betw
 Prints wall seconds, rows/s, MB/s of input, peak RSS and output size per format and size, and
 writes docs/performance.md. Also times an end-to-end `sync` of the largest CSV export.
 
-Usage: scripts/bench.py [--sizes 1000000,10000000] [--formats csv,json,parquet] [--runs 3]
+Usage: scripts/bench.sh [--sizes 1000000,10000000] [--formats csv,json,parquet] [--runs 3]
 """
 import argparse
 import glob
@@ -126,20 +126,20 @@ def run_duckdb(files, out, fmt):
 
 
 def run_polars(files, out):
-    forms = ", ".join(f"pl.col('StatusDatetime').str.to_datetime({f!r}, strict=False, time_zone='UTC')" for f in FORMS)
+    forms = ", ".join(f"pl.col(c['statusdatetime']).str.to_datetime({f!r}, strict=False, time_zone='UTC')" for f in FORMS)
     script = f"""
 import polars as pl
 lf = pl.scan_csv({files!r}, infer_schema=False)
-lf = lf.rename({{c: c for c in []}})
+c = {{n.lower(): n for n in lf.collect_schema().names()}}
 df = lf.select(
-    pl.col('(?i)^servicepointid$').alias('service_point_id'),
-    pl.col('(?i)^phase$').cast(pl.Int8, strict=False).alias('phase'),
-    pl.col('(?i)^issueid$').alias('issue_id'),
-    pl.col('(?i)^status$').alias('status'),
-    pl.coalesce({forms.replace("pl.col('StatusDatetime')", "pl.col('(?i)^statusdatetime$')")}).alias('status_datetime'),
-    pl.col('(?i)^reason$').alias('reason'),
-    pl.col('(?i)^workorderid$').alias('work_order_id'),
-    pl.col('(?i)^eventdate$').str.to_date('%Y-%m-%d', strict=False).alias('event_date'),
+    pl.col(c['servicepointid']).alias('service_point_id'),
+    pl.col(c['phase']).cast(pl.Int8, strict=False).alias('phase'),
+    pl.col(c['issueid']).alias('issue_id'),
+    pl.col(c['status']).alias('status'),
+    pl.coalesce({forms}).alias('status_datetime'),
+    pl.col(c['reason']).alias('reason'),
+    pl.col(c['workorderid']).alias('work_order_id'),
+    pl.col(c['eventdate']).str.to_date('%Y-%m-%d', strict=False).alias('event_date'),
 ).collect()
 df.write_parquet({out!r}, compression='zstd', partition_by='event_date')
 """
