@@ -11,7 +11,6 @@ use common::*;
 use dpss_sync::api::{ApiError, JobPhase};
 use dpss_sync::config::{FileType, Settings, Sources};
 use dpss_sync::fetch::{FetchError, Fetcher};
-use dpss_sync::sim::SimConfig;
 use dpss_sync::state::{State, WindowKind};
 
 fn day_tokens(day: &str) -> BTreeMap<String, String> {
@@ -141,11 +140,7 @@ async fn full_walk_token_discovery_job_download_on_demand() {
 
 #[tokio::test]
 async fn on_demand_is_capped_at_1000_rows() {
-    let sim = start(SimConfig {
-        rows_per_day: 3000,
-        ..quick_sim("")
-    })
-    .await;
+    let sim = sim_with(3000, "").await;
     let c = client(&sim);
     let rows = c
         .on_demand(

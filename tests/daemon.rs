@@ -70,11 +70,7 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
-    let sim = start(SimConfig {
-        rows_per_day: 20,
-        ..quick_sim("")
-    })
-    .await;
+    let sim = sim_with(20, "").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = spawn_daemon(&daemon_config(&sim, dir.path(), port));
@@ -129,11 +125,7 @@ async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
-    let sim = start(SimConfig {
-        rows_per_day: 20,
-        ..quick_sim("slow-jobs=5s")
-    })
-    .await;
+    let sim = sim_with(20, "slow-jobs=5s").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = daemon_config(&sim, dir.path(), port);

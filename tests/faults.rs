@@ -9,7 +9,7 @@ use std::path::Path;
 use chrono::Utc;
 use common::*;
 use dpss_sync::config::{Settings, Sources};
-use dpss_sync::sim::{SimConfig, SimHandle};
+use dpss_sync::sim::SimHandle;
 use dpss_sync::state::Stage;
 use dpss_sync::sync::{Pipeline, RunReport};
 
@@ -47,11 +47,7 @@ fn statuses(sim: &SimHandle, endpoint: &str) -> Vec<u16> {
 /// backfill after the other, so the order of requests, and so which of them the fault hits,
 /// is the same every run.
 async fn recovers(faults: &str, evidence: impl Fn(&SimHandle)) {
-    let sim = start(SimConfig {
-        rows_per_day: 15,
-        ..quick_sim(faults)
-    })
-    .await;
+    let sim = sim_with(15, faults).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(&sim, dir.path(), "csv", 2);
     let settings = Settings::load(&Sources {

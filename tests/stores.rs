@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::*;
-use dpss_sync::sim::SimConfig;
 
 const AK: &str = "dpss-test-access-key";
 const SK: &str = "dpss-test-secret-key";
@@ -97,11 +96,7 @@ async fn check_lake(sim: &dpss_sync::sim::SimHandle, root: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_sync_into_an_s3_compatible_store() {
-    let sim = start(SimConfig {
-        rows_per_day: 20,
-        ..quick_sim("")
-    })
-    .await;
+    let sim = sim_with(20, "").await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("s3");
     std::fs::create_dir_all(root.join("lake-bucket")).unwrap();
@@ -177,11 +172,7 @@ async fn full_sync_into_azurite() {
     let Some(azurite) = tool(root, "Azurite") else {
         return;
     };
-    let sim = start(SimConfig {
-        rows_per_day: 20,
-        ..quick_sim("")
-    })
-    .await;
+    let sim = sim_with(20, "").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _azurite = Killed(
@@ -356,11 +347,7 @@ fn fake_gcs_binary() -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_sync_into_a_gcs_emulator() {
     let Some(bin) = fake_gcs_binary() else { return };
-    let sim = start(SimConfig {
-        rows_per_day: 20,
-        ..quick_sim("")
-    })
-    .await;
+    let sim = sim_with(20, "").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _gcs = Killed(

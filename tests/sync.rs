@@ -149,15 +149,9 @@ async fn history_sync_orc() {
 
 #[tokio::test]
 async fn resync_changes_nothing_and_a_late_row_lands_once() {
-    let sim = start(SimConfig {
-        rows_per_day: 40,
-        ..quick_sim("")
-    })
-    .await;
+    let sim = sim_with(40, "").await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), "csv", 2), true)
-        .await
-        .unwrap();
+    let pipeline = online(&sim, dir.path(), "csv").await;
     assert!(pipeline.sync(P).await.unwrap().ok());
     let first = closed(lake_rows(dir.path()).await);
     let today_text = Utc::now().date_naive().to_string();
@@ -221,15 +215,9 @@ async fn resync_changes_nothing_and_a_late_row_lands_once() {
 #[tokio::test]
 async fn failed_jobs_are_replanned_and_counted() {
     // Every other job fails: each window's first job fails, the re-planned one succeeds.
-    let sim = start(SimConfig {
-        rows_per_day: 30,
-        ..quick_sim("failed-jobs=2")
-    })
-    .await;
+    let sim = sim_with(30, "failed-jobs=2").await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), "json", 2), true)
-        .await
-        .unwrap();
+    let pipeline = online(&sim, dir.path(), "json").await;
     let days = days_before_today(3);
     let report = pipeline.backfill(P, days[0], days[2], false).await.unwrap();
     assert!(report.ok(), "{report:?}");
@@ -265,9 +253,7 @@ async fn failed_jobs_are_replanned_and_counted() {
 async fn backfill_clamps_and_keeps_the_watermark() {
     let sim = start(quick_sim("")).await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), "parquet", 2), true)
-        .await
-        .unwrap();
+    let pipeline = online(&sim, dir.path(), "parquet").await;
     pipeline
         .state
         .advance_watermark(P, Utc::now().date_naive() - chrono::Duration::days(1))
@@ -461,15 +447,9 @@ fn walk(dir: &Path) -> Vec<String> {
 /// the days they belong to keep all their other rows and no duplicates.
 #[tokio::test]
 async fn rows_outside_the_asked_day_merge_without_loss_or_duplicates() {
-    let sim = start(SimConfig {
-        rows_per_day: 30,
-        ..quick_sim("stray-rows")
-    })
-    .await;
+    let sim = sim_with(30, "stray-rows").await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), "csv", 2), true)
-        .await
-        .unwrap();
+    let pipeline = online(&sim, dir.path(), "csv").await;
     let days = days_before_today(4);
     let report = pipeline.backfill(P, days[1], days[3], false).await.unwrap();
     assert!(report.ok(), "{report:?}");
@@ -536,15 +516,9 @@ async fn refused_history_export_falls_back_to_day_windows() {
 /// resumes it: nothing is requested twice. `--force` reloads.
 #[tokio::test]
 async fn an_immediate_rerun_of_a_backfill_resumes_and_force_reloads() {
-    let sim = start(SimConfig {
-        rows_per_day: 10,
-        ..quick_sim("")
-    })
-    .await;
+    let sim = sim_with(10, "").await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), "csv", 2), true)
-        .await
-        .unwrap();
+    let pipeline = online(&sim, dir.path(), "csv").await;
     let days = days_before_today(3);
     assert!(
         pipeline

@@ -30,6 +30,22 @@ pub fn quick_sim(faults: &str) -> SimConfig {
     }
 }
 
+/// A quick simulator serving about `rows_per_day` rows a day, with `faults`.
+pub async fn sim_with(rows_per_day: u64, faults: &str) -> SimHandle {
+    start(SimConfig {
+        rows_per_day,
+        ..quick_sim(faults)
+    })
+    .await
+}
+
+/// A pipeline with the vendor client, against `sim`, with its lake and state under `dir`.
+pub async fn online(sim: &SimHandle, dir: &Path, file_type: &str) -> dpss_sync::sync::Pipeline {
+    dpss_sync::sync::Pipeline::open(settings(sim, dir, file_type, 2), true)
+        .await
+        .unwrap()
+}
+
 pub async fn start(cfg: SimConfig) -> SimHandle {
     sim::spawn(cfg, "127.0.0.1:0".parse().unwrap())
         .await
