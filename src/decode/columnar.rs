@@ -48,11 +48,12 @@ fn to_raw(
 
 fn drain(
     batches: impl Iterator<Item = Result<RecordBatch, String>>,
-    names: Vec<String>,
+    schema: arrow::datatypes::SchemaRef,
     file: Arc<str>,
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mapping = map_header(&names, &file, summary)?;
     let mut row = 1u64;
     for b in batches {
@@ -80,12 +81,7 @@ pub fn decode_parquet(
             file: label.to_string(),
             detail: format!("not a readable Parquet file: {e}"),
         })?;
-    let names = builder
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let schema = builder.schema().clone();
     let reader =
         builder
             .with_batch_size(BATCH_ROWS)
@@ -96,7 +92,7 @@ pub fn decode_parquet(
             })?;
     drain(
         reader.map(|r| r.map_err(|e| e.to_string())),
-        names,
+        schema,
         label,
         summary,
         sink,
@@ -114,16 +110,11 @@ pub fn decode_orc(
             file: label.to_string(),
             detail: format!("not a readable ORC file: {e}"),
         })?;
-    let names = builder
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let schema = builder.schema().clone();
     let reader = builder.with_batch_size(BATCH_ROWS).build();
     drain(
         reader.map(|r| r.map_err(|e| e.to_string())),
-        names,
+        schema,
         label,
         summary,
         sink,

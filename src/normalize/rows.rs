@@ -23,7 +23,7 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, Int8Builder, StringArray, StringBuilder,
     TimestampMicrosecondArray, UInt64Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
 
@@ -171,21 +171,21 @@ fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
         .expect("buffered batches have every column")
 }
 
-/// The buffered form: the lake's data columns plus the sequence number and identity hash.
+/// The buffered form: the lake's data columns (its schema less the lineage columns the load
+/// adds) plus the sequence number and identity hash.
 fn buffer_schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("service_point_id", DataType::Utf8, false),
-        Field::new("phase", DataType::Int8, false),
-        Field::new("issue_id", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("status_datetime", ts, false),
-        Field::new("reason", DataType::Utf8, false),
-        Field::new("work_order_id", DataType::Utf8, false),
-        Field::new(SEQ, DataType::UInt64, false),
-        Field::new(HASH, DataType::UInt64, false),
-    ]))
+    let lake = Product::HidWorkOrders.lake_schema();
+    let mut fields: Vec<Field> = lake.fields()[..DATA_COLUMNS]
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(SEQ, DataType::UInt64, false));
+    fields.push(Field::new(HASH, DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
 }
+
+/// The lake schema's data columns come first; `_job_id` and `_ingested_at` follow.
+const DATA_COLUMNS: usize = 7;
 
 #[derive(Default)]
 struct Buffer {
@@ -409,7 +409,7 @@ impl Rows {
         let dropped = mask.false_count() as u64;
         let kept = arrow::compute::filter_record_batch(&all, &mask).expect("mask length matches");
         let n = kept.num_rows();
-        let mut cols: Vec<ArrayRef> = kept.columns()[..7].to_vec();
+        let mut cols: Vec<ArrayRef> = kept.columns()[..DATA_COLUMNS].to_vec();
         cols.push(Arc::new(StringArray::from_iter_values(
             std::iter::repeat_n(job_id, n),
         )));
