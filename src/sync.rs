@@ -2,7 +2,7 @@
 //! normalize it, rewrite the lake partitions it touches, then commit the window and move the
 //! watermark. Every stage is recorded, so a run killed anywhere is finished by the next one.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
@@ -21,7 +21,7 @@ use crate::events::{
 };
 use crate::fetch::{FetchError, Fetcher};
 use crate::lake::Identity;
-use crate::lake::{Lake, LakeError};
+use crate::lake::{Lake, LakeError, PartitionState};
 use crate::normalize::{Counts, Normalized, Normalizer};
 use crate::plan::{self, WindowPlan};
 use crate::product::Product;
@@ -632,47 +632,51 @@ impl Pipeline {
             .map(|(p, _)| *p)
             .collect();
         touched.extend(normalized.rows.partitions.keys().copied());
+        let arriving: BTreeMap<NaiveDate, BTreeSet<NaiveDate>> = normalized
+            .rows
+            .partitions
+            .iter()
+            .map(|(date, p)| (*date, p.status_days.clone()))
+            .collect();
+        self.state.add_partition_days(product, &arriving).await?;
         let (replaced, merged) = (Arc::new(replaced), Arc::new(merged));
-        let results: Vec<Result<(u64, u64), SyncError>> = futures::stream::iter(touched)
-            .map(|date| {
-                let (normalized, replaced, merged) =
-                    (normalized.clone(), replaced.clone(), merged.clone());
-                async move {
-                    let new = load(&normalized, date).await?;
-                    if let Some(p) = normalized.rows.partitions.get(&date) {
-                        self.state
-                            .add_partition_days(product, date, &p.status_days)
+        let results: Vec<Result<(NaiveDate, PartitionState, (u64, u64)), SyncError>> =
+            futures::stream::iter(touched)
+                .map(|date| {
+                    let (normalized, replaced, merged) =
+                        (normalized.clone(), replaced.clone(), merged.clone());
+                    async move {
+                        let new = load(&normalized, date).await?;
+                        let batch = new.as_ref().map(|(b, _)| b);
+                        let state = self
+                            .lake
+                            .rewrite_partition(product, date, &replaced, &merged, batch)
                             .await?;
+                        ObjectsWritten {
+                            product,
+                            objects: state.objects.len(),
+                            bytes: state.bytes,
+                        }
+                        .emit();
+                        crate::failpoint::hit("mid-write");
+                        let added = new
+                            .map(|(b, dropped)| (b.num_rows() as u64, dropped))
+                            .unwrap_or((0, 0));
+                        Ok((date, state, added))
                     }
-                    let batch = new.as_ref().map(|(b, _)| b);
-                    let state = self
-                        .lake
-                        .rewrite_partition(product, date, &replaced, &merged, batch)
-                        .await?;
-                    ObjectsWritten {
-                        product,
-                        objects: state.objects.len(),
-                        bytes: state.bytes,
-                    }
-                    .emit();
-                    crate::failpoint::hit("mid-write");
-                    self.state
-                        .set_partition(product, date, &state, job_id)
-                        .await?;
-                    Ok(new
-                        .map(|(b, dropped)| (b.num_rows() as u64, dropped))
-                        .unwrap_or((0, 0)))
-                }
-            })
-            .buffer_unordered(2)
-            .collect()
-            .await;
+                })
+                .buffer_unordered(2)
+                .collect()
+                .await;
         let mut counts = normalized.counts;
+        let mut written = Vec::with_capacity(results.len());
         for r in results {
-            let (written, dropped) = r?;
-            counts.written += written;
+            let (date, state, (added, dropped)) = r?;
+            counts.written += added;
             counts.duplicates += dropped;
+            written.push((date, state));
         }
+        self.state.set_partitions(product, &written, job_id).await?;
         self.lake
             .write_quarantine(
                 product,

@@ -63,30 +63,44 @@ pub fn decode(
         }
         let ragged = (record.len() < width || record.iter().skip(width).any(|f| !f.is_empty()))
             .then(|| format!("row has {} fields; the header has {width}", record.len()));
-        let not_utf8 = mapping
-            .iter()
-            .zip(record.iter())
-            .find(|(c, f)| c.is_some() && std::str::from_utf8(f).is_err())
-            .map(|(c, _)| format!("{} is not valid UTF-8", c.expect("mapped").lake_name()));
-        if let Some(reason) = ragged.or(not_utf8) {
-            let raw = record
-                .iter()
-                .map(|f| String::from_utf8_lossy(f).into_owned())
-                .collect::<Vec<_>>()
-                .join(",");
-            out.error_row(reason, Some(raw));
-        } else {
-            let mut seen = [false; 8];
-            for (col, field) in mapping.iter().zip(record.iter()) {
-                if let Some(c) = col
-                    && !seen[c.index()]
-                {
-                    seen[c.index()] = true;
-                    out.set(*c, Some(std::str::from_utf8(field).expect("checked above")));
-                }
+        // Usually one UTF-8 check for the whole row; it hands the buffer back either way.
+        let whole = match ragged {
+            Some(_) => Err(std::mem::take(&mut record)),
+            None => csv::StringRecord::from_byte_record(std::mem::take(&mut record))
+                .map_err(|e| e.into_byte_record()),
+        };
+        record = match whole {
+            Ok(fields) => {
+                set_row(&mut out, &mapping, fields.iter());
+                fields.into_byte_record()
             }
-            out.end_row();
-        }
+            Err(bytes) => {
+                // Ragged, or some column is not UTF-8: only a mapped column's text matters.
+                let not_utf8 = mapping
+                    .iter()
+                    .zip(bytes.iter())
+                    .find(|(c, f)| c.is_some() && std::str::from_utf8(f).is_err())
+                    .map(|(c, _)| format!("{} is not valid UTF-8", c.expect("mapped").lake_name()));
+                match ragged.or(not_utf8) {
+                    Some(reason) => {
+                        let raw = bytes
+                            .iter()
+                            .map(|f| String::from_utf8_lossy(f).into_owned())
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        out.error_row(reason, Some(raw));
+                    }
+                    None => set_row(
+                        &mut out,
+                        &mapping,
+                        bytes
+                            .iter()
+                            .map(|f| std::str::from_utf8(f).unwrap_or_default()),
+                    ),
+                }
+                bytes
+            }
+        };
         if out.is_full() {
             sink(out.take().expect("full"))?;
         }
@@ -95,6 +109,24 @@ pub fn decode(
         sink(b)?;
     }
     Ok(())
+}
+
+/// One row from its fields in file order; a column named twice keeps its first value.
+fn set_row<'a>(
+    out: &mut RawBuilder,
+    mapping: &[Option<Column>],
+    fields: impl Iterator<Item = &'a str>,
+) {
+    let mut seen = [false; 8];
+    for (col, field) in mapping.iter().zip(fields) {
+        if let Some(c) = col
+            && !seen[c.index()]
+        {
+            seen[c.index()] = true;
+            out.set(*c, Some(field));
+        }
+    }
+    out.end_row();
 }
 
 #[cfg(test)]

@@ -16,14 +16,17 @@ use arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::compute::{
     SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
 };
+use bytes::Bytes;
 use chrono::NaiveDate;
 use futures::TryStreamExt;
+use tokio::io::AsyncWriteExt;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 pub use store::open_store;
@@ -232,37 +235,68 @@ impl Lake {
         if let Some(n) = new {
             keep.push(n.clone());
         }
-        let rows =
-            sort_rows(&concat_batches(&schema, &keep).expect("batches share the lake schema"));
+        let rows = concat_batches(&schema, &keep).expect("batches share the lake schema");
         let status_days: BTreeSet<NaiveDate> = status_column(&rows)
             .values()
             .iter()
             .map(|&t| day_of_micros(t))
             .collect();
+        let count = rows.num_rows() as u64;
+        let parts = self.encode(&prefix, rows).await?;
         let (objects, bytes) = self
-            .replace_objects(&prefix, &existing_objects, &rows)
+            .replace_objects(&prefix, &existing_objects, parts)
             .await?;
         Ok(PartitionState {
             status_days,
-            rows: rows.num_rows() as u64,
+            rows: count,
             objects,
             bytes,
         })
     }
 
-    /// Puts `rows` under `prefix` (nothing when empty) and deletes the objects that were there
-    /// and are not among the new ones: parts beyond the new count are stale once these are in.
+    /// Sorts and encodes `rows` on a blocking thread: this is most of a sync's CPU, and on the
+    /// async threads it would run one partition at a time however many are written at once.
+    async fn encode(&self, prefix: &Path, rows: RecordBatch) -> Result<Vec<Bytes>, LakeError> {
+        let target = self.target_file_size;
+        tokio::task::spawn_blocking(move || encode_parts(&sort_rows(&rows), target))
+            .await
+            .map_err(|e| LakeError::Parquet {
+                path: prefix.to_string(),
+                detail: format!("encoder task failed: {e}"),
+            })?
+            .map_err(parquet_err(prefix))
+    }
+
+    /// Puts the encoded parts under `prefix` (nothing when there are none) and deletes the
+    /// objects that were there and are not among the new ones: parts beyond the new count are
+    /// stale once these are in.
     async fn replace_objects(
         &self,
         prefix: &Path,
         existing: &[object_store::ObjectMeta],
-        rows: &RecordBatch,
+        parts: Vec<Bytes>,
     ) -> Result<(Vec<String>, u64), LakeError> {
-        let (written, bytes) = if rows.num_rows() > 0 {
-            self.write_parts(prefix, rows).await?
-        } else {
-            (Vec::new(), 0)
-        };
+        let mut written = Vec::with_capacity(parts.len());
+        let mut bytes = 0;
+        for (n, part) in parts.into_iter().enumerate() {
+            let path = prefix.clone().join(Self::part_name(n));
+            bytes += part.len() as u64;
+            // Small parts go in one put; big ones as a multipart upload completed at the end.
+            let mut sink = object_store::buffered::BufWriter::with_capacity(
+                self.store.clone(),
+                path.clone(),
+                8 << 20,
+            );
+            sink.put(part).await.map_err(store_err(&path))?;
+            sink.shutdown().await.map_err(|e| LakeError::Store {
+                path: path.to_string(),
+                source: object_store::Error::Generic {
+                    store: "lake",
+                    source: Box::new(e),
+                },
+            })?;
+            written.push(path.to_string());
+        }
         for meta in existing {
             if !written.iter().any(|w| w == meta.location.as_ref()) {
                 self.store
@@ -272,43 +306,6 @@ impl Lake {
             }
         }
         Ok((written, bytes))
-    }
-
-    /// Writes sorted rows as one object, or numbered parts once one passes the target size.
-    async fn write_parts(
-        &self,
-        prefix: &Path,
-        rows: &RecordBatch,
-    ) -> Result<(Vec<String>, u64), LakeError> {
-        let props = writer_properties();
-        let mut names = Vec::new();
-        let mut total = 0u64;
-        let mut offset = 0;
-        while offset < rows.num_rows() {
-            let path = prefix.clone().join(Self::part_name(names.len()));
-            let sink = object_store::buffered::BufWriter::with_capacity(
-                self.store.clone(),
-                path.clone(),
-                8 << 20,
-            );
-            let mut w = AsyncArrowWriter::try_new(sink, rows.schema(), Some(props.clone()))
-                .map_err(parquet_err(&path))?;
-            while offset < rows.num_rows() {
-                let len = WRITE_CHUNK_ROWS.min(rows.num_rows() - offset);
-                w.write(&rows.slice(offset, len))
-                    .await
-                    .map_err(parquet_err(&path))?;
-                offset += len;
-                if (w.bytes_written() + w.in_progress_size()) as u64 >= self.target_file_size {
-                    break;
-                }
-            }
-            w.close().await.map_err(parquet_err(&path))?;
-            // The writer's own count misses the row group and footer it writes on close.
-            total += self.store.head(&path).await.map_err(store_err(&path))?.size;
-            names.push(path.to_string());
-        }
-        Ok((names, total))
     }
 
     /// Writes a job's quarantined rows under `status_date=YYYY-MM-DD` (the day their raw
@@ -381,7 +378,8 @@ impl Lake {
             })?;
             // One path part per segment: joining "a/b" whole would escape the slash.
             let prefix = dir.split('/').fold(root.clone(), |p, part| p.join(part));
-            self.replace_objects(&prefix, &old, &rows).await?;
+            let parts = self.encode(&prefix, rows).await?;
+            self.replace_objects(&prefix, &old, parts).await?;
         }
         Ok(())
     }
@@ -432,7 +430,34 @@ pub fn writer_properties() -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(concat!("dpss-sync ", env!("CARGO_PKG_VERSION")).to_string())
+        .set_column_dictionary_enabled("service_point_id".into(), std::env::var("XD").is_ok())
+        .set_column_dictionary_enabled("issue_id".into(), std::env::var("XD").is_ok())
+        .set_column_dictionary_enabled("work_order_id".into(), std::env::var("XD").is_ok())
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(std::env::var("XL").map(|v| v.parse().unwrap()).unwrap_or(3))
+                .expect("valid level"),
+        ))
         .build()
+}
+
+/// One Parquet object, or numbered parts once one passes `target` bytes.
+fn encode_parts(rows: &RecordBatch, target: u64) -> Result<Vec<Bytes>, ParquetError> {
+    let props = writer_properties();
+    let mut objects = Vec::new();
+    let mut offset = 0;
+    while offset < rows.num_rows() {
+        let mut w = ArrowWriter::try_new(Vec::new(), rows.schema(), Some(props.clone()))?;
+        while offset < rows.num_rows() {
+            let len = WRITE_CHUNK_ROWS.min(rows.num_rows() - offset);
+            w.write(&rows.slice(offset, len))?;
+            offset += len;
+            if (w.bytes_written() + w.in_progress_size()) as u64 >= target {
+                break;
+            }
+        }
+        objects.push(Bytes::from(w.into_inner()?));
+    }
+    Ok(objects)
 }
 
 fn status_column(b: &RecordBatch) -> &TimestampMicrosecondArray {

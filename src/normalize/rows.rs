@@ -1,8 +1,9 @@
 //! Valid rows on their way to the lake, grouped by `event_date`, in bounded memory.
 //!
 //! A 13-month export touches ~400 partitions and can hold millions of rows, so rows are buffered
-//! per partition only up to a memory budget; past it every buffer is spilled to an Arrow IPC file
-//! on local disk and emptied. The writer later loads one partition at a time.
+//! in arrival order only up to a memory budget; past it they are spilled to an Arrow IPC file on
+//! local disk, a record batch per partition, and freed. The writer later loads one partition at
+//! a time.
 //!
 //! De-duplication ("an identity served twice keeps its last occurrence") must see the whole
 //! export, yet a map of every identity would cost more than the rows. Instead each row carries a
@@ -14,20 +15,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int8Builder, StringArray, StringBuilder,
-    TimestampMicrosecondArray, UInt64Array,
+    ArrayRef, BooleanArray, Int8Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
+    UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 
-use super::time::day_of_micros;
 use crate::product::Product;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +46,16 @@ pub struct Row<'a> {
     pub reason: &'a str,
     pub work_order_id: &'a str,
     pub event_date: NaiveDate,
+    /// [`identity_hash`] of the row.
+    pub hash: u64,
 }
 
 type Identity = (String, String, String, i64);
 
-fn identity_hash(wo: &str, issue: &str, status: &str, ts: i64) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
+/// A fixed-seed hash of a row's identity: fast (it runs once per row) and well mixed in all 64
+/// bits, which the Bloom filter slices into a block index and bit positions.
+pub fn identity_hash(wo: &str, issue: &str, status: &str, ts: i64) -> u64 {
+    let mut h = foldhash::quality::FixedState::with_seed(0x6470_7373).build_hasher();
     (wo, issue, status, ts).hash(&mut h);
     h.finish()
 }
@@ -65,8 +69,13 @@ struct Bloom {
     next_capacity: u64,
 }
 
+/// One cache line of filter bits.
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Block([u64; 8]);
+
 struct BloomFilter {
-    blocks: Vec<[u64; 8]>,
+    blocks: Vec<Block>,
     capacity: u64,
     inserted: u64,
 }
@@ -75,7 +84,7 @@ impl BloomFilter {
     fn new(capacity: u64, bits_per_row: u64) -> Self {
         let blocks = (capacity * bits_per_row).div_ceil(512).max(1) as usize;
         Self {
-            blocks: vec![[0; 8]; blocks],
+            blocks: vec![Block([0; 8]); blocks],
             capacity,
             inserted: 0,
         }
@@ -92,14 +101,20 @@ impl BloomFilter {
         let (b, bits) = self.locate(h);
         let block = &self.blocks[b];
         bits.iter()
-            .all(|&bit| block[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+            .all(|&bit| block.0[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+
+    /// Loads the block of `h` into the cache without waiting on it.
+    fn touch(&self, h: u64) -> u64 {
+        let (b, _) = self.locate(h);
+        self.blocks[b].0[0]
     }
 
     fn insert(&mut self, h: u64) {
         let (b, bits) = self.locate(h);
         let block = &mut self.blocks[b];
         for bit in bits {
-            block[(bit / 64) as usize] |= 1 << (bit % 64);
+            block.0[(bit / 64) as usize] |= 1 << (bit % 64);
         }
         self.inserted += 1;
     }
@@ -111,6 +126,24 @@ impl Bloom {
             filters: Vec::new(),
             next_capacity: expected.max(1 << 16),
         }
+    }
+
+    fn bytes(&self) -> usize {
+        self.filters
+            .iter()
+            .map(|f| f.blocks.len() * std::mem::size_of::<Block>())
+            .sum()
+    }
+
+    /// Starts loading the blocks of `hashes`; independent loads overlap their cache misses.
+    fn prefetch(&self, hashes: impl Iterator<Item = u64>) {
+        let mut sink = 0;
+        for h in hashes {
+            for f in &self.filters {
+                sink ^= f.touch(h);
+            }
+        }
+        std::hint::black_box(sink);
     }
 
     /// Inserts `h`; true when it (probably) was there already.
@@ -139,26 +172,37 @@ impl Bloom {
 pub struct Repeats {
     latest: HashMap<Identity, u64>,
     hashes: HashSet<u64>,
+    /// Roughly what the two maps hold, counted against the memory budget.
+    bytes: usize,
 }
 
 impl Repeats {
-    /// Whether the row at `i` of a buffered batch is an earlier copy of a repeated identity.
-    fn superseded(&self, b: &RecordBatch, i: usize) -> bool {
-        let hash = column::<UInt64Array>(b, HASH).value(i);
-        if !self.hashes.contains(&hash) {
-            return false;
-        }
-        let key = (
-            column::<StringArray>(b, "work_order_id")
-                .value(i)
-                .to_string(),
-            column::<StringArray>(b, "issue_id").value(i).to_string(),
-            column::<StringArray>(b, "status").value(i).to_string(),
-            column::<TimestampMicrosecondArray>(b, "status_datetime").value(i),
-        );
-        self.latest
-            .get(&key)
-            .is_some_and(|latest| *latest != column::<UInt64Array>(b, SEQ).value(i))
+    /// Which rows of a buffered batch to keep: all but earlier copies of repeated identities.
+    fn keep(&self, b: &RecordBatch) -> BooleanArray {
+        let hashes = column::<UInt64Array>(b, HASH).values();
+        let seqs = column::<UInt64Array>(b, SEQ).values();
+        let wo = column::<StringArray>(b, "work_order_id");
+        let issue = column::<StringArray>(b, "issue_id");
+        let status = column::<StringArray>(b, "status");
+        let ts = column::<TimestampMicrosecondArray>(b, "status_datetime").values();
+        (0..b.num_rows())
+            .map(|i| {
+                if !self.hashes.contains(&hashes[i]) {
+                    return Some(true);
+                }
+                let key = (
+                    wo.value(i).to_string(),
+                    issue.value(i).to_string(),
+                    status.value(i).to_string(),
+                    ts[i],
+                );
+                Some(
+                    self.latest
+                        .get(&key)
+                        .is_none_or(|latest| *latest == seqs[i]),
+                )
+            })
+            .collect()
     }
 }
 
@@ -187,6 +231,8 @@ fn buffer_schema() -> SchemaRef {
 /// The lake schema's data columns come first; `_job_id` and `_ingested_at` follow.
 const DATA_COLUMNS: usize = 7;
 
+/// Rows as they arrive, in one set of builders: appending to one place keeps the hot loop in
+/// cache, where a builder per partition scattered every row across ~400 of them.
 #[derive(Default)]
 struct Buffer {
     sp: StringBuilder,
@@ -198,10 +244,12 @@ struct Buffer {
     wo: StringBuilder,
     seq: Vec<u64>,
     hash: Vec<u64>,
+    /// Each row's `event_date` as days since the epoch: how rows are grouped, not stored.
+    day: Vec<i32>,
 }
 
 impl Buffer {
-    fn take(&mut self) -> Option<RecordBatch> {
+    fn take(&mut self) -> Option<(RecordBatch, Vec<i32>)> {
         if self.seq.is_empty() {
             return None;
         }
@@ -218,25 +266,106 @@ impl Buffer {
             Arc::new(UInt64Array::from(std::mem::take(&mut self.seq))),
             Arc::new(UInt64Array::from(std::mem::take(&mut self.hash))),
         ];
-        Some(RecordBatch::try_new(buffer_schema(), cols).expect("buffer schema matches"))
+        let batch = RecordBatch::try_new(buffer_schema(), cols).expect("buffer schema matches");
+        Some((batch, std::mem::take(&mut self.day)))
     }
 }
 
+/// Rows per buffered batch.
+const CHUNK_ROWS: usize = 65_536;
+
+/// Buffered rows and where each partition's rows are among them (chunk, row), in arrival
+/// order. A partition's batch is gathered from the chunks when it is needed, so grouping costs
+/// no copy of the whole buffer.
+#[derive(Default)]
+struct Grouped {
+    chunks: Vec<RecordBatch>,
+    rows: BTreeMap<NaiveDate, Vec<(u32, u32)>>,
+    status_days: BTreeMap<NaiveDate, BTreeSet<NaiveDate>>,
+}
+
+impl Grouped {
+    fn new(chunks: Vec<(RecordBatch, Vec<i32>)>) -> Self {
+        let mut by_day: BTreeMap<i32, Vec<(u32, u32)>> = BTreeMap::new();
+        let mut days: BTreeSet<(i32, i64)> = BTreeSet::new();
+        for (c, (batch, event_days)) in chunks.iter().enumerate() {
+            let ts = column::<TimestampMicrosecondArray>(batch, "status_datetime").values();
+            let mut last = None;
+            for (r, (day, t)) in event_days.iter().zip(ts.iter()).enumerate() {
+                by_day.entry(*day).or_default().push((c as u32, r as u32));
+                // Rows arrive mostly in time order: most rows repeat the previous pair.
+                let pair = (*day, t.div_euclid(MICROS_PER_DAY));
+                if last != Some(pair) {
+                    last = Some(pair);
+                    days.insert(pair);
+                }
+            }
+        }
+        let mut status_days: BTreeMap<NaiveDate, BTreeSet<NaiveDate>> = BTreeMap::new();
+        for (day, status_day) in days {
+            status_days
+                .entry(date_of_day(day))
+                .or_default()
+                .insert(date_of_day(status_day as i32));
+        }
+        Self {
+            chunks: chunks.into_iter().map(|(b, _)| b).collect(),
+            rows: by_day
+                .into_iter()
+                .map(|(d, rows)| (date_of_day(d), rows))
+                .collect(),
+            status_days,
+        }
+    }
+
+    /// One partition's buffered rows as one batch.
+    fn gather(&self, date: NaiveDate) -> Option<RecordBatch> {
+        let rows = self.rows.get(&date)?;
+        let chunks: Vec<&RecordBatch> = self.chunks.iter().collect();
+        let indices: Vec<(usize, usize)> = rows
+            .iter()
+            .map(|(c, r)| (*c as usize, *r as usize))
+            .collect();
+        Some(
+            arrow::compute::interleave_record_batch(&chunks, &indices)
+                .expect("indices come from these chunks"),
+        )
+    }
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+fn date_of_day(days: i32) -> NaiveDate {
+    NaiveDate::from_num_days_from_ce_opt(days + UNIX_EPOCH_DAYS_FROM_CE).expect("a valid day")
+}
+
+fn day_of_date(d: NaiveDate) -> i32 {
+    d.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE
+}
+
+const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+/// Where a partition's rows are: record batches of spill files (file, batch index).
 #[derive(Default)]
 struct Partition {
-    buffer: Buffer,
-    spilled: Vec<PathBuf>,
+    spilled: Vec<(usize, usize)>,
     status_days: BTreeSet<NaiveDate>,
 }
 
-/// Rows being collected, partitioned and spilled past `budget` bytes.
+/// Rows being collected, spilled past `budget` bytes.
 pub struct RowStore {
+    current: Buffer,
+    chunks: Vec<(RecordBatch, Vec<i32>)>,
     partitions: BTreeMap<NaiveDate, Partition>,
+    /// Bytes in finished chunks, and estimated in the current one.
     buffered: usize,
+    current_bytes: usize,
     budget: usize,
+    /// What the buffer may hold: the budget less the duplicate filter and repeats map.
+    limit: usize,
     spill_dir: PathBuf,
     spill_guard: Option<tempfile::TempDir>,
-    spills: usize,
+    spill_files: Vec<PathBuf>,
     seq: u64,
     bloom: Bloom,
     repeats: Repeats,
@@ -247,35 +376,44 @@ impl RowStore {
     /// `expected_rows` sizes the duplicate filter.
     pub fn new(scratch: &Path, budget: usize, expected_rows: u64) -> Self {
         Self {
+            current: Buffer::default(),
+            chunks: Vec::new(),
             partitions: BTreeMap::new(),
             buffered: 0,
+            current_bytes: 0,
             budget,
+            limit: budget,
             spill_dir: scratch.to_path_buf(),
             spill_guard: None,
-            spills: 0,
+            spill_files: Vec::new(),
             seq: 0,
             bloom: Bloom::new(expected_rows),
             repeats: Repeats::default(),
         }
     }
 
+    /// Warms the duplicate filter for rows about to be pushed.
+    pub fn prefetch(&self, hashes: impl Iterator<Item = u64>) {
+        self.bloom.prefetch(hashes);
+    }
+
     pub fn push(&mut self, r: &Row<'_>) -> Result<(), RowsError> {
         self.seq += 1;
-        let hash = identity_hash(r.work_order_id, r.issue_id, r.status, r.status_datetime);
+        let hash = r.hash;
         if self.bloom.check_and_insert(hash) {
             self.repeats.hashes.insert(hash);
-            self.repeats.latest.insert(
-                (
-                    r.work_order_id.to_string(),
-                    r.issue_id.to_string(),
-                    r.status.to_string(),
-                    r.status_datetime,
-                ),
-                self.seq,
+            let key = (
+                r.work_order_id.to_string(),
+                r.issue_id.to_string(),
+                r.status.to_string(),
+                r.status_datetime,
             );
+            let key_bytes = 128 + key.0.len() + key.1.len() + key.2.len();
+            if self.repeats.latest.insert(key, self.seq).is_none() {
+                self.repeats.bytes += key_bytes;
+            }
         }
-        let p = self.partitions.entry(r.event_date).or_default();
-        let b = &mut p.buffer;
+        let b = &mut self.current;
         b.sp.append_value(r.service_point_id);
         b.phase.append_value(r.phase);
         b.issue.append_value(r.issue_id);
@@ -285,21 +423,55 @@ impl RowStore {
         b.wo.append_value(r.work_order_id);
         b.seq.push(self.seq);
         b.hash.push(hash);
-        p.status_days.insert(day_of_micros(r.status_datetime));
-        self.buffered += 40
+        b.day.push(day_of_date(r.event_date));
+        self.current_bytes += 44
             + r.service_point_id.len()
             + r.issue_id.len()
             + r.status.len()
             + r.reason.len()
             + r.work_order_id.len();
-        if self.buffered > self.budget {
+        if b.seq.len() >= CHUNK_ROWS {
+            self.end_chunk();
+        }
+        if self.buffered + self.current_bytes > self.limit {
             self.spill()?;
         }
         Ok(())
     }
 
-    /// Writes every buffer to its own IPC file and frees the memory.
+    /// Closes the current chunk, counting what it really holds (builders round capacity up),
+    /// and sets how much the buffer may hold: one budget covers it, the duplicate filter and the
+    /// repeats map, which grow with the export, so memory stays flat however large it is.
+    fn end_chunk(&mut self) {
+        if let Some((batch, days)) = self.current.take() {
+            self.buffered += batch.get_array_memory_size() + days.capacity() * 4;
+            self.chunks.push((batch, days));
+        }
+        self.current_bytes = 0;
+        let fixed = self.bloom.bytes() + self.repeats.bytes;
+        self.limit = self.budget.saturating_sub(fixed).max(self.budget / 4);
+    }
+
+    /// Every buffered row, grouped by partition.
+    fn take_grouped(&mut self) -> Option<Grouped> {
+        self.end_chunk();
+        self.buffered = 0;
+        let chunks = std::mem::take(&mut self.chunks);
+        (!chunks.is_empty()).then(|| Grouped::new(chunks))
+    }
+
+    fn note(&mut self, g: &Grouped) {
+        for (date, days) in &g.status_days {
+            let p = self.partitions.entry(*date).or_default();
+            p.status_days.extend(days.iter().copied());
+        }
+    }
+
+    /// Writes the buffered rows to one IPC file, a record batch per partition, and frees them.
     fn spill(&mut self) -> Result<(), RowsError> {
+        let Some(g) = self.take_grouped() else {
+            return Ok(());
+        };
         if self.spill_guard.is_none() {
             let dir = tempfile::Builder::new()
                 .prefix(crate::decode::SCRATCH_PREFIX)
@@ -310,67 +482,72 @@ impl RowStore {
                 })?;
             self.spill_guard = Some(dir);
         }
-        let dir = self
-            .spill_guard
-            .as_ref()
-            .expect("created above")
-            .path()
-            .to_path_buf();
-        self.spills += 1;
-        for (date, p) in &mut self.partitions {
-            let Some(batch) = p.buffer.take() else {
-                continue;
-            };
-            let path = dir.join(format!("{date}-{}.arrow", self.spills));
-            let fail = |detail: String| RowsError::Spill {
-                path: path.display().to_string(),
-                detail,
-            };
-            let file = File::create(&path).map_err(|e| fail(e.to_string()))?;
-            let mut w =
-                arrow::ipc::writer::FileWriter::try_new(BufWriter::new(file), &batch.schema())
-                    .map_err(|e| fail(e.to_string()))?;
+        let dir = self.spill_guard.as_ref().expect("created above").path();
+        let file_index = self.spill_files.len();
+        let path = dir.join(format!("spill-{file_index}.arrow"));
+        let fail = |detail: String| RowsError::Spill {
+            path: path.display().to_string(),
+            detail,
+        };
+        let file = File::create(&path).map_err(|e| fail(e.to_string()))?;
+        let mut w = arrow::ipc::writer::FileWriter::try_new(BufWriter::new(file), &buffer_schema())
+            .map_err(|e| fail(e.to_string()))?;
+        for (n, date) in g.rows.keys().enumerate() {
+            let batch = g.gather(*date).expect("a partition of this buffer");
             w.write(&batch).map_err(|e| fail(e.to_string()))?;
-            w.finish().map_err(|e| fail(e.to_string()))?;
-            p.spilled.push(path);
+            self.partitions
+                .entry(*date)
+                .or_default()
+                .spilled
+                .push((file_index, n));
         }
-        self.buffered = 0;
+        w.finish().map_err(|e| fail(e.to_string()))?;
+        self.spill_files.push(path);
+        self.note(&g);
         Ok(())
     }
 
-    pub fn finish(mut self) -> Rows {
+    pub fn finish(mut self) -> Result<Rows, RowsError> {
+        // Once rows had to spill, the rest spill too: the writer's partitions need the memory.
+        if !self.spill_files.is_empty() {
+            self.spill()?;
+        }
+        let memory = self.take_grouped().unwrap_or_default();
+        self.note(&memory);
         let partitions = std::mem::take(&mut self.partitions)
             .into_iter()
-            .map(|(date, mut p)| {
-                let memory = p.buffer.take();
+            .map(|(date, p)| {
                 (
                     date,
                     PartitionRows {
                         spilled: p.spilled,
-                        memory,
                         status_days: p.status_days,
                     },
                 )
             })
             .collect();
-        Rows {
+        Ok(Rows {
             partitions,
+            memory,
+            spill_files: self.spill_files,
             repeats: Arc::new(self.repeats),
             _spill_dir: self.spill_guard,
-        }
+        })
     }
 }
 
-/// One partition's collected rows: spilled files plus what was still in memory.
+/// One partition's collected rows: batches in spill files, besides any still in memory.
 pub struct PartitionRows {
-    spilled: Vec<PathBuf>,
-    memory: Option<RecordBatch>,
+    spilled: Vec<(usize, usize)>,
     pub status_days: BTreeSet<NaiveDate>,
 }
 
 /// Every valid row of an export, ready to be loaded partition by partition.
 pub struct Rows {
     pub partitions: BTreeMap<NaiveDate, PartitionRows>,
+    /// The rows buffered since the last spill.
+    memory: Grouped,
+    spill_files: Vec<PathBuf>,
     repeats: Arc<Repeats>,
     _spill_dir: Option<tempfile::TempDir>,
 }
@@ -388,26 +565,32 @@ impl Rows {
         let Some(p) = self.partitions.get(&date) else {
             return Ok(None);
         };
-        let mut batches = Vec::new();
-        for path in &p.spilled {
+        let mut batches = Vec::with_capacity(p.spilled.len() + 1);
+        for (file, index) in &p.spilled {
+            let path = &self.spill_files[*file];
             let fail = |detail: String| RowsError::Spill {
                 path: path.display().to_string(),
                 detail,
             };
             let file = File::open(path).map_err(|e| fail(e.to_string()))?;
-            let reader = arrow::ipc::reader::FileReader::try_new(BufReader::new(file), None)
+            let mut reader = arrow::ipc::reader::FileReader::try_new(BufReader::new(file), None)
                 .map_err(|e| fail(e.to_string()))?;
-            for b in reader {
-                batches.push(b.map_err(|e| fail(e.to_string()))?);
-            }
+            reader.set_index(*index).map_err(|e| fail(e.to_string()))?;
+            let batch = reader
+                .next()
+                .ok_or_else(|| fail(format!("record batch {index} is missing")))?
+                .map_err(|e| fail(e.to_string()))?;
+            batches.push(batch);
         }
-        batches.extend(p.memory.iter().cloned());
+        batches.extend(self.memory.gather(date));
         let all = arrow::compute::concat_batches(&buffer_schema(), &batches).expect("one schema");
-        let mask: BooleanArray = (0..all.num_rows())
-            .map(|i| Some(!self.repeats.superseded(&all, i)))
-            .collect();
+        let mask = self.repeats.keep(&all);
         let dropped = mask.false_count() as u64;
-        let kept = arrow::compute::filter_record_batch(&all, &mask).expect("mask length matches");
+        let kept = if dropped == 0 {
+            all
+        } else {
+            arrow::compute::filter_record_batch(&all, &mask).expect("mask length matches")
+        };
         let n = kept.num_rows();
         let mut cols: Vec<ArrayRef> = kept.columns()[..DATA_COLUMNS].to_vec();
         cols.push(Arc::new(StringArray::from_iter_values(
@@ -427,6 +610,7 @@ mod tests {
 
     fn row<'a>(wo: &'a str, ts: i64, reason: &'a str, event: &str) -> Row<'a> {
         Row {
+            hash: identity_hash(wo, "7", "New", ts),
             service_point_id: "9",
             phase: 1,
             issue_id: "7",
@@ -464,8 +648,9 @@ mod tests {
         s.push(&row("a", 1, "second", "2024-06-14")).unwrap();
         s.push(&row("a", 1, "third", "2024-06-13")).unwrap();
         s.push(&row("a", 2, "other instant", "2024-06-13")).unwrap();
-        let rows = s.finish();
+        let rows = s.finish().unwrap();
         assert!(rows.partitions.values().any(|p| !p.spilled.is_empty()));
+        assert!(rows.spill_files.len() > 1);
         let (reasons, dropped) = load_all(&rows);
         assert_eq!(reasons, ["only", "other instant", "third"]);
         assert_eq!(dropped, 2);
@@ -489,7 +674,7 @@ mod tests {
             ))
             .unwrap();
         }
-        let rows = s.finish();
+        let rows = s.finish().unwrap();
         assert!(
             rows.repeats.latest.len() < 30_000,
             "false positives stay near 1%: {}",

@@ -473,66 +473,73 @@ impl State {
             .collect()
     }
 
-    /// Before a partition is rewritten: its day set grows to include the days about to land.
+    /// Before partitions are rewritten: each one's day set grows to include the days about to
+    /// land. One transaction for all of them: a commit is an fsync, and a history load touches
+    /// some 400 partitions.
     pub async fn add_partition_days(
         &self,
         product: Product,
-        event_date: NaiveDate,
-        days: &BTreeSet<NaiveDate>,
+        additions: &BTreeMap<NaiveDate, BTreeSet<NaiveDate>>,
     ) -> Result<(), StateError> {
-        let mut all = self
-            .partition_days(product)
-            .await?
-            .remove(&event_date)
-            .unwrap_or_default();
-        all.extend(days.iter().copied());
-        sqlx::query(
-            "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, updated_at)
-             VALUES (?, ?, ?, '[]', 0, 0, ?)
-             ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days, updated_at = excluded.updated_at",
-        )
-        .bind(product.config_name())
-        .bind(day_text(event_date))
-        .bind(days_text(&all))
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
+        let mut known = self.partition_days(product).await?;
+        let mut tx = self.pool.begin().await?;
+        for (event_date, days) in additions {
+            let mut all = known.remove(event_date).unwrap_or_default();
+            all.extend(days.iter().copied());
+            sqlx::query(
+                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, updated_at)
+                 VALUES (?, ?, ?, '[]', 0, 0, ?)
+                 ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days, updated_at = excluded.updated_at",
+            )
+            .bind(product.config_name())
+            .bind(day_text(*event_date))
+            .bind(days_text(&all))
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    /// After a partition was rewritten: exactly what it now holds (or nothing).
-    pub async fn set_partition(
+    /// After partitions were rewritten: exactly what each now holds (or nothing), in one
+    /// transaction. Until it commits the day sets recorded before the rewrite stay, a superset,
+    /// which is all a crash in between needs.
+    pub async fn set_partitions(
         &self,
         product: Product,
-        event_date: NaiveDate,
-        p: &crate::lake::PartitionState,
+        written: &[(NaiveDate, crate::lake::PartitionState)],
         job_id: &str,
     ) -> Result<(), StateError> {
-        if p.rows == 0 {
-            sqlx::query("DELETE FROM partitions WHERE product = ? AND event_date = ?")
-                .bind(product.config_name())
-                .bind(day_text(event_date))
-                .execute(&self.pool)
-                .await?;
-            return Ok(());
+        let mut tx = self.pool.begin().await?;
+        for (event_date, p) in written {
+            if p.rows == 0 {
+                sqlx::query("DELETE FROM partitions WHERE product = ? AND event_date = ?")
+                    .bind(product.config_name())
+                    .bind(day_text(*event_date))
+                    .execute(&mut *tx)
+                    .await?;
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days,
+                   objects = excluded.objects, rows = excluded.rows, bytes = excluded.bytes,
+                   job_id = excluded.job_id, updated_at = excluded.updated_at",
+            )
+            .bind(product.config_name())
+            .bind(day_text(*event_date))
+            .bind(days_text(&p.status_days))
+            .bind(serde_json::to_string(&p.objects).expect("strings serialize"))
+            .bind(p.rows as i64)
+            .bind(p.bytes as i64)
+            .bind(job_id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
         }
-        sqlx::query(
-            "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days,
-               objects = excluded.objects, rows = excluded.rows, bytes = excluded.bytes,
-               job_id = excluded.job_id, updated_at = excluded.updated_at",
-        )
-        .bind(product.config_name())
-        .bind(day_text(event_date))
-        .bind(days_text(&p.status_days))
-        .bind(serde_json::to_string(&p.objects).expect("strings serialize"))
-        .bind(p.rows as i64)
-        .bind(p.bytes as i64)
-        .bind(job_id)
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -830,12 +837,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = State::open(&dir.path().join("state.db")).await.unwrap();
         let p = Product::HidWorkOrders;
-        st.add_partition_days(p, d("2026-01-01"), &BTreeSet::from([d("2026-01-02")]))
-            .await
-            .unwrap();
-        st.add_partition_days(p, d("2026-01-01"), &BTreeSet::from([d("2026-01-03")]))
-            .await
-            .unwrap();
+        let add = |day: &str| BTreeMap::from([(d("2026-01-01"), BTreeSet::from([d(day)]))]);
+        st.add_partition_days(p, &add("2026-01-02")).await.unwrap();
+        st.add_partition_days(p, &add("2026-01-03")).await.unwrap();
         assert_eq!(
             st.partition_days(p).await.unwrap()[&d("2026-01-01")].len(),
             2
@@ -846,7 +850,7 @@ mod tests {
             objects: vec!["x".into()],
             bytes: 10,
         };
-        st.set_partition(p, d("2026-01-01"), &state, "j")
+        st.set_partitions(p, &[(d("2026-01-01"), state)], "j")
             .await
             .unwrap();
         assert_eq!(
