@@ -695,52 +695,51 @@ impl Pipeline {
         Ok(counts)
     }
 
-    /// `import`: local export files into the lake, replacing the status days they hold.
+    /// `import`: local export files into the lake, replacing the status days they hold. The
+    /// files are one job, as the part files of one export are: each part holds some of a day's
+    /// rows, so importing them one by one would let each part replace the day the previous one
+    /// wrote. An identity in several files keeps its copy from the last file named.
     pub async fn import(
         &self,
         product: Product,
         files: Vec<PathBuf>,
     ) -> Result<RunReport, SyncError> {
         let run_id = self.state.start_run("import", Some(product)).await?;
-        let mut report = RunReport {
+        let first = files.first().expect("import needs a file");
+        let more = match files.len() {
+            1 => String::new(),
+            n => format!("+{}", n - 1),
+        };
+        let key = format!("import-{}{more}", sanitize(first));
+        let job_id = format!("import:{}{more}", first.display());
+        let result = async {
+            let normalized = self.normalize_files(product, &job_id, files).await?;
+            let _lake = self.lake_lock.lock().await;
+            self.write(
+                product,
+                &key,
+                &job_id,
+                normalized,
+                Replace::DaysAndDelivered(BTreeSet::new()),
+            )
+            .await
+        }
+        .await;
+        let (counts, error, refused) = match result {
+            Ok(c) => (Some(c), None, false),
+            Err(e) => (None, Some(e.to_string()), e.is_permanent()),
+        };
+        let report = RunReport {
             run_id,
+            windows: vec![WindowReport {
+                key,
+                job_id: Some(job_id),
+                counts,
+                error,
+                refused,
+            }],
             ..Default::default()
         };
-        for f in files {
-            let key = format!("import-{}", sanitize(&f));
-            let job_id = format!("import:{}", f.display());
-            let result = async {
-                let normalized = self
-                    .normalize_files(product, &job_id, vec![f.clone()])
-                    .await?;
-                let _lake = self.lake_lock.lock().await;
-                self.write(
-                    product,
-                    &key,
-                    &job_id,
-                    normalized,
-                    Replace::DaysAndDelivered(BTreeSet::new()),
-                )
-                .await
-            }
-            .await;
-            report.windows.push(match result {
-                Ok(c) => WindowReport {
-                    key,
-                    job_id: Some(job_id),
-                    counts: Some(c),
-                    error: None,
-                    refused: false,
-                },
-                Err(e) => WindowReport {
-                    key,
-                    job_id: Some(job_id),
-                    counts: None,
-                    error: Some(e.to_string()),
-                    refused: e.is_permanent(),
-                },
-            });
-        }
         let first_error = report.windows.iter().find_map(|w| w.error.clone());
         self.state
             .finish_run(run_id, report.totals(), first_error.as_deref())

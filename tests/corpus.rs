@@ -269,3 +269,36 @@ async fn a_10_mb_reason_lands_whole() {
     let rows = lake_rows(out.path()).await;
     assert_eq!(rows[0].5.len(), 10 << 20);
 }
+
+/// The part files of one export each hold some rows of the same day: imported together they
+/// are one job, so no part replaces the day another part wrote.
+#[tokio::test]
+async fn part_files_sharing_a_day_are_one_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let header =
+        "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n";
+    let mut parts = Vec::new();
+    for (n, rows) in [
+        "9000000001,1,11,New,2024-06-15T00:00:13Z,a,2024-06-15,101\n9000000002,2,12,New,2024-06-15T08:00:00Z,b,2024-06-15,102\n",
+        "9000000003,3,13,New,2024-06-15T16:00:00Z,c,2024-06-15,103\n9000000001,1,11,New,2024-06-15T00:00:13Z,a again,2024-06-15,101\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let f = dir.path().join(format!("part-0000{n}.csv"));
+        std::fs::write(&f, format!("{header}{rows}")).unwrap();
+        parts.push(f);
+    }
+    let p = pipeline(dir.path(), "").await;
+    let report = p.import(P, parts).await.unwrap();
+    assert_eq!(report.windows.len(), 1);
+    let c = report.windows[0].counts.unwrap();
+    assert_eq!((c.read, c.written, c.duplicates), (4, 3, 1));
+    let mut reasons: Vec<String> = lake_rows(dir.path())
+        .await
+        .into_iter()
+        .map(|r| r.5)
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["a again", "b", "c"]);
+}

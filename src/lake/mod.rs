@@ -13,9 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::compute::{
-    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
-};
+use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use bytes::Bytes;
 use chrono::NaiveDate;
 use futures::TryStreamExt;
@@ -236,11 +234,7 @@ impl Lake {
             keep.push(n.clone());
         }
         let rows = concat_batches(&schema, &keep).expect("batches share the lake schema");
-        let status_days: BTreeSet<NaiveDate> = status_column(&rows)
-            .values()
-            .iter()
-            .map(|&t| day_of_micros(t))
-            .collect();
+        let status_days = days_of(status_column(&rows).values());
         let count = rows.num_rows() as u64;
         let parts = self.encode(&prefix, rows).await?;
         let (objects, bytes) = self
@@ -422,21 +416,29 @@ impl Lake {
     }
 }
 
+/// Columns whose values rarely repeat within a partition.
+const NEAR_UNIQUE: [&str; 4] = [
+    "service_point_id",
+    "issue_id",
+    "work_order_id",
+    "status_datetime",
+];
+
 pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_created_by(concat!("dpss-sync ", env!("CARGO_PKG_VERSION")).to_string())
-        .set_column_dictionary_enabled("service_point_id".into(), std::env::var("XD").is_ok())
-        .set_column_dictionary_enabled("issue_id".into(), std::env::var("XD").is_ok())
-        .set_column_dictionary_enabled("work_order_id".into(), std::env::var("XD").is_ok())
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(std::env::var("XL").map(|v| v.parse().unwrap()).unwrap_or(3))
-                .expect("valid level"),
-        ))
+        .set_created_by(concat!("dpss-sync ", env!("CARGO_PKG_VERSION")).to_string());
+    // Near-unique columns: a dictionary costs its build, then is dropped for plain pages or
+    // kept at a loss (timestamps). The rest repeat a handful of values and keep theirs.
+    NEAR_UNIQUE
+        .iter()
+        .fold(builder, |b, c| {
+            b.set_column_dictionary_enabled((*c).into(), false)
+        })
         .build()
 }
 
@@ -459,6 +461,25 @@ fn encode_parts(rows: &RecordBatch, target: u64) -> Result<Vec<Bytes>, ParquetEr
     }
     Ok(objects)
 }
+
+/// The distinct UTC days of microsecond timestamps. Rows mostly come in time order, so a run
+/// of one day costs a comparison per row, not a date conversion.
+fn days_of(micros: &[i64]) -> BTreeSet<NaiveDate> {
+    let mut days = BTreeSet::new();
+    let mut last = None;
+    for t in micros {
+        let d = t.div_euclid(MICROS_PER_DAY);
+        if last != Some(d) {
+            last = Some(d);
+            days.insert(d);
+        }
+    }
+    days.into_iter()
+        .map(|d| day_of_micros(d * MICROS_PER_DAY))
+        .collect()
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 fn status_column(b: &RecordBatch) -> &TimestampMicrosecondArray {
     b.column_by_name("status_datetime")
@@ -489,26 +510,17 @@ fn conform(b: &RecordBatch, schema: &arrow::datatypes::SchemaRef) -> Result<Reco
     RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|e| e.to_string())
 }
 
-/// Sorted by time and identity: deterministic output, tight min/max statistics on status_datetime.
+/// Sorted by time, ties in arrival order: deterministic for the same input, and tight min/max
+/// statistics on status_datetime. Exports mostly come in time order already, and then there is
+/// nothing to move.
 fn sort_rows(b: &RecordBatch) -> RecordBatch {
-    if b.num_rows() < 2 {
+    let ts = status_column(b).values();
+    if ts.windows(2).all(|w| w[0] <= w[1]) {
         return b.clone();
     }
-    let col = |n: &str| SortColumn {
-        values: b.column_by_name(n).expect("lake column").clone(),
-        options: None,
-    };
-    let idx = lexsort_to_indices(
-        &[
-            col("status_datetime"),
-            col("work_order_id"),
-            col("issue_id"),
-            col("status"),
-        ],
-        None,
-    )
-    .expect("sortable columns");
-    take_record_batch(b, &idx).expect("indices in range")
+    let mut idx: Vec<u32> = (0..b.num_rows() as u32).collect();
+    idx.sort_by_key(|&i| ts[i as usize]);
+    take_record_batch(b, &arrow::array::UInt32Array::from(idx)).expect("indices in range")
 }
 
 /// The identity of DESIGN.md: (work_order_id, issue_id, status, status_datetime in µs).

@@ -24,6 +24,7 @@ use arrow::array::{
     ArrayRef, BooleanArray, Int8Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
     UInt64Array,
 };
+use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chrono::{Datelike, NaiveDate};
@@ -185,24 +186,21 @@ impl Repeats {
         let issue = column::<StringArray>(b, "issue_id");
         let status = column::<StringArray>(b, "status");
         let ts = column::<TimestampMicrosecondArray>(b, "status_datetime").values();
-        (0..b.num_rows())
-            .map(|i| {
-                if !self.hashes.contains(&hashes[i]) {
-                    return Some(true);
-                }
-                let key = (
-                    wo.value(i).to_string(),
-                    issue.value(i).to_string(),
-                    status.value(i).to_string(),
-                    ts[i],
-                );
-                Some(
-                    self.latest
-                        .get(&key)
-                        .is_none_or(|latest| *latest == seqs[i]),
-                )
-            })
-            .collect()
+        let keep = BooleanBuffer::collect_bool(b.num_rows(), |i| {
+            if !self.hashes.contains(&hashes[i]) {
+                return true;
+            }
+            let key = (
+                wo.value(i).to_string(),
+                issue.value(i).to_string(),
+                status.value(i).to_string(),
+                ts[i],
+            );
+            self.latest
+                .get(&key)
+                .is_none_or(|latest| *latest == seqs[i])
+        });
+        BooleanArray::new(keep, None)
     }
 }
 
