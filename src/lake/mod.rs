@@ -236,7 +236,7 @@ impl Lake {
         let rows = concat_batches(&schema, &keep).expect("batches share the lake schema");
         let status_days = days_of(status_column(&rows).values());
         let count = rows.num_rows() as u64;
-        let parts = self.encode(&prefix, rows).await?;
+        let parts = self.encode(&prefix, rows, Order::ByTime).await?;
         let (objects, bytes) = self
             .replace_objects(&prefix, &existing_objects, parts)
             .await?;
@@ -250,15 +250,26 @@ impl Lake {
 
     /// Sorts and encodes `rows` on a blocking thread: this is most of a sync's CPU, and on the
     /// async threads it would run one partition at a time however many are written at once.
-    async fn encode(&self, prefix: &Path, rows: RecordBatch) -> Result<Vec<Bytes>, LakeError> {
+    async fn encode(
+        &self,
+        prefix: &Path,
+        rows: RecordBatch,
+        order: Order,
+    ) -> Result<Vec<Bytes>, LakeError> {
         let target = self.target_file_size;
-        tokio::task::spawn_blocking(move || encode_parts(&sort_rows(&rows), target))
-            .await
-            .map_err(|e| LakeError::Parquet {
-                path: prefix.to_string(),
-                detail: format!("encoder task failed: {e}"),
-            })?
-            .map_err(parquet_err(prefix))
+        tokio::task::spawn_blocking(move || {
+            let rows = match order {
+                Order::ByTime => sort_rows(&rows),
+                Order::AsIs => rows,
+            };
+            encode_parts(&rows, target)
+        })
+        .await
+        .map_err(|e| LakeError::Parquet {
+            path: prefix.to_string(),
+            detail: format!("encoder task failed: {e}"),
+        })?
+        .map_err(parquet_err(prefix))
     }
 
     /// Puts the encoded parts under `prefix` (nothing when there are none) and deletes the
@@ -372,7 +383,7 @@ impl Lake {
             })?;
             // One path part per segment: joining "a/b" whole would escape the slash.
             let prefix = dir.split('/').fold(root.clone(), |p, part| p.join(part));
-            let parts = self.encode(&prefix, rows).await?;
+            let parts = self.encode(&prefix, rows, Order::AsIs).await?;
             self.replace_objects(&prefix, &old, parts).await?;
         }
         Ok(())
@@ -440,6 +451,12 @@ pub fn writer_properties() -> WriterProperties {
             b.set_column_dictionary_enabled((*c).into(), false)
         })
         .build()
+}
+
+/// How rows are ordered in the objects: data by time, the quarantine as it came.
+enum Order {
+    ByTime,
+    AsIs,
 }
 
 /// One Parquet object, or numbered parts once one passes `target` bytes.
