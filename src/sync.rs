@@ -640,34 +640,33 @@ impl Pipeline {
             .collect();
         self.state.add_partition_days(product, &arriving).await?;
         let (replaced, merged) = (Arc::new(replaced), Arc::new(merged));
-        let results: Vec<Result<(NaiveDate, PartitionState, (u64, u64)), SyncError>> =
-            futures::stream::iter(touched)
-                .map(|date| {
-                    let (normalized, replaced, merged) =
-                        (normalized.clone(), replaced.clone(), merged.clone());
-                    async move {
-                        let new = load(&normalized, date).await?;
-                        let batch = new.as_ref().map(|(b, _)| b);
-                        let state = self
-                            .lake
-                            .rewrite_partition(product, date, &replaced, &merged, batch)
-                            .await?;
-                        ObjectsWritten {
-                            product,
-                            objects: state.objects.len(),
-                            bytes: state.bytes,
-                        }
-                        .emit();
-                        crate::failpoint::hit("mid-write");
-                        let added = new
-                            .map(|(b, dropped)| (b.num_rows() as u64, dropped))
-                            .unwrap_or((0, 0));
-                        Ok((date, state, added))
+        let results: Vec<Result<Rewritten, SyncError>> = futures::stream::iter(touched)
+            .map(|date| {
+                let (normalized, replaced, merged) =
+                    (normalized.clone(), replaced.clone(), merged.clone());
+                async move {
+                    let new = load(&normalized, date).await?;
+                    let batch = new.as_ref().map(|(b, _)| b);
+                    let state = self
+                        .lake
+                        .rewrite_partition(product, date, &replaced, &merged, batch)
+                        .await?;
+                    ObjectsWritten {
+                        product,
+                        objects: state.objects.len(),
+                        bytes: state.bytes,
                     }
-                })
-                .buffer_unordered(2)
-                .collect()
-                .await;
+                    .emit();
+                    crate::failpoint::hit("mid-write");
+                    let added = new
+                        .map(|(b, dropped)| (b.num_rows() as u64, dropped))
+                        .unwrap_or((0, 0));
+                    Ok((date, state, added))
+                }
+            })
+            .buffer_unordered(2)
+            .collect()
+            .await;
         let mut counts = normalized.counts;
         let mut written = Vec::with_capacity(results.len());
         for r in results {
@@ -747,6 +746,9 @@ impl Pipeline {
         Ok(report)
     }
 }
+
+/// A rewritten partition, with the rows this job added to it and the superseded copies left out.
+type Rewritten = (NaiveDate, PartitionState, (u64, u64));
 
 /// Loading a partition reads spill files: blocking work, off the async threads.
 async fn load(

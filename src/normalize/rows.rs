@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,9 +56,7 @@ type Identity = (String, String, String, i64);
 /// A fixed-seed hash of a row's identity: fast (it runs once per row) and well mixed in all 64
 /// bits, which the Bloom filter slices into a block index and bit positions.
 pub fn identity_hash(wo: &str, issue: &str, status: &str, ts: i64) -> u64 {
-    let mut h = foldhash::quality::FixedState::with_seed(0x6470_7373).build_hasher();
-    (wo, issue, status, ts).hash(&mut h);
-    h.finish()
+    foldhash::quality::FixedState::with_seed(0x6470_7373).hash_one((wo, issue, status, ts))
 }
 
 /// A blocked Bloom filter (all of a key's bits in one 64-byte block, so one cache miss per
