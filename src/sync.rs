@@ -537,10 +537,7 @@ impl Pipeline {
         let scratch = self.work_dir();
         let limit = self.settings.lake.max_uncompressed_size;
         tokio::task::spawn_blocking(move || {
-            let expected = files
-                .iter()
-                .map(|f| decode::uncompressed_size(f) / 64)
-                .sum();
+            let expected = files.iter().map(|f| decode::estimated_rows(f)).sum();
             let mut n = Normalizer::new(product, &job_id, Utc::now(), &scratch, expected);
             let (tx, rx) = std::sync::mpsc::sync_channel::<decode::RawBatch>(4);
             let decoder = {

@@ -221,21 +221,34 @@ pub fn decode_path(
     Ok(summary)
 }
 
-/// The bytes a file unpacks to: the sum of a zip's entries, or the file's own size.
-pub fn uncompressed_size(path: &Path) -> u64 {
+/// A rough row count of a file, to size the duplicate filter: the bytes of its parts over a
+/// typical row's size in each format (the vendor's CSV rows take ~110 bytes, JSON ~220,
+/// compressed Parquet and ORC ~23). Guessing high costs a little memory; guessing low makes the
+/// filter grow in steps, which costs more.
+pub fn estimated_rows(path: &Path) -> u64 {
+    let per_row = |ft: Option<FileType>| match ft {
+        Some(FileType::Csv) => 100,
+        Some(FileType::Json) => 200,
+        Some(FileType::Parquet | FileType::Orc) | None => 20,
+    };
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if !matches!(sniff(path), Ok(Kind::Zip)) {
-        return size;
+    match sniff(path) {
+        Ok(Kind::Zip) => File::open(path)
+            .ok()
+            .and_then(|f| zip::ZipArchive::new(f).ok())
+            .map(|mut a| {
+                (0..a.len())
+                    .filter_map(|i| {
+                        let e = a.by_index_raw(i).ok()?;
+                        let ft = file_type_of(&e.name().ok()?)?;
+                        Some(e.size() / per_row(Some(ft)))
+                    })
+                    .sum()
+            })
+            .unwrap_or(size / per_row(None)),
+        Ok(Kind::Part(ft)) => size / per_row(Some(ft)),
+        _ => size / per_row(None),
     }
-    File::open(path)
-        .ok()
-        .and_then(|f| zip::ZipArchive::new(f).ok())
-        .map(|mut a| {
-            (0..a.len())
-                .filter_map(|i| a.by_index_raw(i).ok().map(|e| e.size()))
-                .sum()
-        })
-        .unwrap_or(size)
 }
 
 enum Kind {

@@ -8,10 +8,12 @@
 //! De-duplication ("an identity served twice keeps its last occurrence") must see the whole
 //! export, yet a map of every identity would cost more than the rows. Instead each row carries a
 //! sequence number and a 64-bit hash of its identity; a Bloom filter over the hashes catches
-//! repeats, and only identities the filter has seen before are kept exactly, with the sequence
-//! number of their latest copy. Loading a partition then drops every copy of such an identity but
-//! that latest one. The filter's false positives only add entries to the exact map; they never
-//! drop a row.
+//! repeats, and only identities the filter has seen before go into a map, with the sequence
+//! number of their latest copy. The map's key is 128 bits of hash, the filter's and a second,
+//! independently seeded one, not the identity's text: a tenth of the memory, and two identities
+//! would have to agree in all 128 bits to be taken for one. Loading a partition then drops every
+//! copy of such an identity but that latest one. The filter's false positives only add entries
+//! to the map; they never drop a row.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -51,12 +53,15 @@ pub struct Row<'a> {
     pub hash: u64,
 }
 
-type Identity = (String, String, String, i64);
-
 /// A fixed-seed hash of a row's identity: fast (it runs once per row) and well mixed in all 64
 /// bits, which the Bloom filter slices into a block index and bit positions.
 pub fn identity_hash(wo: &str, issue: &str, status: &str, ts: i64) -> u64 {
     foldhash::quality::FixedState::with_seed(0x6470_7373).hash_one((wo, issue, status, ts))
+}
+
+/// The other 64 bits of a repeated identity's key, from an unrelated seed.
+fn second_hash(wo: &str, issue: &str, status: &str, ts: i64) -> u64 {
+    foldhash::quality::FixedState::with_seed(0x7379_6e63_2d32).hash_one((wo, issue, status, ts))
 }
 
 /// A blocked Bloom filter (all of a key's bits in one 64-byte block, so one cache miss per
@@ -169,7 +174,7 @@ impl Bloom {
 /// Identities seen more than once (or that the filter took for such), with their latest copy.
 #[derive(Default)]
 pub struct Repeats {
-    latest: HashMap<Identity, u64>,
+    latest: HashMap<(u64, u64), u64>,
     hashes: HashSet<u64>,
     /// Roughly what the two maps hold, counted against the memory budget.
     bytes: usize,
@@ -189,10 +194,8 @@ impl Repeats {
                 return true;
             }
             let key = (
-                wo.value(i).to_string(),
-                issue.value(i).to_string(),
-                status.value(i).to_string(),
-                ts[i],
+                hashes[i],
+                second_hash(wo.value(i), issue.value(i), status.value(i), ts[i]),
             );
             self.latest
                 .get(&key)
@@ -399,14 +402,12 @@ impl RowStore {
         if self.bloom.check_and_insert(hash) {
             self.repeats.hashes.insert(hash);
             let key = (
-                r.work_order_id.to_string(),
-                r.issue_id.to_string(),
-                r.status.to_string(),
-                r.status_datetime,
+                hash,
+                second_hash(r.work_order_id, r.issue_id, r.status, r.status_datetime),
             );
-            let key_bytes = 128 + key.0.len() + key.1.len() + key.2.len();
             if self.repeats.latest.insert(key, self.seq).is_none() {
-                self.repeats.bytes += key_bytes;
+                // An entry and a hash, with the tables' slack.
+                self.repeats.bytes += 64;
             }
         }
         let b = &mut self.current;
@@ -579,13 +580,22 @@ impl Rows {
             batches.push(batch);
         }
         batches.extend(self.memory.gather(date));
-        let all = arrow::compute::concat_batches(&buffer_schema(), &batches).expect("one schema");
-        let mask = self.repeats.keep(&all);
-        let dropped = mask.false_count() as u64;
-        let kept = if dropped == 0 {
-            all
-        } else {
-            arrow::compute::filter_record_batch(&all, &mask).expect("mask length matches")
+        // The kept rows of every batch gathered in one pass: one copy, where concatenating and
+        // then filtering made two.
+        let mut kept_rows = Vec::new();
+        for (n, b) in batches.iter().enumerate() {
+            let keep = self.repeats.keep(b);
+            kept_rows.extend(keep.values().set_indices().map(|row| (n, row)));
+        }
+        let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let dropped = (total - kept_rows.len()) as u64;
+        let kept = match batches.as_slice() {
+            [only] if dropped == 0 => only.clone(),
+            _ => {
+                let refs: Vec<&RecordBatch> = batches.iter().collect();
+                arrow::compute::interleave_record_batch(&refs, &kept_rows)
+                    .expect("indices come from these batches")
+            }
         };
         let n = kept.num_rows();
         let mut cols: Vec<ArrayRef> = kept.columns()[..DATA_COLUMNS].to_vec();
