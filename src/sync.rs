@@ -725,20 +725,21 @@ impl Pipeline {
             Ok(c) => (Some(c), None, false),
             Err(e) => (None, Some(e.to_string()), e.is_permanent()),
         };
+        let window = WindowReport {
+            key,
+            job_id: Some(job_id),
+            counts,
+            error,
+            refused,
+        };
         let report = RunReport {
             run_id,
-            windows: vec![WindowReport {
-                key,
-                job_id: Some(job_id),
-                counts,
-                error,
-                refused,
-            }],
+            windows: vec![window],
             ..Default::default()
         };
-        let first_error = report.windows.iter().find_map(|w| w.error.clone());
+        let error = report.windows[0].error.as_deref();
         self.state
-            .finish_run(run_id, report.totals(), first_error.as_deref())
+            .finish_run(run_id, report.totals(), error)
             .await?;
         Ok(report)
     }

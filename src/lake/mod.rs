@@ -30,7 +30,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 pub use store::open_store;
 
 use crate::config::LakeSettings;
-use crate::normalize::time::day_of_micros;
+use crate::normalize::time::{day_of_micros, days_of};
 use crate::product::Product;
 
 /// Rows per row group: big enough for scans to skip by statistics, small enough to write with
@@ -478,25 +478,6 @@ fn encode_parts(rows: &RecordBatch, target: u64) -> Result<Vec<Bytes>, ParquetEr
     }
     Ok(objects)
 }
-
-/// The distinct UTC days of microsecond timestamps. Rows mostly come in time order, so a run
-/// of one day costs a comparison per row, not a date conversion.
-fn days_of(micros: &[i64]) -> BTreeSet<NaiveDate> {
-    let mut days = BTreeSet::new();
-    let mut last = None;
-    for t in micros {
-        let d = t.div_euclid(MICROS_PER_DAY);
-        if last != Some(d) {
-            last = Some(d);
-            days.insert(d);
-        }
-    }
-    days.into_iter()
-        .map(|d| day_of_micros(d * MICROS_PER_DAY))
-        .collect()
-}
-
-const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 fn status_column(b: &RecordBatch) -> &TimestampMicrosecondArray {
     b.column_by_name("status_datetime")

@@ -29,8 +29,9 @@ use arrow::array::{
 use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use chrono::{Datelike, NaiveDate};
+use chrono::NaiveDate;
 
+use super::time::{date_of_day, day_number, day_of_date};
 use crate::product::Product;
 
 #[derive(Debug, thiserror::Error)]
@@ -286,14 +287,14 @@ struct Grouped {
 impl Grouped {
     fn new(chunks: Vec<(RecordBatch, Vec<i32>)>) -> Self {
         let mut by_day: BTreeMap<i32, Vec<(u32, u32)>> = BTreeMap::new();
-        let mut days: BTreeSet<(i32, i64)> = BTreeSet::new();
+        let mut days: BTreeSet<(i32, i32)> = BTreeSet::new();
         for (c, (batch, event_days)) in chunks.iter().enumerate() {
             let ts = column::<TimestampMicrosecondArray>(batch, "status_datetime").values();
             let mut last = None;
             for (r, (day, t)) in event_days.iter().zip(ts.iter()).enumerate() {
                 by_day.entry(*day).or_default().push((c as u32, r as u32));
                 // Rows arrive mostly in time order: most rows repeat the previous pair.
-                let pair = (*day, t.div_euclid(MICROS_PER_DAY));
+                let pair = (*day, day_number(*t));
                 if last != Some(pair) {
                     last = Some(pair);
                     days.insert(pair);
@@ -305,7 +306,7 @@ impl Grouped {
             status_days
                 .entry(date_of_day(day))
                 .or_default()
-                .insert(date_of_day(status_day as i32));
+                .insert(date_of_day(status_day));
         }
         Self {
             chunks: chunks.into_iter().map(|(b, _)| b).collect(),
@@ -331,18 +332,6 @@ impl Grouped {
         )
     }
 }
-
-const MICROS_PER_DAY: i64 = 86_400_000_000;
-
-fn date_of_day(days: i32) -> NaiveDate {
-    NaiveDate::from_num_days_from_ce_opt(days + UNIX_EPOCH_DAYS_FROM_CE).expect("a valid day")
-}
-
-fn day_of_date(d: NaiveDate) -> i32 {
-    d.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE
-}
-
-const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
 /// Where a partition's rows are: record batches of spill files (file, batch index).
 #[derive(Default)]

@@ -4,7 +4,9 @@
 //! `2025-12-14T00:30:34:000Z` (a colon before the milliseconds), offsets `+02:00` / `-0500`,
 //! and a bare date (midnight). Hand-written over bytes: it runs once per row on the hot path.
 
-use chrono::{DateTime, Duration, FixedOffset, NaiveDate, TimeZone, Utc};
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeZone, Utc};
 
 fn num(b: &[u8]) -> Option<u32> {
     if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
@@ -96,15 +98,72 @@ pub fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
+pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+/// Days since the epoch of a microsecond timestamp's UTC day: an integer the hot loops can
+/// compare and group by, turned into a date only once per distinct day.
+pub fn day_number(us: i64) -> i32 {
+    us.div_euclid(MICROS_PER_DAY) as i32
+}
+
+pub fn date_of_day(days: i32) -> NaiveDate {
+    NaiveDate::from_num_days_from_ce_opt(days + UNIX_EPOCH_DAYS_FROM_CE).expect("a valid day")
+}
+
+pub fn day_of_date(d: NaiveDate) -> i32 {
+    d.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE
+}
+
 /// The UTC day of a microsecond timestamp.
 pub fn day_of_micros(us: i64) -> NaiveDate {
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
-    epoch + Duration::days(us.div_euclid(86_400_000_000))
+    date_of_day(day_number(us))
+}
+
+/// The distinct UTC days of microsecond timestamps. Rows mostly come in time order, so a run
+/// of one day costs a comparison per row, not a date conversion.
+pub fn days_of(micros: &[i64]) -> BTreeSet<NaiveDate> {
+    let mut days = BTreeSet::new();
+    let mut last = None;
+    for &t in micros {
+        let d = day_number(t);
+        if last != Some(d) {
+            last = Some(d);
+            days.insert(d);
+        }
+    }
+    days.into_iter().map(date_of_day).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn day_numbers_round_trip_and_days_of_is_distinct_days() {
+        let d = |s: &str| s.parse::<NaiveDate>().unwrap();
+        for day in ["1969-12-31", "1970-01-01", "2024-02-29"] {
+            assert_eq!(date_of_day(day_of_date(d(day))), d(day));
+        }
+        // One microsecond before the epoch is still 1969-12-31, not 1970-01-01.
+        assert_eq!(day_of_micros(-1), d("1969-12-31"));
+        let noon = |s: &str| {
+            parse_utc(&format!("{s}T12:00:00Z"))
+                .unwrap()
+                .timestamp_micros()
+        };
+        let times = [
+            noon("2024-06-15"),
+            noon("2024-06-14"),
+            noon("2024-06-15"),
+            noon("2024-06-14"),
+        ];
+        assert_eq!(
+            days_of(&times).into_iter().collect::<Vec<_>>(),
+            [d("2024-06-14"), d("2024-06-15")]
+        );
+    }
 
     fn ts(s: &str) -> String {
         parse_utc(s)
