@@ -4,6 +4,7 @@
 //! `normalize` -> `lake` -> `state`, with `sync` driving one pass and `sim` standing in for the
 //! vendor in tests and demos.
 
+pub mod alloc;
 pub mod api;
 pub mod cli;
 pub mod config;

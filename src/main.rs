@@ -23,23 +23,8 @@ fn init_logging(log: Option<&LogSettings>) {
     }
 }
 
-/// glibc gives each thread that allocates its own arena and rarely returns their freed pages:
-/// a sync's decoder, normalizer and encoder threads each kept a copy of the buffers they had
-/// passed through, and the resident size grew with the export. Two arenas keep it flat at no
-/// cost in speed.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    // SAFETY: mallopt only changes allocator tuning; it runs before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
-
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    dpss_sync::alloc::limit_arenas();
     let cli = Cli::parse();
     let settings = if cli.command.needs_config() {
         match load_settings(&cli) {

@@ -677,7 +677,7 @@ impl Pipeline {
             .write_quarantine(
                 product,
                 window_key,
-                normalized.quarantine.as_ref(),
+                &normalized.quarantine,
                 &replaced,
                 default_day,
             )

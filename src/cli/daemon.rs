@@ -46,19 +46,6 @@ fn schedule_period(expr: &str) -> chrono::Duration {
     }
 }
 
-/// A cycle's buffers are freed when it ends, but glibc keeps the pages for reuse; the daemon
-/// then idles for minutes or hours, so they go back to the system.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_freed_memory() {
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_freed_memory() {}
-
 async fn cycle(shared: Arc<Shared>, product: Product) {
     let flag = &shared.running[&product];
     if shared.draining.load(Ordering::SeqCst) {
@@ -86,7 +73,7 @@ async fn cycle(shared: Arc<Shared>, product: Product) {
     }
     .emit();
     flag.store(false, Ordering::SeqCst);
-    release_freed_memory();
+    crate::alloc::release_freed();
 }
 
 async fn healthz() -> &'static str {

@@ -106,7 +106,10 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
     );
     n.push(&raw);
     let out = n.finish().map_err(|e| CliError::Failed(e.to_string()))?;
-    let quarantine = out.quarantine.clone();
+    let quarantine = out
+        .quarantine
+        .all()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
     let (partitions, counts) = out
         .into_batches()
         .map_err(|e| CliError::Failed(e.to_string()))?;

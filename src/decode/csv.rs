@@ -133,7 +133,6 @@ fn set_row<'a>(
 mod tests {
     use super::*;
     use crate::decode::RawBatch;
-    use arrow::array::Array;
 
     fn run(text: &[u8]) -> Result<(Vec<RawBatch>, DecodeSummary), DecodeError> {
         let mut batches = Vec::new();
@@ -152,8 +151,7 @@ mod tests {
     }
 
     fn cell(b: &RawBatch, c: Column, row: usize) -> Option<String> {
-        let a = &b.columns[c.index()];
-        (!a.is_null(row)).then(|| a.value(row).to_string())
+        b.columns[c.index()].cell(row).map(|v| v.to_string())
     }
 
     #[test]

@@ -30,6 +30,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 pub use store::open_store;
 
 use crate::config::LakeSettings;
+use crate::normalize::QuarantineRows;
 use crate::normalize::time::{day_of_micros, days_of};
 use crate::product::Product;
 
@@ -53,6 +54,8 @@ pub enum LakeError {
     Parquet { path: String, detail: String },
     #[error("{path}: schema does not match the lake's: {detail}")]
     Schema { path: String, detail: String },
+    #[error("quarantined rows: {0}")]
+    Quarantine(#[from] crate::normalize::SpillError),
 }
 
 fn store_err(path: &Path) -> impl FnOnce(object_store::Error) -> LakeError + '_ {
@@ -321,7 +324,7 @@ impl Lake {
         &self,
         product: Product,
         window: &str,
-        rows: Option<&RecordBatch>,
+        rows: &QuarantineRows,
         replaced: &BTreeSet<NaiveDate>,
         default_day: Option<NaiveDate>,
     ) -> Result<(), LakeError> {
@@ -347,9 +350,11 @@ impl Lake {
             };
             existing.entry(key).or_default().push(meta);
         }
-        let mut groups = rows
-            .map(|r| split_by_day(r, default_day))
-            .unwrap_or_default();
+        // Where each day the rows name goes: rows that name none go to the job's day, if any.
+        let mut groups: BTreeMap<Option<NaiveDate>, Vec<Option<NaiveDate>>> = BTreeMap::new();
+        for day in rows.days() {
+            groups.entry(day.or(default_day)).or_default().push(day);
+        }
         let schema = crate::normalize::quarantine_schema();
         let mut dirs: BTreeSet<String> = replaced
             .iter()
@@ -364,10 +369,12 @@ impl Lake {
             let day = dir
                 .strip_prefix("status_date=")
                 .and_then(|d| d.parse::<NaiveDate>().ok());
-            let new = groups.remove(&day).into_iter();
+            let mut batches = Vec::new();
+            for named in groups.remove(&day).unwrap_or_default() {
+                batches.extend(rows.load(named).await?);
+            }
             let old = existing.remove(&dir).unwrap_or_default();
             let merge_old = day.is_some_and(|d| !replaced.contains(&d));
-            let mut batches: Vec<RecordBatch> = new.collect();
             if merge_old {
                 let fresh: HashSet<String> = batches.iter().flat_map(raw_keys).collect();
                 for b in self.read_objects(&old).await? {
@@ -571,38 +578,6 @@ fn raw_keys(b: &RecordBatch) -> Vec<String> {
                 .map(|c| if c.is_null(i) { "\u{0}" } else { c.value(i) })
                 .collect::<Vec<_>>()
                 .join("\u{1f}")
-        })
-        .collect()
-}
-
-/// Quarantined rows grouped by the UTC day their raw StatusDatetime names.
-fn split_by_day(
-    b: &RecordBatch,
-    default_day: Option<NaiveDate>,
-) -> BTreeMap<Option<NaiveDate>, RecordBatch> {
-    let ts = text_column(b, "status_datetime");
-    let days: Vec<Option<NaiveDate>> = (0..b.num_rows())
-        .map(|i| {
-            // A broken time often still has a good day (`2024-06-15T25:61:00Z`).
-            (!ts.is_null(i))
-                .then(|| {
-                    let raw = ts.value(i).trim();
-                    crate::normalize::time::parse_date(raw)
-                        .or_else(|| raw.get(..10).and_then(crate::normalize::time::parse_date))
-                })
-                .flatten()
-                .or(default_day)
-        })
-        .collect();
-    let distinct: BTreeSet<Option<NaiveDate>> = days.iter().copied().collect();
-    distinct
-        .into_iter()
-        .map(|d| {
-            let mask: arrow::array::BooleanArray = days.iter().map(|x| Some(*x == d)).collect();
-            (
-                d,
-                filter_record_batch(b, &mask).expect("mask length matches"),
-            )
         })
         .collect()
 }

@@ -3,25 +3,36 @@
 //! and the reason; nothing is dropped silently, and the counts always reconcile:
 //! read = written + quarantined + duplicates.
 
+mod quarantine;
 mod rows;
+mod spill;
 pub mod time;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 
+use quarantine::Quarantine;
+pub use quarantine::{QuarantineRows, quarantine_schema};
 use rows::{Row, RowStore};
 pub use rows::{Rows, RowsError};
+pub use spill::SpillError;
 
-use crate::decode::RawBatch;
+use crate::decode::{Cell, RawBatch};
 use crate::product::{Column, Product};
+
+/// `text` `n` times, as a lineage column is: built at its final size, where collecting from an
+/// iterator grew the values buffer by doubling, a copy at each step, for every partition.
+fn repeated(text: &str, n: usize) -> arrow::array::StringArray {
+    arrow::array::StringArray::new(
+        arrow::buffer::OffsetBuffer::from_lengths(std::iter::repeat_n(text.len(), n)),
+        text.repeat(n).into_bytes().into(),
+        None,
+    )
+}
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -46,7 +57,7 @@ pub const ROW_BUDGET: usize = 64 << 20;
 /// A job's rows, ready for the lake, loaded one partition at a time.
 pub struct Normalized {
     pub rows: Rows,
-    pub quarantine: Option<RecordBatch>,
+    pub quarantine: QuarantineRows,
     /// Rows read and quarantined; written and duplicates are known once partitions are loaded.
     pub counts: Counts,
     /// Status days of the valid rows.
@@ -125,7 +136,12 @@ impl Normalizer {
             job_id: Arc::from(job_id),
             ingested_at: ingested_at.timestamp_micros(),
             rows: RowStore::new(scratch, budget, expected_rows),
-            quarantine: Quarantine::default(),
+            quarantine: Quarantine::new(
+                scratch,
+                quarantine::QUARANTINE_BUDGET.min(budget),
+                Arc::from(job_id),
+                ingested_at.timestamp_micros(),
+            ),
             counts: Counts::default(),
             failure: None,
             accepted: Vec::new(),
@@ -152,13 +168,15 @@ impl Normalizer {
                 Ok(v) => accepted.push((row, v)),
                 Err(reason) => {
                     let raw = decode_error.and_then(|e| e.raw.as_deref());
-                    self.quarantine.push(
+                    if let Err(e) = self.quarantine.push(
                         &cells,
                         raw,
                         &reason,
                         &batch.source,
                         batch.first_row + row as u64,
-                    );
+                    ) {
+                        self.failure.get_or_insert(e.into());
+                    }
                     self.counts.quarantined += 1;
                 }
             }
@@ -169,7 +187,10 @@ impl Normalizer {
         for group in accepted.chunks(PREFETCH_ROWS) {
             self.rows.prefetch(group.iter().map(|(_, v)| v.hash));
             for (row, v) in group {
-                let text = |c: Column| batch.columns[c.index()].value(*row);
+                let text = |c: Column| match batch.columns[c.index()].cell(*row) {
+                    Some(Cell::Text(t)) => t,
+                    _ => unreachable!("validate accepts only text in a text column"),
+                };
                 let row = Row {
                     service_point_id: text(Column::ServicePointId),
                     phase: v.phase,
@@ -203,7 +224,7 @@ impl Normalizer {
             .collect();
         Ok(Normalized {
             rows,
-            quarantine: self.quarantine.finish(&self.job_id, self.ingested_at),
+            quarantine: self.quarantine.finish(),
             counts: self.counts,
             status_days,
             product: self.product,
@@ -221,38 +242,68 @@ struct Valid {
 }
 
 /// A row's cells, null where absent.
-fn cells(batch: &RawBatch, row: usize) -> [Option<&str>; 8] {
-    std::array::from_fn(|c| {
-        let a = &batch.columns[c];
-        arrow::array::Array::is_valid(a, row).then(|| a.value(row))
-    })
+fn cells(batch: &RawBatch, row: usize) -> [Option<Cell<'_>>; 8] {
+    std::array::from_fn(|c| batch.columns[c].cell(row))
+}
+
+fn is_missing(c: &Option<Cell<'_>>) -> bool {
+    match c {
+        None => true,
+        Some(Cell::Text(t)) => is_blank(t),
+        Some(_) => false,
+    }
 }
 
 /// Checks a row and types its values; the error names every problem's column.
-fn validate(cells: &[Option<&str>; 8]) -> Result<Valid, String> {
-    if cells.iter().any(|c| c.is_none_or(is_blank)) {
+fn validate(cells: &[Option<Cell<'_>>; 8]) -> Result<Valid, String> {
+    if cells.iter().any(is_missing) {
         let empty: Vec<&str> = Column::ALL
             .into_iter()
-            .filter(|c| cells[c.index()].is_none_or(is_blank))
+            .filter(|c| is_missing(&cells[c.index()]))
             .map(Column::lake_name)
             .collect();
         return Err(format!("empty or missing: {}", empty.join(", ")));
     }
-    let raw = |c: Column| cells[c.index()].expect("checked non-empty");
-    let get = |c: Column| trimmed(raw(c));
-    let phase_text = get(Column::Phase);
-    let phase =
-        parse_phase(phase_text).ok_or_else(|| format!("phase `{phase_text}` is not an integer"))?;
+    let cell = |c: Column| cells[c.index()].expect("checked non-empty");
+    let raw = |c: Column| match cell(c) {
+        Cell::Text(t) => Ok(t),
+        other => Err(format!("{} `{other}` is not text", c.lake_name())),
+    };
+    let texts = [
+        Column::ServicePointId,
+        Column::IssueId,
+        Column::Status,
+        Column::Reason,
+        Column::WorkOrderId,
+    ];
+    for c in texts {
+        raw(c)?;
+    }
+    let phase = match cell(Column::Phase) {
+        Cell::Int(n) => Some(n),
+        Cell::Text(t) => parse_phase(trimmed(t)),
+        _ => None,
+    }
+    .ok_or_else(|| format!("phase `{}` is not an integer", cell(Column::Phase)))?;
     if !(1..=4).contains(&phase) {
         return Err(format!("phase {phase} is outside 1..4"));
     }
-    let ts_text = get(Column::StatusDatetime);
-    let ts = time::parse_utc(ts_text)
-        .map(time::micros)
-        .ok_or_else(|| format!("status_datetime `{ts_text}` is not a timestamp"))?;
-    let ed_text = get(Column::EventDate);
-    let event_date =
-        time::parse_date(ed_text).ok_or_else(|| format!("event_date `{ed_text}` is not a date"))?;
+    let ts = match cell(Column::StatusDatetime) {
+        Cell::Micros(us) => Some(us),
+        Cell::Text(t) => time::parse_utc(trimmed(t)).map(time::micros),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        let v = cell(Column::StatusDatetime);
+        format!("status_datetime `{v}` is not a timestamp")
+    })?;
+    let event_date = match cell(Column::EventDate) {
+        Cell::Days(d) => time::checked_date_of_day(d),
+        Cell::Micros(us) => Some(time::day_of_micros(us)),
+        Cell::Text(t) => time::parse_date(trimmed(t)),
+        Cell::Int(_) => None,
+    }
+    .ok_or_else(|| format!("event_date `{}` is not a date", cell(Column::EventDate)))?;
     let status_day = time::day_of_micros(ts);
     if event_date > status_day && event_date - status_day > Duration::days(1) {
         return Err(format!(
@@ -264,9 +315,9 @@ fn validate(cells: &[Option<&str>; 8]) -> Result<Valid, String> {
         ts,
         event_date,
         hash: rows::identity_hash(
-            raw(Column::WorkOrderId),
-            raw(Column::IssueId),
-            raw(Column::Status),
+            raw(Column::WorkOrderId)?,
+            raw(Column::IssueId)?,
+            raw(Column::Status)?,
             ts,
         ),
     })
@@ -296,94 +347,18 @@ fn parse_phase(s: &str) -> Option<i64> {
     (f.fract() == 0.0 && f.abs() < 1e9).then_some(f as i64)
 }
 
-/// Quarantined rows: every raw value as served, why it failed, and where it came from.
-#[derive(Default)]
-struct Quarantine {
-    cells: [StringBuilder; 8],
-    raw: StringBuilder,
-    reason: StringBuilder,
-    source: StringBuilder,
-    row_number: Int64Builder,
-    len: usize,
-}
-
-impl Quarantine {
-    fn push(
-        &mut self,
-        cells: &[Option<&str>; 8],
-        raw: Option<&str>,
-        reason: &str,
-        source: &str,
-        row: u64,
-    ) {
-        for (b, v) in self.cells.iter_mut().zip(cells) {
-            b.append_option(*v);
-        }
-        self.raw.append_option(raw);
-        self.reason.append_value(reason);
-        self.source.append_value(source);
-        self.row_number.append_value(row as i64);
-        self.len += 1;
-    }
-
-    fn finish(mut self, job_id: &str, ingested_at: i64) -> Option<RecordBatch> {
-        if self.len == 0 {
-            return None;
-        }
-        let n = self.len;
-        let mut cols: Vec<ArrayRef> = self
-            .cells
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef)
-            .collect();
-        cols.push(Arc::new(self.raw.finish()));
-        cols.push(Arc::new(self.reason.finish()));
-        cols.push(Arc::new(self.source.finish()));
-        cols.push(Arc::new(self.row_number.finish()));
-        cols.push(Arc::new(StringArray::from_iter_values(
-            std::iter::repeat_n(job_id, n),
-        )));
-        let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        at.append_slice(&vec![ingested_at; n]);
-        cols.push(Arc::new(at.finish()));
-        Some(RecordBatch::try_new(quarantine_schema(), cols).expect("quarantine schema matches"))
-    }
-}
-
-/// The quarantine's columns: the raw values under their lake names, all text and nullable.
-pub fn quarantine_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = Column::ALL
-        .iter()
-        .map(|c| Field::new(c.lake_name(), DataType::Utf8, true))
-        .collect();
-    fields.extend([
-        Field::new("_raw", DataType::Utf8, true),
-        Field::new("_reason", DataType::Utf8, false),
-        Field::new("_source", DataType::Utf8, false),
-        Field::new("_row_number", DataType::Int64, false),
-        Field::new("_job_id", DataType::Utf8, false),
-        Field::new(
-            "_ingested_at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-    ]);
-    Arc::new(Schema::new(fields))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{RawBatch, RowError};
-    use arrow::array::TimestampMicrosecondArray;
+    use crate::decode::{RawBatch, RawColumn, RowError};
+    use arrow::array::{StringArray, TimestampMicrosecondArray};
 
     fn batch(rows: &[[&str; 8]]) -> RawBatch {
         RawBatch {
             columns: std::array::from_fn(|c| {
-                StringArray::from_iter(
-                    rows.iter()
-                        .map(|r| (!r[c].is_empty() || c == 99).then_some(r[c])),
-                )
+                RawColumn::Text(StringArray::from_iter(
+                    rows.iter().map(|r| (!r[c].is_empty()).then_some(r[c])),
+                ))
             }),
             errors: Vec::new(),
             source: Arc::from("t.csv"),
@@ -425,7 +400,7 @@ mod tests {
     /// Every partition and the final out.counts.
     fn run(n: Normalizer) -> Out {
         let out = n.finish().unwrap();
-        let (quarantine, status_days) = (out.quarantine.clone(), out.status_days.clone());
+        let (quarantine, status_days) = (out.quarantine.all().unwrap(), out.status_days.clone());
         let (partitions, counts) = out.into_batches().unwrap();
         Out {
             partitions,
@@ -565,9 +540,48 @@ mod tests {
     }
 
     #[test]
+    fn typed_columns_validate_like_text() {
+        let mut b = batch(&[GOOD, GOOD]);
+        b.columns[Column::StatusDatetime.index()] =
+            RawColumn::Micros(TimestampMicrosecondArray::from(vec![
+                1_718_409_613_000_000,
+                1_718_409_613_000_000,
+            ]));
+        b.columns[Column::EventDate.index()] =
+            RawColumn::Days(arrow::array::Date32Array::from(vec![19_887, 19_887]));
+        b.columns[Column::Phase.index()] =
+            RawColumn::Int(arrow::array::Int64Array::from(vec![1, 7]));
+        let mut n = normalizer("j");
+        n.push(&b);
+        let out = run(n);
+        assert_eq!(out.counts.written, 1);
+        let p = &out.partitions[&day("2024-06-13")];
+        let ts = p
+            .column(4)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(ts.value(0), 1_718_409_613_000_000);
+        let q = out.quarantine.unwrap();
+        let text = |name: &str| {
+            let c = q.column_by_name(name).unwrap();
+            c.as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0)
+                .to_string()
+        };
+        assert_eq!(text("_reason"), "phase 7 is outside 1..4");
+        assert_eq!(text("status_datetime"), "2024-06-15T00:00:13Z");
+        assert_eq!(text("event_date"), "2024-06-13");
+        assert_eq!(text("phase"), "7");
+    }
+
+    #[test]
     fn decode_errors_are_quarantined_with_raw_text() {
         let mut b = batch(&[GOOD, GOOD]);
-        b.columns = std::array::from_fn(|c| StringArray::from(vec![Some(GOOD[c]), None]));
+        b.columns =
+            std::array::from_fn(|c| RawColumn::Text(StringArray::from(vec![Some(GOOD[c]), None])));
         b.errors = vec![RowError {
             row: 1,
             reason: "row has 3 fields".into(),

@@ -16,10 +16,8 @@
 //! to the map; they never drop a row.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::File;
 use std::hash::BuildHasher;
-use std::io::{BufReader, BufWriter};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -31,13 +29,14 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
 
+use super::spill::{Spill, SpillError, Spilled};
 use super::time::{date_of_day, day_number, day_of_date};
 use crate::product::Product;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RowsError {
-    #[error("spill file {path}: {detail}")]
-    Spill { path: String, detail: String },
+    #[error(transparent)]
+    Spill(#[from] SpillError),
 }
 
 /// One valid row, as the normalizer hands it over.
@@ -172,11 +171,14 @@ impl Bloom {
     }
 }
 
+type Mixed = foldhash::fast::FixedState;
+
 /// Identities seen more than once (or that the filter took for such), with their latest copy.
 #[derive(Default)]
 pub struct Repeats {
-    latest: HashMap<(u64, u64), u64>,
-    hashes: HashSet<u64>,
+    latest: HashMap<(u64, u64), u64, Mixed>,
+    /// Looked up for every row a partition loads: a fast hash, as its keys are hashes already.
+    hashes: HashSet<u64, Mixed>,
     /// Roughly what the two maps hold, counted against the memory budget.
     bytes: usize,
 }
@@ -233,7 +235,6 @@ const DATA_COLUMNS: usize = 7;
 
 /// Rows as they arrive, in one set of builders: appending to one place keeps the hot loop in
 /// cache, where a builder per partition scattered every row across ~400 of them.
-#[derive(Default)]
 struct Buffer {
     sp: StringBuilder,
     phase: Int8Builder,
@@ -249,25 +250,69 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn take(&mut self) -> Option<(RecordBatch, Vec<i32>)> {
+    /// Builders sized for a whole chunk whose text columns hold `text` bytes each. A chunk
+    /// allocated once at its final size, the same size as the chunk it follows, reuses that
+    /// chunk's freed memory; builders left to grow by doubling strew the heap with blocks of
+    /// every size, and the process's memory creeps up with each spill.
+    fn with_capacity(text: [usize; 5]) -> Self {
+        let strings = |bytes| StringBuilder::with_capacity(CHUNK_ROWS, bytes);
+        Self {
+            sp: strings(text[0]),
+            phase: Int8Builder::with_capacity(CHUNK_ROWS),
+            issue: strings(text[1]),
+            status: strings(text[2]),
+            ts: Vec::with_capacity(CHUNK_ROWS),
+            reason: strings(text[3]),
+            wo: strings(text[4]),
+            seq: Vec::with_capacity(CHUNK_ROWS),
+            hash: Vec::with_capacity(CHUNK_ROWS),
+            day: Vec::with_capacity(CHUNK_ROWS),
+        }
+    }
+
+    /// What each text column of a full chunk needs, from this chunk's rows, rounded up so
+    /// that chunks of similar rows ask for exactly the same sizes. A chunk cut short (by a
+    /// spill) says less about the next, so it is scaled up at most fourfold, and no column
+    /// gets more than `limit`: past it the buffer spills anyway.
+    fn next_capacity(&self, limit: usize) -> [usize; 5] {
+        let rows = self.seq.len().max(1);
+        [&self.sp, &self.issue, &self.status, &self.reason, &self.wo].map(|b| {
+            let bytes = b.values_slice().len();
+            let full = (bytes * CHUNK_ROWS / rows).min(bytes * 4);
+            (full + full / 8).next_multiple_of(1 << 16).min(limit)
+        })
+    }
+
+    fn take(&mut self, limit: usize) -> Option<(RecordBatch, Vec<i32>)> {
         if self.seq.is_empty() {
             return None;
         }
+        let next = Self::with_capacity(self.next_capacity(limit));
+        let Self {
+            mut sp,
+            mut phase,
+            mut issue,
+            mut status,
+            ts,
+            mut reason,
+            mut wo,
+            seq,
+            hash,
+            day,
+        } = std::mem::replace(self, next);
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(self.sp.finish()),
-            Arc::new(self.phase.finish()),
-            Arc::new(self.issue.finish()),
-            Arc::new(self.status.finish()),
-            Arc::new(
-                TimestampMicrosecondArray::from(std::mem::take(&mut self.ts)).with_timezone("UTC"),
-            ),
-            Arc::new(self.reason.finish()),
-            Arc::new(self.wo.finish()),
-            Arc::new(UInt64Array::from(std::mem::take(&mut self.seq))),
-            Arc::new(UInt64Array::from(std::mem::take(&mut self.hash))),
+            Arc::new(sp.finish()),
+            Arc::new(phase.finish()),
+            Arc::new(issue.finish()),
+            Arc::new(status.finish()),
+            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+            Arc::new(reason.finish()),
+            Arc::new(wo.finish()),
+            Arc::new(UInt64Array::from(seq)),
+            Arc::new(UInt64Array::from(hash)),
         ];
         let batch = RecordBatch::try_new(buffer_schema(), cols).expect("buffer schema matches");
-        Some((batch, std::mem::take(&mut self.day)))
+        Some((batch, day))
     }
 }
 
@@ -333,10 +378,10 @@ impl Grouped {
     }
 }
 
-/// Where a partition's rows are: record batches of spill files (file, batch index).
+/// Where a partition's rows are: record batches of spill files.
 #[derive(Default)]
 struct Partition {
-    spilled: Vec<(usize, usize)>,
+    spilled: Vec<Spilled>,
     status_days: BTreeSet<NaiveDate>,
 }
 
@@ -351,9 +396,7 @@ pub struct RowStore {
     budget: usize,
     /// What the buffer may hold: the budget less the duplicate filter and repeats map.
     limit: usize,
-    spill_dir: PathBuf,
-    spill_guard: Option<tempfile::TempDir>,
-    spill_files: Vec<PathBuf>,
+    spill: Spill,
     seq: u64,
     bloom: Bloom,
     repeats: Repeats,
@@ -364,16 +407,14 @@ impl RowStore {
     /// `expected_rows` sizes the duplicate filter.
     pub fn new(scratch: &Path, budget: usize, expected_rows: u64) -> Self {
         Self {
-            current: Buffer::default(),
+            current: Buffer::with_capacity([1 << 20; 5]),
             chunks: Vec::new(),
             partitions: BTreeMap::new(),
             buffered: 0,
             current_bytes: 0,
             budget,
             limit: budget,
-            spill_dir: scratch.to_path_buf(),
-            spill_guard: None,
-            spill_files: Vec::new(),
+            spill: Spill::new(scratch, "rows"),
             seq: 0,
             bloom: Bloom::new(expected_rows),
             repeats: Repeats::default(),
@@ -429,7 +470,7 @@ impl RowStore {
     /// and sets how much the buffer may hold: one budget covers it, the duplicate filter and the
     /// repeats map, which grow with the export, so memory stays flat however large it is.
     fn end_chunk(&mut self) {
-        if let Some((batch, days)) = self.current.take() {
+        if let Some((batch, days)) = self.current.take(self.limit) {
             self.buffered += batch.get_array_memory_size() + days.capacity() * 4;
             self.chunks.push((batch, days));
         }
@@ -458,44 +499,23 @@ impl RowStore {
         let Some(g) = self.take_grouped() else {
             return Ok(());
         };
-        if self.spill_guard.is_none() {
-            let dir = tempfile::Builder::new()
-                .prefix(crate::decode::SCRATCH_PREFIX)
-                .tempdir_in(&self.spill_dir)
-                .map_err(|e| RowsError::Spill {
-                    path: self.spill_dir.display().to_string(),
-                    detail: e.to_string(),
-                })?;
-            self.spill_guard = Some(dir);
+        let batches = g
+            .rows
+            .keys()
+            .map(|date| g.gather(*date).expect("a partition of this buffer"));
+        let spilled = self.spill.write(&buffer_schema(), batches)?;
+        for (date, at) in g.rows.keys().zip(spilled) {
+            self.partitions.entry(*date).or_default().spilled.push(at);
         }
-        let dir = self.spill_guard.as_ref().expect("created above").path();
-        let file_index = self.spill_files.len();
-        let path = dir.join(format!("spill-{file_index}.arrow"));
-        let fail = |detail: String| RowsError::Spill {
-            path: path.display().to_string(),
-            detail,
-        };
-        let file = File::create(&path).map_err(|e| fail(e.to_string()))?;
-        let mut w = arrow::ipc::writer::FileWriter::try_new(BufWriter::new(file), &buffer_schema())
-            .map_err(|e| fail(e.to_string()))?;
-        for (n, date) in g.rows.keys().enumerate() {
-            let batch = g.gather(*date).expect("a partition of this buffer");
-            w.write(&batch).map_err(|e| fail(e.to_string()))?;
-            self.partitions
-                .entry(*date)
-                .or_default()
-                .spilled
-                .push((file_index, n));
-        }
-        w.finish().map_err(|e| fail(e.to_string()))?;
-        self.spill_files.push(path);
         self.note(&g);
+        drop(g);
+        crate::alloc::release_freed();
         Ok(())
     }
 
     pub fn finish(mut self) -> Result<Rows, RowsError> {
         // Once rows had to spill, the rest spill too: the writer's partitions need the memory.
-        if !self.spill_files.is_empty() {
+        if !self.spill.is_empty() {
             self.spill()?;
         }
         let memory = self.take_grouped().unwrap_or_default();
@@ -515,16 +535,15 @@ impl RowStore {
         Ok(Rows {
             partitions,
             memory,
-            spill_files: self.spill_files,
+            spill: self.spill,
             repeats: Arc::new(self.repeats),
-            _spill_dir: self.spill_guard,
         })
     }
 }
 
 /// One partition's collected rows: batches in spill files, besides any still in memory.
 pub struct PartitionRows {
-    spilled: Vec<(usize, usize)>,
+    spilled: Vec<Spilled>,
     pub status_days: BTreeSet<NaiveDate>,
 }
 
@@ -533,9 +552,8 @@ pub struct Rows {
     pub partitions: BTreeMap<NaiveDate, PartitionRows>,
     /// The rows buffered since the last spill.
     memory: Grouped,
-    spill_files: Vec<PathBuf>,
+    spill: Spill,
     repeats: Arc<Repeats>,
-    _spill_dir: Option<tempfile::TempDir>,
 }
 
 impl Rows {
@@ -552,21 +570,8 @@ impl Rows {
             return Ok(None);
         };
         let mut batches = Vec::with_capacity(p.spilled.len() + 1);
-        for (file, index) in &p.spilled {
-            let path = &self.spill_files[*file];
-            let fail = |detail: String| RowsError::Spill {
-                path: path.display().to_string(),
-                detail,
-            };
-            let file = File::open(path).map_err(|e| fail(e.to_string()))?;
-            let mut reader = arrow::ipc::reader::FileReader::try_new(BufReader::new(file), None)
-                .map_err(|e| fail(e.to_string()))?;
-            reader.set_index(*index).map_err(|e| fail(e.to_string()))?;
-            let batch = reader
-                .next()
-                .ok_or_else(|| fail(format!("record batch {index} is missing")))?
-                .map_err(|e| fail(e.to_string()))?;
-            batches.push(batch);
+        for at in &p.spilled {
+            batches.push(self.spill.read(*at)?);
         }
         batches.extend(self.memory.gather(date));
         // The kept rows of every batch gathered in one pass: one copy, where concatenating and
@@ -578,8 +583,23 @@ impl Rows {
         }
         let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let dropped = (total - kept_rows.len()) as u64;
+        // In the lake's order (by time, ties in arrival order) in the same pass: the writer
+        // then finds a new partition sorted and copies nothing.
+        let ts: Vec<&[i64]> = batches
+            .iter()
+            .map(|b| {
+                column::<TimestampMicrosecondArray>(b, "status_datetime")
+                    .values()
+                    .as_ref()
+            })
+            .collect();
+        let at = |&(b, r): &(usize, usize)| ts[b][r];
+        let moved = !kept_rows.is_sorted_by_key(at);
+        if moved {
+            kept_rows.sort_by_key(at);
+        }
         let kept = match batches.as_slice() {
-            [only] if dropped == 0 => only.clone(),
+            [only] if dropped == 0 && !moved => only.clone(),
             _ => {
                 let refs: Vec<&RecordBatch> = batches.iter().collect();
                 arrow::compute::interleave_record_batch(&refs, &kept_rows)
@@ -588,9 +608,7 @@ impl Rows {
         };
         let n = kept.num_rows();
         let mut cols: Vec<ArrayRef> = kept.columns()[..DATA_COLUMNS].to_vec();
-        cols.push(Arc::new(StringArray::from_iter_values(
-            std::iter::repeat_n(job_id, n),
-        )));
+        cols.push(Arc::new(super::repeated(job_id, n)));
         cols.push(Arc::new(
             TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC"),
         ));
@@ -645,7 +663,7 @@ mod tests {
         s.push(&row("a", 2, "other instant", "2024-06-13")).unwrap();
         let rows = s.finish().unwrap();
         assert!(rows.partitions.values().any(|p| !p.spilled.is_empty()));
-        assert!(rows.spill_files.len() > 1);
+        assert!(rows.spill.files() > 1);
         let (reasons, dropped) = load_all(&rows);
         assert_eq!(reasons, ["only", "other instant", "third"]);
         assert_eq!(dropped, 2);

@@ -109,7 +109,13 @@ pub fn day_number(us: i64) -> i32 {
 }
 
 pub fn date_of_day(days: i32) -> NaiveDate {
-    NaiveDate::from_num_days_from_ce_opt(days + UNIX_EPOCH_DAYS_FROM_CE).expect("a valid day")
+    checked_date_of_day(days).expect("a valid day")
+}
+
+/// A day number from outside (a file's Date32 column): `None` past chrono's range.
+pub fn checked_date_of_day(days: i32) -> Option<NaiveDate> {
+    days.checked_add(UNIX_EPOCH_DAYS_FROM_CE)
+        .and_then(NaiveDate::from_num_days_from_ce_opt)
 }
 
 pub fn day_of_date(d: NaiveDate) -> i32 {

@@ -1,0 +1,33 @@
+//! How the process uses glibc's allocator. glibc keeps freed pages for reuse and gives each
+//! allocating thread an arena of its own; for a process that buffers an export up to a budget,
+//! spills it, and then idles, both make the resident size grow past what the buffers hold. On
+//! other platforms these are no-ops.
+
+/// Caps the arenas at two. A sync's decoder, normalizer and encoder threads each kept a copy
+/// of the buffers they had passed through, and the resident size grew with the export; two
+/// arenas keep it flat at no cost in speed. Call before any other thread exists.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn limit_arenas() {
+    // SAFETY: mallopt only changes allocator tuning; the caller runs it before other threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Returns freed pages to the system: after a spill, whose freed buffer left holes the next
+/// one never fills exactly (a 10M-row import crept from 88 to 120 MiB resident over its 30
+/// spills, and stays near 115 MiB with this), and after a daemon cycle, which is followed by
+/// minutes or hours of idling.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_freed() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn limit_arenas() {}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_freed() {}
