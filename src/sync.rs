@@ -661,7 +661,7 @@ impl Pipeline {
                     Ok((date, state, added))
                 }
             })
-            .buffer_unordered(2)
+            .buffer_unordered(crate::lake::WRITERS)
             .collect()
             .await;
         let mut counts = normalized.counts;

@@ -16,7 +16,7 @@ use arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use bytes::Bytes;
 use chrono::NaiveDate;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
 use object_store::path::Path;
@@ -37,6 +37,10 @@ use crate::product::Product;
 /// Rows per row group: big enough for scans to skip by statistics, small enough to write with
 /// bounded memory.
 const ROW_GROUP_ROWS: usize = 1_000_000;
+
+/// Objects written at once: two keep both cores encoding while one waits on the store, and
+/// hold two partitions in memory, not more.
+pub const WRITERS: usize = 2;
 /// Rows handed to the writer at a time, so the part-size check runs often enough to split.
 const WRITE_CHUNK_ROWS: usize = 65_536;
 
@@ -365,34 +369,54 @@ impl Lake {
             Some(d) => format!("status_date={d}"),
             None => format!("status_date=unknown/window={window}"),
         }));
-        for dir in dirs {
-            let day = dir
-                .strip_prefix("status_date=")
-                .and_then(|d| d.parse::<NaiveDate>().ok());
-            let mut batches = Vec::new();
-            for named in groups.remove(&day).unwrap_or_default() {
-                batches.extend(rows.load(named).await?);
-            }
-            let old = existing.remove(&dir).unwrap_or_default();
-            let merge_old = day.is_some_and(|d| !replaced.contains(&d));
-            if merge_old {
-                let fresh: HashSet<String> = batches.iter().flat_map(raw_keys).collect();
-                for b in self.read_objects(&old).await? {
-                    let keys = raw_keys(&b);
-                    let mask: arrow::array::BooleanArray =
-                        keys.iter().map(|k| Some(!fresh.contains(k))).collect();
-                    batches.push(filter_record_batch(&b, &mask).expect("mask length matches"));
+        let jobs: Vec<(
+            String,
+            Vec<Option<NaiveDate>>,
+            Vec<object_store::ObjectMeta>,
+        )> = dirs
+            .into_iter()
+            .map(|dir| {
+                let day = dir_day(&dir);
+                let named = groups.remove(&day).unwrap_or_default();
+                let old = existing.remove(&dir).unwrap_or_default();
+                (dir, named, old)
+            })
+            .collect();
+        // Days at once, as partitions are: a day's write is mostly waiting on the store.
+        futures::stream::iter(jobs)
+            .map(|(dir, named, old)| {
+                let (root, schema) = (&root, &schema);
+                async move {
+                    let day = dir_day(&dir);
+                    let mut batches = Vec::new();
+                    for n in named {
+                        batches.extend(rows.load(n).await?);
+                    }
+                    let merge_old = day.is_some_and(|d| !replaced.contains(&d));
+                    if merge_old {
+                        let fresh: HashSet<String> = batches.iter().flat_map(raw_keys).collect();
+                        for b in self.read_objects(&old).await? {
+                            let keys = raw_keys(&b);
+                            let mask: arrow::array::BooleanArray =
+                                keys.iter().map(|k| Some(!fresh.contains(k))).collect();
+                            batches
+                                .push(filter_record_batch(&b, &mask).expect("mask length matches"));
+                        }
+                    }
+                    let rows = concat_batches(schema, &batches).map_err(|e| LakeError::Schema {
+                        path: dir.clone(),
+                        detail: e.to_string(),
+                    })?;
+                    // One path part per segment: joining "a/b" whole would escape the slash.
+                    let prefix = dir.split('/').fold(root.clone(), |p, part| p.join(part));
+                    let parts = self.encode(&prefix, rows, Order::AsIs).await?;
+                    self.replace_objects(&prefix, &old, parts).await?;
+                    Ok::<_, LakeError>(())
                 }
-            }
-            let rows = concat_batches(&schema, &batches).map_err(|e| LakeError::Schema {
-                path: dir.clone(),
-                detail: e.to_string(),
-            })?;
-            // One path part per segment: joining "a/b" whole would escape the slash.
-            let prefix = dir.split('/').fold(root.clone(), |p, part| p.join(part));
-            let parts = self.encode(&prefix, rows, Order::AsIs).await?;
-            self.replace_objects(&prefix, &old, parts).await?;
-        }
+            })
+            .buffer_unordered(WRITERS)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 
@@ -432,6 +456,12 @@ impl Lake {
         }
         Ok(())
     }
+}
+
+/// The status day of a quarantine directory (`status_date=YYYY-MM-DD`), none for `unknown`.
+fn dir_day(dir: &str) -> Option<NaiveDate> {
+    dir.strip_prefix("status_date=")
+        .and_then(|d| d.parse::<NaiveDate>().ok())
 }
 
 /// Columns whose values rarely repeat within a partition.

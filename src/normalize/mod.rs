@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use quarantine::Quarantine;
 pub use quarantine::{QuarantineRows, quarantine_schema};
@@ -199,7 +199,7 @@ impl Normalizer {
                     status_datetime: v.ts,
                     reason: text(Column::Reason),
                     work_order_id: text(Column::WorkOrderId),
-                    event_date: v.event_date,
+                    event_day: v.event_day,
                     hash: v.hash,
                 };
                 if self.failure.is_none()
@@ -237,7 +237,7 @@ impl Normalizer {
 struct Valid {
     phase: i8,
     ts: i64,
-    event_date: NaiveDate,
+    event_day: i32,
     hash: u64,
 }
 
@@ -297,23 +297,27 @@ fn validate(cells: &[Option<Cell<'_>>; 8]) -> Result<Valid, String> {
         let v = cell(Column::StatusDatetime);
         format!("status_datetime `{v}` is not a timestamp")
     })?;
-    let event_date = match cell(Column::EventDate) {
-        Cell::Days(d) => time::checked_date_of_day(d),
-        Cell::Micros(us) => Some(time::day_of_micros(us)),
-        Cell::Text(t) => time::parse_date(trimmed(t)),
+    // Day numbers, not dates: a row's days are compared and grouped, and turned into dates
+    // only once per partition.
+    let event_day = match cell(Column::EventDate) {
+        Cell::Days(d) => time::checked_day(d),
+        Cell::Micros(us) => Some(time::day_number(us)),
+        Cell::Text(t) => time::parse_date(trimmed(t)).map(time::day_of_date),
         Cell::Int(_) => None,
     }
     .ok_or_else(|| format!("event_date `{}` is not a date", cell(Column::EventDate)))?;
-    let status_day = time::day_of_micros(ts);
-    if event_date > status_day && event_date - status_day > Duration::days(1) {
+    let status_day = time::day_number(ts);
+    if event_day - status_day > 1 {
         return Err(format!(
-            "event_date {event_date} is more than one day after the status day {status_day}"
+            "event_date {} is more than one day after the status day {}",
+            time::date_of_day(event_day),
+            time::date_of_day(status_day)
         ));
     }
     Ok(Valid {
         phase: phase as i8,
         ts,
-        event_date,
+        event_day,
         hash: rows::identity_hash(
             raw(Column::WorkOrderId)?,
             raw(Column::IssueId)?,

@@ -29,8 +29,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
 
-use super::spill::{Spill, SpillError, Spilled};
-use super::time::{date_of_day, day_number, day_of_date};
+use super::spill::{Spill, SpillError, Spilled, write_file};
+use super::time::{date_of_day, day_number};
 use crate::product::Product;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,8 @@ pub struct Row<'a> {
     pub status_datetime: i64,
     pub reason: &'a str,
     pub work_order_id: &'a str,
-    pub event_date: NaiveDate,
+    /// `event_date` as days since the epoch.
+    pub event_day: i32,
     /// [`identity_hash`] of the row.
     pub hash: u64,
 }
@@ -397,6 +398,8 @@ pub struct RowStore {
     /// What the buffer may hold: the budget less the duplicate filter and repeats map.
     limit: usize,
     spill: Spill,
+    /// The spill being written, on its own thread.
+    writing: Option<std::thread::JoinHandle<Result<(), SpillError>>>,
     seq: u64,
     bloom: Bloom,
     repeats: Repeats,
@@ -415,6 +418,7 @@ impl RowStore {
             budget,
             limit: budget,
             spill: Spill::new(scratch, "rows"),
+            writing: None,
             seq: 0,
             bloom: Bloom::new(expected_rows),
             repeats: Repeats::default(),
@@ -450,7 +454,7 @@ impl RowStore {
         b.wo.append_value(r.work_order_id);
         b.seq.push(self.seq);
         b.hash.push(hash);
-        b.day.push(day_of_date(r.event_date));
+        b.day.push(r.event_day);
         self.current_bytes += 44
             + r.service_point_id.len()
             + r.issue_id.len()
@@ -475,8 +479,9 @@ impl RowStore {
             self.chunks.push((batch, days));
         }
         self.current_bytes = 0;
+        // Half each for the buffer being filled and the one being spilled.
         let fixed = self.bloom.bytes() + self.repeats.bytes;
-        self.limit = self.budget.saturating_sub(fixed).max(self.budget / 4);
+        self.limit = (self.budget.saturating_sub(fixed) / 2).max(self.budget / 8);
     }
 
     /// Every buffered row, grouped by partition.
@@ -495,22 +500,46 @@ impl RowStore {
     }
 
     /// Writes the buffered rows to one IPC file, a record batch per partition, and frees them.
+    /// Gathering and writing a spill took a third of the normalizer's time, and the
+    /// decoder leaves a core half idle: so it runs on a thread of its own while the next
+    /// buffer fills, one spill at a time, in order.
     fn spill(&mut self) -> Result<(), RowsError> {
         let Some(g) = self.take_grouped() else {
             return Ok(());
         };
-        let batches = g
-            .rows
-            .keys()
-            .map(|date| g.gather(*date).expect("a partition of this buffer"));
-        let spilled = self.spill.write(&buffer_schema(), batches)?;
-        for (date, at) in g.rows.keys().zip(spilled) {
-            self.partitions.entry(*date).or_default().spilled.push(at);
-        }
         self.note(&g);
-        drop(g);
-        crate::alloc::release_freed();
+        self.wait()?;
+        let (file, path) = self.spill.next_file()?;
+        for (n, date) in g.rows.keys().enumerate() {
+            self.partitions
+                .entry(*date)
+                .or_default()
+                .spilled
+                .push((file, n));
+        }
+        self.writing = Some(std::thread::spawn(move || {
+            let batches = g
+                .rows
+                .keys()
+                .map(|date| g.gather(*date).expect("a partition of this buffer"));
+            let written = write_file(&path, &buffer_schema(), batches);
+            drop(g);
+            crate::alloc::release_freed();
+            written.map(drop)
+        }));
         Ok(())
+    }
+
+    /// Waits for the spill being written, if any.
+    fn wait(&mut self) -> Result<(), RowsError> {
+        let Some(writing) = self.writing.take() else {
+            return Ok(());
+        };
+        let written = writing.join().map_err(|_| SpillError {
+            path: "spill writer".into(),
+            detail: "the writer thread panicked".into(),
+        })?;
+        Ok(written?)
     }
 
     pub fn finish(mut self) -> Result<Rows, RowsError> {
@@ -518,6 +547,7 @@ impl RowStore {
         if !self.spill.is_empty() {
             self.spill()?;
         }
+        self.wait()?;
         let memory = self.take_grouped().unwrap_or_default();
         self.note(&memory);
         let partitions = std::mem::take(&mut self.partitions)
@@ -620,6 +650,7 @@ impl Rows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::normalize::time::day_of_date;
 
     fn row<'a>(wo: &'a str, ts: i64, reason: &'a str, event: &str) -> Row<'a> {
         Row {
@@ -631,7 +662,7 @@ mod tests {
             status_datetime: ts,
             reason,
             work_order_id: wo,
-            event_date: event.parse().unwrap(),
+            event_day: day_of_date(event.parse().unwrap()),
         }
     }
 

@@ -59,12 +59,9 @@ impl Spill {
         self.files.len()
     }
 
-    /// Writes `batches` to a new file and returns where each went, in order.
-    pub fn write(
-        &mut self,
-        schema: &SchemaRef,
-        batches: impl IntoIterator<Item = RecordBatch>,
-    ) -> Result<Vec<Spilled>, SpillError> {
+    /// Names the next file and counts it as written: the caller writes it with
+    /// [`write_file`] (on another thread, if it likes) before anything reads it.
+    pub fn next_file(&mut self) -> Result<(usize, PathBuf), SpillError> {
         if self.dir.is_none() {
             let dir = tempfile::Builder::new()
                 .prefix(crate::decode::SCRATCH_PREFIX)
@@ -73,21 +70,21 @@ impl Spill {
             self.dir = Some(dir);
         }
         let dir = self.dir.as_ref().expect("created above").path();
-        let file_index = self.files.len();
-        let path = dir.join(format!("{}-{file_index}.arrow", self.name));
-        let fail = SpillError::at(&path);
-        let file = File::create(&path).map_err(|e| fail(e.to_string()))?;
-        let mut w =
-            FileWriter::try_new(BufWriter::new(file), schema).map_err(|e| fail(e.to_string()))?;
-        let mut written = Vec::new();
-        for batch in batches {
-            w.write(&batch).map_err(|e| fail(e.to_string()))?;
-            written.push((file_index, written.len()));
-        }
-        w.finish().map_err(|e| fail(e.to_string()))?;
-        drop(fail);
-        self.files.push(path);
-        Ok(written)
+        let index = self.files.len();
+        let path = dir.join(format!("{}-{index}.arrow", self.name));
+        self.files.push(path.clone());
+        Ok((index, path))
+    }
+
+    /// Writes `batches` to a new file and returns where each went, in order.
+    pub fn write(
+        &mut self,
+        schema: &SchemaRef,
+        batches: impl IntoIterator<Item = RecordBatch>,
+    ) -> Result<Vec<Spilled>, SpillError> {
+        let (index, path) = self.next_file()?;
+        let count = write_file(&path, schema, batches)?;
+        Ok((0..count).map(|n| (index, n)).collect())
     }
 
     pub fn read(&self, (file, index): Spilled) -> Result<RecordBatch, SpillError> {
@@ -102,4 +99,23 @@ impl Spill {
             .ok_or_else(|| fail(format!("record batch {index} is missing")))?
             .map_err(|e| fail(e.to_string()))
     }
+}
+
+/// Writes `batches` as the file at `path`; returns how many there were.
+pub fn write_file(
+    path: &Path,
+    schema: &SchemaRef,
+    batches: impl IntoIterator<Item = RecordBatch>,
+) -> Result<usize, SpillError> {
+    let fail = SpillError::at(path);
+    let file = File::create(path).map_err(|e| fail(e.to_string()))?;
+    let mut w =
+        FileWriter::try_new(BufWriter::new(file), schema).map_err(|e| fail(e.to_string()))?;
+    let mut count = 0;
+    for batch in batches {
+        w.write(&batch).map_err(|e| fail(e.to_string()))?;
+        count += 1;
+    }
+    w.finish().map_err(|e| fail(e.to_string()))?;
+    Ok(count)
 }

@@ -109,13 +109,15 @@ pub fn day_number(us: i64) -> i32 {
 }
 
 pub fn date_of_day(days: i32) -> NaiveDate {
-    checked_date_of_day(days).expect("a valid day")
+    NaiveDate::from_num_days_from_ce_opt(days + UNIX_EPOCH_DAYS_FROM_CE).expect("a valid day")
 }
 
-/// A day number from outside (a file's Date32 column): `None` past chrono's range.
-pub fn checked_date_of_day(days: i32) -> Option<NaiveDate> {
-    days.checked_add(UNIX_EPOCH_DAYS_FROM_CE)
-        .and_then(NaiveDate::from_num_days_from_ce_opt)
+/// A day number from outside (a file's Date32 column) if it is of the years 1 to 9999, which
+/// every date column can hold and [`date_of_day`] can convert.
+pub fn checked_day(days: i32) -> Option<i32> {
+    const FIRST: i32 = 1 - UNIX_EPOCH_DAYS_FROM_CE;
+    const LAST: i32 = 3_652_059 - UNIX_EPOCH_DAYS_FROM_CE;
+    (FIRST..=LAST).contains(&days).then_some(days)
 }
 
 pub fn day_of_date(d: NaiveDate) -> i32 {
