@@ -578,7 +578,7 @@ impl Pipeline {
     /// Rewrites every partition that holds a replaced day or receives new rows, then the
     /// quarantine. Rows delivered for days the job does not replace whole (a vendor that serves
     /// a row outside the asked-for day) replace only the rows with their identity. Partitions
-    /// are written two at a time: encoding Parquet is the costly part, and there are two cores.
+    /// are written [`crate::lake::WRITERS`] at a time.
     async fn write(
         &self,
         product: Product,
