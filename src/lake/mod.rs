@@ -38,10 +38,11 @@ use crate::product::Product;
 /// bounded memory.
 const ROW_GROUP_ROWS: usize = 1_000_000;
 
-/// Objects written at once: with two, a core idled a quarter of the time while a partition
-/// waited on the store (creating its directory and file); three keep both busy (a 10M-row
-/// Parquet import 7.1-7.5 s -> 6.6-7.0 s); four gain nothing and hold more in memory.
-pub const WRITERS: usize = 3;
+/// Objects written at once. Two leave a core idle about a quarter of the write phase, while a
+/// partition waits on the store (creating its directory and file); three took a 10M-row Parquet
+/// import from 7.1-7.5 s to 6.6-7.0 s, but a 10M-row JSON import's peak from ~90 to ~114 MiB,
+/// which made memory grow with the export again. Two it is.
+pub const WRITERS: usize = 2;
 
 /// Rows handed to the writer at a time, so the part-size check runs often enough to split.
 const WRITE_CHUNK_ROWS: usize = 65_536;
