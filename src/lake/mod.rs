@@ -372,25 +372,20 @@ impl Lake {
             Some(d) => format!("status_date={d}"),
             None => format!("status_date=unknown/window={window}"),
         }));
-        let jobs: Vec<(
-            String,
-            Vec<Option<NaiveDate>>,
-            Vec<object_store::ObjectMeta>,
-        )> = dirs
+        let jobs: Vec<_> = dirs
             .into_iter()
             .map(|dir| {
                 let day = dir_day(&dir);
                 let named = groups.remove(&day).unwrap_or_default();
                 let old = existing.remove(&dir).unwrap_or_default();
-                (dir, named, old)
+                (dir, day, named, old)
             })
             .collect();
         // Days at once, as partitions are: a day's write is mostly waiting on the store.
         futures::stream::iter(jobs)
-            .map(|(dir, named, old)| {
+            .map(|(dir, day, named, old)| {
                 let (root, schema) = (&root, &schema);
                 async move {
-                    let day = dir_day(&dir);
                     let mut batches = Vec::new();
                     for n in named {
                         batches.extend(rows.load(n).await?);

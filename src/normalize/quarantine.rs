@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -134,9 +134,9 @@ impl Quarantine {
         cols.push(Arc::new(self.source.finish()));
         cols.push(Arc::new(self.row_number.finish()));
         cols.push(Arc::new(super::repeated(&self.job_id, n)));
-        let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        at.append_slice(&vec![self.ingested_at; n]);
-        cols.push(Arc::new(at.finish()));
+        cols.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![self.ingested_at; n]).with_timezone("UTC"),
+        ));
         Some(RecordBatch::try_new(quarantine_schema(), cols).expect("quarantine schema matches"))
     }
 

@@ -379,6 +379,29 @@ impl Grouped {
     }
 }
 
+/// A spill's writer thread. A store dropped without `finish` (a failed job) still waits for
+/// it, so the thread cannot write into the scratch directory as it is being removed.
+struct Writing(Option<std::thread::JoinHandle<Result<(), SpillError>>>);
+
+impl Writing {
+    fn wait(&mut self) -> Result<(), SpillError> {
+        let Some(writing) = self.0.take() else {
+            return Ok(());
+        };
+        writing.join().map_err(|_| SpillError {
+            path: "spill writer".into(),
+            detail: "the writer thread panicked".into(),
+        })?
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        // A failed job is already reporting its own error; this one would add nothing.
+        let _ = self.wait();
+    }
+}
+
 /// Where a partition's rows are: record batches of spill files.
 #[derive(Default)]
 struct Partition {
@@ -397,9 +420,10 @@ pub struct RowStore {
     budget: usize,
     /// What the buffer may hold: the budget less the duplicate filter and repeats map.
     limit: usize,
+    /// The spill being written, on its own thread. Declared before `spill`, so that it is
+    /// dropped (and waited for) before the spill's directory is removed.
+    writing: Writing,
     spill: Spill,
-    /// The spill being written, on its own thread.
-    writing: Option<std::thread::JoinHandle<Result<(), SpillError>>>,
     seq: u64,
     bloom: Bloom,
     repeats: Repeats,
@@ -418,7 +442,7 @@ impl RowStore {
             budget,
             limit: budget,
             spill: Spill::new(scratch, "rows"),
-            writing: None,
+            writing: Writing(None),
             seq: 0,
             bloom: Bloom::new(expected_rows),
             repeats: Repeats::default(),
@@ -517,7 +541,7 @@ impl RowStore {
                 .spilled
                 .push((file, n));
         }
-        self.writing = Some(std::thread::spawn(move || {
+        self.writing.0 = Some(std::thread::spawn(move || {
             let batches = g
                 .rows
                 .keys()
@@ -532,14 +556,7 @@ impl RowStore {
 
     /// Waits for the spill being written, if any.
     fn wait(&mut self) -> Result<(), RowsError> {
-        let Some(writing) = self.writing.take() else {
-            return Ok(());
-        };
-        let written = writing.join().map_err(|_| SpillError {
-            path: "spill writer".into(),
-            detail: "the writer thread panicked".into(),
-        })?;
-        Ok(written?)
+        Ok(self.writing.wait()?)
     }
 
     pub fn finish(mut self) -> Result<Rows, RowsError> {
@@ -680,6 +697,18 @@ mod tests {
         }
         reasons.sort();
         (reasons, dropped)
+    }
+
+    #[test]
+    fn a_store_dropped_mid_spill_leaves_no_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RowStore::new(dir.path(), 1, 10);
+        for n in 0..50 {
+            s.push(&row(&n.to_string(), n, "r", "2024-06-13")).unwrap();
+        }
+        assert!(!s.spill.is_empty());
+        drop(s);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
