@@ -22,7 +22,7 @@ use crate::events::{
 use crate::fetch::{FetchError, Fetcher};
 use crate::lake::Identity;
 use crate::lake::{Lake, LakeError, PartitionState};
-use crate::normalize::{Counts, Normalized, Normalizer};
+use crate::normalize::{self, Counts, Normalized, Normalizer};
 use crate::plan::{self, WindowPlan};
 use crate::product::Product;
 use crate::state::{RunTotals, Stage, State, StateError, WindowKind, WindowRow};
@@ -525,8 +525,9 @@ impl Pipeline {
         Ok(counts)
     }
 
-    /// Decoding and normalizing are CPU work: the decoder runs on its own thread and hands
-    /// batches through a short queue to the normalizer on another, so the two overlap.
+    /// Decoding and normalizing are CPU work: the decoder runs on its own thread, checks each
+    /// batch's rows and hands them through a short queue to the normalizer on another, so the
+    /// two overlap.
     async fn normalize_files(
         &self,
         product: Product,
@@ -539,14 +540,14 @@ impl Pipeline {
         tokio::task::spawn_blocking(move || {
             let expected = files.iter().map(|f| decode::estimated_rows(f)).sum();
             let mut n = Normalizer::new(product, &job_id, Utc::now(), &scratch, expected);
-            let (tx, rx) = std::sync::mpsc::sync_channel::<decode::RawBatch>(4);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<normalize::Checked>(4);
             let decoder = {
                 let scratch = scratch.clone();
                 std::thread::spawn(move || {
                     let mut unknown = BTreeSet::new();
                     for f in &files {
                         let summary = decode::decode_path(f, &scratch, limit, &mut |b| {
-                            tx.send(b)
+                            tx.send(normalize::check(b))
                                 .map_err(|_| DecodeError::Sink("the normalizer stopped".into()))
                         })?;
                         unknown.extend(summary.unknown_columns);
@@ -554,8 +555,8 @@ impl Pipeline {
                     Ok::<_, DecodeError>(unknown)
                 })
             };
-            for batch in rx {
-                n.push(&batch);
+            for checked in rx {
+                n.push(&checked);
             }
             let unknown = decoder
                 .join()

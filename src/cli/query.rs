@@ -16,7 +16,7 @@ use clap::{Args, ValueEnum};
 use super::CliError;
 use crate::api::DpssClient;
 use crate::config::Settings;
-use crate::normalize::Normalizer;
+use crate::normalize::{self, Normalizer};
 use crate::product::Product;
 use crate::sim::ON_DEMAND_MAX_ROWS;
 
@@ -104,7 +104,7 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
         scratch.path(),
         served as u64,
     );
-    n.push(&raw);
+    n.push(&normalize::check(raw));
     let out = n.finish().map_err(|e| CliError::Failed(e.to_string()))?;
     let quarantine = out
         .quarantine

@@ -105,7 +105,10 @@ impl RawColumn {
     }
 
     /// The value at `row`, `None` when null. Runs for every cell: each arm checks its own
-    /// array's nulls, which inlines, where `array().is_null` was a call through a vtable.
+    /// array's nulls, which inlines, where `array().is_null` was a call through a vtable. Left
+    /// to the compiler it stayed a call, whose result went through memory to be copied into
+    /// the row's cells: 30% of a Parquet import's checking time, gone when inlined.
+    #[inline(always)]
     pub fn cell(&self, row: usize) -> Option<Cell<'_>> {
         match self {
             Self::Text(a) => a.is_valid(row).then(|| Cell::Text(a.value(row))),

@@ -99,8 +99,6 @@ pub struct Normalizer {
     quarantine: Quarantine,
     counts: Counts,
     failure: Option<RowsError>,
-    /// The current batch's valid rows, kept between batches to reuse the allocation.
-    accepted: Vec<(usize, Valid)>,
 }
 
 impl Normalizer {
@@ -144,7 +142,6 @@ impl Normalizer {
             ),
             counts: Counts::default(),
             failure: None,
-            accepted: Vec::new(),
         }
     }
 
@@ -152,39 +149,27 @@ impl Normalizer {
         self.counts
     }
 
-    pub fn push(&mut self, batch: &RawBatch) {
-        let mut accepted = std::mem::take(&mut self.accepted);
-        accepted.clear();
-        let mut errors = batch.errors.iter().peekable();
-        for row in 0..batch.num_rows() {
-            self.counts.read += 1;
-            let decode_error = errors.next_if(|e| e.row == row);
-            let cells = cells(batch, row);
-            let verdict = match decode_error {
-                Some(e) => Err(e.reason.clone()),
-                None => validate(&cells),
-            };
-            match verdict {
-                Ok(v) => accepted.push((row, v)),
-                Err(reason) => {
-                    let raw = decode_error.and_then(|e| e.raw.as_deref());
-                    if let Err(e) = self.quarantine.push(
-                        &cells,
-                        raw,
-                        &reason,
-                        &batch.source,
-                        batch.first_row + row as u64,
-                    ) {
-                        self.failure.get_or_insert(e.into());
-                    }
-                    self.counts.quarantined += 1;
-                }
+    /// Quarantines a checked batch's rejected rows and buffers its accepted ones, in order.
+    pub fn push(&mut self, checked: &Checked) {
+        let batch = &checked.batch;
+        self.counts.read += batch.num_rows() as u64;
+        for r in &checked.rejected {
+            let raw = r.error.and_then(|i| batch.errors[i].raw.as_deref());
+            if let Err(e) = self.quarantine.push(
+                &cells(batch, r.row),
+                raw,
+                &r.reason,
+                &batch.source,
+                batch.first_row + r.row as u64,
+            ) {
+                self.failure.get_or_insert(e.into());
             }
+            self.counts.quarantined += 1;
         }
         // The duplicate filter's lookups miss the cache; issued together for a group of rows
         // the misses overlap instead of stalling row by row, and a group's blocks still sit in
         // the L1 cache when its rows are pushed.
-        for group in accepted.chunks(PREFETCH_ROWS) {
+        for group in checked.accepted.chunks(PREFETCH_ROWS) {
             self.rows.prefetch(group.iter().map(|(_, v)| v.hash));
             for (row, v) in group {
                 let text = |c: Column| match batch.columns[c.index()].cell(*row) {
@@ -209,7 +194,6 @@ impl Normalizer {
                 }
             }
         }
-        self.accepted = accepted;
     }
 
     pub fn finish(self) -> Result<Normalized, RowsError> {
@@ -231,6 +215,53 @@ impl Normalizer {
             job_id: self.job_id,
             ingested_at: self.ingested_at,
         })
+    }
+}
+
+/// A decoded batch with every row's verdict. Checking a row needs nothing but the row, so it
+/// runs on the decoder's thread, which a Parquet export left two-thirds idle while the
+/// normalizer's thread, doing the rest, bounded the whole decode; the normalizer keeps only
+/// what must run in order (the duplicate filter, buffering, spilling).
+pub struct Checked {
+    batch: RawBatch,
+    accepted: Vec<(usize, Valid)>,
+    rejected: Vec<Rejected>,
+}
+
+struct Rejected {
+    row: usize,
+    reason: String,
+    /// The batch's decode error for the row, when it could not be read into columns at all.
+    error: Option<usize>,
+}
+
+/// Checks and types every row of `batch`.
+pub fn check(batch: RawBatch) -> Checked {
+    let mut accepted = Vec::with_capacity(batch.num_rows());
+    let mut rejected = Vec::new();
+    let mut errors = batch.errors.iter().enumerate().peekable();
+    for row in 0..batch.num_rows() {
+        if let Some((i, e)) = errors.next_if(|(_, e)| e.row == row) {
+            rejected.push(Rejected {
+                row,
+                reason: e.reason.clone(),
+                error: Some(i),
+            });
+            continue;
+        }
+        match validate(&cells(&batch, row)) {
+            Ok(v) => accepted.push((row, v)),
+            Err(reason) => rejected.push(Rejected {
+                row,
+                reason,
+                error: None,
+            }),
+        }
+    }
+    Checked {
+        batch,
+        accepted,
+        rejected,
     }
 }
 
@@ -424,7 +455,7 @@ mod tests {
         let mut other = GOOD;
         other[6] = "2024-06-14";
         other[3] = "New";
-        n.push(&batch(&[GOOD, other]));
+        n.push(&check(batch(&[GOOD, other])));
         let out = run(n);
         assert_eq!(
             out.counts,
@@ -478,7 +509,7 @@ mod tests {
         cases.push((r, "more than one day after"));
         let rows: Vec<[&str; 8]> = cases.iter().map(|c| c.0).collect();
         let mut n = normalizer("job-1");
-        n.push(&batch(&rows));
+        n.push(&check(batch(&rows)));
         let out = run(n);
         assert_eq!(out.counts.quarantined, cases.len() as u64);
         assert!(out.partitions.is_empty());
@@ -513,7 +544,7 @@ mod tests {
         let mut placeholder = GOOD;
         placeholder[0] = "--";
         let mut n = normalizer("j");
-        n.push(&batch(&[tolerated, placeholder]));
+        n.push(&check(batch(&[tolerated, placeholder])));
         let out = run(n);
         assert_eq!(out.counts.written, 1);
         assert_eq!(out.counts.quarantined, 1);
@@ -525,7 +556,7 @@ mod tests {
         later[5] = "updated reason";
         later[6] = "2024-06-14";
         let mut n = normalizer("j");
-        n.push(&batch(&[GOOD, later]));
+        n.push(&check(batch(&[GOOD, later])));
         let out = run(n);
         assert_eq!(
             out.counts,
@@ -556,7 +587,7 @@ mod tests {
         b.columns[Column::Phase.index()] =
             RawColumn::Int(arrow::array::Int64Array::from(vec![1, 7]));
         let mut n = normalizer("j");
-        n.push(&b);
+        n.push(&check(b));
         let out = run(n);
         assert_eq!(out.counts.written, 1);
         let p = &out.partitions[&day("2024-06-13")];
@@ -592,7 +623,7 @@ mod tests {
             raw: Some("a,b,c".into()),
         }];
         let mut n = normalizer("j");
-        n.push(&b);
+        n.push(&check(b));
         let out = run(n);
         assert_eq!(out.counts.quarantined, 1);
         let q = out.quarantine.unwrap();
