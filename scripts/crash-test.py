@@ -2,9 +2,14 @@
 """Crash harness: SIGKILL `dpss-sync backfill` at seeded random moments against the built-in
 simulator (slow jobs, flaky downloads), restart it until a run finishes, and check what the lake
 and the state hold against a clean reference run. Also crashes once at every stage boundary
-(the failpoints). Prints a JSON summary; exit code 1 if any invariant broke.
+(the failpoints). Every other round, and a second pass of the failpoints, runs with a
+lake.target_file_size so small that every partition has several objects, so kills land between
+the puts of one partition (the `between-puts` failpoint does so on purpose); after each round
+the lake must hold exactly the objects the state records. Prints a JSON summary; exit code 1 if
+any invariant broke.
 
 Usage: scripts/crash-test.py [--kills 100] [--seed 1] [--days 20] [--rows-per-day 200]
+                             [--small-target 16KiB]
 """
 import argparse
 import json
@@ -22,7 +27,8 @@ from datetime import date, timedelta
 
 import duckdb
 
-FAILPOINTS = ["after-submit", "after-download", "mid-write", "after-write", "after-commit"]
+FAILPOINTS = ["after-submit", "after-download", "between-puts", "mid-write", "after-write",
+              "after-commit"]
 
 
 def free_port():
@@ -33,7 +39,8 @@ def free_port():
     return port
 
 
-def config(work, port):
+def config(work, port, target):
+    target_line = f'target_file_size = "{target}"' if target else ""
     return f"""
 [api]
 base_url = "http://127.0.0.1:{port}"
@@ -47,6 +54,7 @@ client_id = "dpss-sim-client"
 client_secret = "dpss-sim-secret"
 [lake]
 url = "file://{work}/lake"
+{target_line}
 [state]
 url = "sqlite://{work}/state/state.db"
 [products.hid_work_orders]
@@ -58,12 +66,12 @@ file_type = "csv"
 class Round:
     """One lake + state, killed and restarted until a backfill run finishes."""
 
-    def __init__(self, root, name, port, binary, days):
+    def __init__(self, root, name, port, binary, days, target=None):
         self.work = os.path.join(root, name)
         os.makedirs(self.work)
         self.cfg = os.path.join(self.work, "dpss.toml")
         with open(self.cfg, "w") as f:
-            f.write(config(self.work, port))
+            f.write(config(self.work, port, target))
         self.binary = binary
         self.args = ["backfill", "--from", days[0].isoformat(), "--to", days[-1].isoformat()]
 
@@ -97,13 +105,32 @@ class Round:
             return 0
         return duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}/**/*.parquet')").fetchone()[0]
 
+    def manifest(self):
+        """The data objects the state records, relative to the lake root."""
+        con = sqlite3.connect(os.path.join(self.work, "state/state.db"))
+        rows = con.execute("SELECT objects FROM partitions WHERE rows > 0").fetchall()
+        con.close()
+        return {o for (objects,) in rows for o in json.loads(objects)}
+
+    def objects_per_partition(self):
+        lake = os.path.join(self.work, "lake/hid_work_orders")
+        counts = [len(files) for _, _, files in os.walk(lake) if files]
+        return max(counts) if counts else 0
+
     def orphans(self):
         found = []
         downloads = os.path.join(self.work, "state/downloads")
         for name in os.listdir(downloads) if os.path.isdir(downloads) else []:
             found.append(os.path.join(downloads, name))
-        for root, _, files in os.walk(os.path.join(self.work, "lake")):
-            found += [os.path.join(root, f) for f in files if not f.endswith(".parquet")]
+        lake = os.path.join(self.work, "lake")
+        recorded = self.manifest()
+        for root, _, files in os.walk(lake):
+            for f in files:
+                path = os.path.join(root, f)
+                rel = os.path.relpath(path, lake)
+                data = rel.startswith("hid_work_orders/")
+                if not f.endswith(".parquet") or (data and rel not in recorded):
+                    found.append(path)
         return found
 
 
@@ -133,6 +160,8 @@ def main():
     ap.add_argument("--days", type=int, default=20)
     ap.add_argument("--rows-per-day", type=int, default=200)
     ap.add_argument("--binary", default="target/release/dpss-sync")
+    ap.add_argument("--small-target", default="16KiB",
+                    help="lake.target_file_size of the multi-object rounds")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     root = tempfile.mkdtemp(prefix="dpss-crash-")
@@ -154,10 +183,12 @@ def main():
         reference = ref.lake()
         ref_quarantine = ref.quarantine_rows()
         problems, kills, rounds, killed_runs_total = [], 0, 0, 0
+        multi_object_rounds, max_objects = 0, 0
         started = time.time()
         while kills < a.kills:
             rounds += 1
-            rnd = Round(root, f"round-{rounds}", port, a.binary, days)
+            target = a.small_target if rounds % 2 == 0 else None
+            rnd = Round(root, f"round-{rounds}", port, a.binary, days, target)
             completed = False
             while kills < a.kills:
                 p = rnd.start()
@@ -177,21 +208,33 @@ def main():
             if not completed:
                 rnd.finish()
             check(rnd, reference, ref_quarantine, problems, f"round {rounds}")
+            if target:
+                multi_object_rounds += 1
+                max_objects = max(max_objects, rnd.objects_per_partition())
             shutil.rmtree(rnd.work)
-        for point in FAILPOINTS:
-            rnd = Round(root, f"failpoint-{point}", port, a.binary, days)
-            p = rnd.start({"DPSS_SYNC_FAILPOINT": point})
-            p.communicate(timeout=600)
-            if p.returncode == 0:
-                problems.append(f"failpoint {point} did not fire")
-            rnd.finish()
-            check(rnd, reference, ref_quarantine, problems, f"failpoint {point}")
-            shutil.rmtree(rnd.work)
+        failpoint_runs = 0
+        for target in [None, a.small_target]:
+            for point in FAILPOINTS:
+                if point == "between-puts" and not target:
+                    continue
+                failpoint_runs += 1
+                label = f"failpoint {point} (target {target or 'default'})"
+                rnd = Round(root, f"failpoint-{point}-{target}", port, a.binary, days, target)
+                p = rnd.start({"DPSS_SYNC_FAILPOINT": point})
+                p.communicate(timeout=600)
+                if p.returncode == 0:
+                    problems.append(f"{label} did not fire")
+                rnd.finish()
+                check(rnd, reference, ref_quarantine, problems, label)
+                shutil.rmtree(rnd.work)
         summary = {
             "kills": kills,
             "kills_survived": kills if not problems else None,
             "rounds": rounds,
-            "failpoints": len(FAILPOINTS),
+            "failpoints": failpoint_runs,
+            "multi_object_rounds": multi_object_rounds,
+            "small_target": a.small_target,
+            "max_objects_per_partition": max_objects,
             "days": a.days,
             "reference_rows": len(reference),
             "reference_quarantined": ref_quarantine,

@@ -276,3 +276,95 @@ impl InternalEvent for WatermarkAge {
             .set(self.seconds);
     }
 }
+
+/// A window refused because it would remove too many of a closed day's rows.
+pub struct ShrinkRefused<'a> {
+    pub product: Product,
+    pub window: &'a str,
+    pub day: chrono::NaiveDate,
+    pub before: Option<u64>,
+    pub after: u64,
+}
+
+impl InternalEvent for ShrinkRefused<'_> {
+    fn emit(self) {
+        tracing::error!(
+            product = %self.product, window = self.window, day = %self.day,
+            rows_before = self.before, rows_after = self.after,
+            "replace refused: the export would remove too many of a closed day's rows"
+        );
+        counter!("dpss_sync_shrink_refused_total", "product" => self.product.config_name())
+            .increment(1);
+    }
+}
+
+/// What a writer's repair removed: objects of rewrites a crash cut short (`orphans`) and
+/// objects a committed rewrite replaced whose deletion did not finish (`doomed`).
+pub struct LakeRepaired {
+    pub product: Product,
+    pub orphans: usize,
+    pub doomed: usize,
+}
+
+impl InternalEvent for LakeRepaired {
+    fn emit(self) {
+        if self.orphans + self.doomed == 0 {
+            return;
+        }
+        tracing::warn!(
+            product = %self.product, orphans = self.orphans, replaced = self.doomed,
+            "repaired the lake: removed objects of an interrupted rewrite and finished deletes a commit decided"
+        );
+        let p = self.product.config_name();
+        counter!("dpss_sync_repaired_objects_total", "product" => p, "kind" => "orphan")
+            .increment(self.orphans as u64);
+        counter!("dpss_sync_repaired_objects_total", "product" => p, "kind" => "replaced")
+            .increment(self.doomed as u64);
+    }
+}
+
+/// A cycle that panicked: logged and counted, and the next tick runs.
+pub struct CyclePanicked<'a> {
+    pub product: Product,
+    pub panic: &'a str,
+}
+
+impl InternalEvent for CyclePanicked<'_> {
+    fn emit(self) {
+        tracing::error!(product = %self.product, panic = self.panic, "cycle panicked; the next tick runs as usual");
+        counter!("dpss_sync_cycle_panics_total", "product" => self.product.config_name())
+            .increment(1);
+    }
+}
+
+/// A batch request whose outcome is unknown (the connection dropped after it was sent): the
+/// vendor may have created a job, so it is not sent again until the next cycle.
+pub struct SubmissionUnknown<'a> {
+    pub product: Product,
+    pub window: &'a str,
+}
+
+impl InternalEvent for SubmissionUnknown<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            product = %self.product, window = self.window,
+            "batch request outcome unknown; the window waits for the next cycle instead of sending it again now"
+        );
+        counter!("dpss_sync_submissions_unknown_total", "product" => self.product.config_name())
+            .increment(1);
+    }
+}
+
+/// When the last window committed, from the state at start, so staleness alerts hold across
+/// restarts.
+pub struct LastCommit {
+    pub product: Product,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl InternalEvent for LastCommit {
+    fn emit(self) {
+        gauge!("dpss_sync_last_commit_timestamp_seconds", "product" => self.product.config_name())
+            .set(self.at.timestamp() as f64);
+    }
+}

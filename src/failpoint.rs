@@ -1,27 +1,39 @@
-//! Crash points for the crash-consistency tests: with `DPSS_SYNC_FAILPOINT=<name>` set, the
-//! process aborts (as abruptly as SIGKILL: no destructors, no flush) when it reaches that point.
-//! Unset, each check is one load of a cached value.
+//! Crash points for the crash-consistency tests: with `DPSS_SYNC_FAILPOINT=<name>[:<action>]` set,
+//! the process acts when it reaches that point: `abort` (the default; as abrupt as SIGKILL: no
+//! destructors, no flush), `panic` (unwinds, as a bug would) or `hang` (the thread never returns,
+//! as a stuck call would). Unset, each check is one load of a cached value.
 
 use std::sync::OnceLock;
 
 /// The stage boundaries a crash test can stop at, in the order a window passes them.
-pub const POINTS: [&str; 5] = [
+pub const POINTS: [&str; 6] = [
     "after-submit",
     "after-download",
+    "between-puts",
     "mid-write",
     "after-write",
     "after-commit",
 ];
 
 pub fn hit(name: &str) {
-    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    static ARMED: OnceLock<Option<(String, String)>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| {
-        std::env::var("DPSS_SYNC_FAILPOINT")
-            .ok()
-            .filter(|s| !s.is_empty())
+        let spec = std::env::var("DPSS_SYNC_FAILPOINT").ok()?;
+        let (point, action) = spec.split_once(':').unwrap_or((&spec, "abort"));
+        (!point.is_empty()).then(|| (point.to_string(), action.to_string()))
     });
-    if armed.as_deref() == Some(name) {
-        eprintln!("failpoint {name}: aborting");
-        std::process::abort();
+    let Some((point, action)) = armed else {
+        return;
+    };
+    if point != name {
+        return;
+    }
+    eprintln!("failpoint {name}: {action}");
+    match action.as_str() {
+        "panic" => panic!("failpoint {name}"),
+        "hang" => loop {
+            std::thread::park();
+        },
+        _ => std::process::abort(),
     }
 }

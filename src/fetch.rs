@@ -42,10 +42,13 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    /// Errors no retry can fix: the request itself or the credentials are wrong.
+    /// Errors no retry can fix: the request itself or the credentials are wrong. An identity
+    /// server that fails (5xx) or throttles (429) says nothing about the credentials.
     pub fn is_permanent(&self) -> bool {
         match self {
-            FetchError::Api(ApiError::Auth { .. }) => true,
+            FetchError::Api(ApiError::Auth { status, .. }) => {
+                (400..500).contains(status) && ![408, 429].contains(status)
+            }
             FetchError::Api(ApiError::Http { status, .. }) => {
                 (400..500).contains(status) && ![404, 408, 409, 429].contains(status)
             }

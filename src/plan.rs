@@ -3,10 +3,14 @@
 //! A window is one UTC day of `StatusDatetime`, the product's only time filter; a date-only value
 //! selects the whole day. A first run with no watermark instead loads the whole 13-month history
 //! with one unfiltered export, which is far cheaper than ~400 day jobs.
+//!
+//! A cycle converges: a closed day committed after it closed is not exported again unless it is
+//! within the lookback, and a window that keeps failing waits longer before each try, so one
+//! bad day neither holds every cycle hostage nor makes each re-export the days around it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{Duration, Months, NaiveDate};
+use chrono::{DateTime, Duration, Months, NaiveDate, Utc};
 
 use crate::product::Product;
 use crate::state::WindowKind;
@@ -50,31 +54,99 @@ pub fn history_window(product: Product, today: NaiveDate) -> WindowPlan {
     }
 }
 
-/// The windows of one incremental cycle.
+/// What the state knows of past windows, for planning a cycle.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    /// Days committed after they closed.
+    pub final_days: BTreeSet<NaiveDate>,
+    /// Windows (by key) that keep failing, with when they may be tried again.
+    pub backing_off: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// A window a cycle leaves out for now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Deferred {
+    pub key: String,
+    pub until: DateTime<Utc>,
+}
+
+/// The windows of one cycle, and the failing ones it waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CyclePlan {
+    pub windows: Vec<WindowPlan>,
+    pub deferred: Vec<Deferred>,
+}
+
+/// How long a window that failed in `failures` runs in a row waits before the next cycle tries
+/// it: the first failure is retried by the next cycle, then 15 minutes, doubling to six hours.
+pub fn retry_delay(failures: i64) -> Option<Duration> {
+    (failures >= 2).then(|| {
+        let steps = (failures - 2).min(5) as u32;
+        (Duration::minutes(15) * 2i32.pow(steps)).min(Duration::hours(6))
+    })
+}
+
+/// The windows of one incremental cycle: the lookback days before the watermark and before
+/// today (late updates), every day after the watermark not yet final, and today.
 pub fn plan_cycle(
     product: Product,
     watermark: Option<NaiveDate>,
     lookback_days: u32,
     today: NaiveDate,
-) -> Vec<WindowPlan> {
-    let Some(w) = watermark else {
-        return vec![history_window(product, today)];
+    now: DateTime<Utc>,
+    ledger: &Ledger,
+) -> CyclePlan {
+    let candidates = match watermark {
+        None => vec![history_window(product, today)],
+        Some(w) => cycle_days(product, w, lookback_days, today, &ledger.final_days),
     };
+    let mut plan = CyclePlan::default();
+    for window in candidates {
+        match ledger.backing_off.get(&window.key) {
+            Some(until) if *until > now => plan.deferred.push(Deferred {
+                key: window.key,
+                until: *until,
+            }),
+            _ => plan.windows.push(window),
+        }
+    }
+    plan
+}
+
+fn cycle_days(
+    product: Product,
+    w: NaiveDate,
+    lookback_days: u32,
+    today: NaiveDate,
+    final_days: &BTreeSet<NaiveDate>,
+) -> Vec<WindowPlan> {
     let floor = available_from(today);
-    let first = (w - Duration::days(lookback_days as i64) + Duration::days(1)).max(floor);
+    let lookback = Duration::days(lookback_days as i64);
+    let first = (w - lookback + Duration::days(1)).max(floor);
+    let recent = today - lookback;
     let mut out = Vec::new();
     let mut d = first.min(today);
     while d <= today {
         let reason = if d == today {
-            "today: re-synced every cycle until it closes".to_string()
+            Some("today: re-synced every cycle until it closes".to_string())
         } else if d <= w {
-            format!(
+            Some(format!(
                 "lookback: closed day within {lookback_days} day(s) of the watermark {w}, re-synced for late updates"
-            )
+            ))
+        } else if d >= recent {
+            Some(format!(
+                "lookback: closed day within {lookback_days} day(s) of today, re-synced for late updates"
+            ))
+        } else if final_days.contains(&d) {
+            None
         } else {
-            format!("after the watermark {w}: not yet committed")
+            Some(format!(
+                "after the watermark {w}: not yet committed since it closed"
+            ))
         };
-        out.push(day_window(product, d, reason));
+        if let Some(reason) = reason {
+            out.push(day_window(product, d, reason));
+        }
         d += Duration::days(1);
     }
     out
@@ -128,9 +200,17 @@ mod tests {
 
     const P: Product = Product::HidWorkOrders;
 
+    fn cycle(watermark: Option<&str>, lookback: u32, today: &str, ledger: &Ledger) -> Vec<String> {
+        plan_cycle(P, watermark.map(d), lookback, d(today), Utc::now(), ledger)
+            .windows
+            .into_iter()
+            .map(|w| w.key)
+            .collect()
+    }
+
     #[test]
     fn first_run_is_one_history_export() {
-        let w = plan_cycle(P, None, 2, d("2026-11-27"));
+        let w = plan_cycle(P, None, 2, d("2026-11-27"), Utc::now(), &Ledger::default()).windows;
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].kind, WindowKind::History);
         assert_eq!(w[0].from, d("2025-10-27"));
@@ -139,20 +219,67 @@ mod tests {
 
     #[test]
     fn cycle_covers_lookback_through_today() {
-        let w = plan_cycle(P, Some(d("2026-11-26")), 2, d("2026-11-27"));
+        let none = Ledger::default();
+        let w = plan_cycle(
+            P,
+            Some(d("2026-11-26")),
+            2,
+            d("2026-11-27"),
+            Utc::now(),
+            &none,
+        )
+        .windows;
         let keys: Vec<_> = w.iter().map(|w| w.key.as_str()).collect();
         assert_eq!(keys, ["2026-11-25", "2026-11-26", "2026-11-27"]);
         assert_eq!(w[0].tokens["StatusDatetime"], "2026-11-25");
         assert!(w[2].reason.starts_with("today"));
         // A daemon that was down for a while catches up on every day since the watermark.
+        assert_eq!(cycle(Some("2026-11-20"), 0, "2026-11-27", &none).len(), 7);
+        assert_eq!(cycle(Some("2026-11-26"), 0, "2026-11-27", &none).len(), 1);
+    }
+
+    #[test]
+    fn a_stuck_watermark_does_not_re_export_the_final_days_after_it() {
+        // 2026-11-20 keeps failing, so the watermark stays at 11-19; the days after it were
+        // committed after they closed.
+        let ledger = Ledger {
+            final_days: d("2026-11-21")
+                .iter_days()
+                .take_while(|x| *x < d("2026-11-27"))
+                .collect(),
+            ..Default::default()
+        };
         assert_eq!(
-            plan_cycle(P, Some(d("2026-11-20")), 0, d("2026-11-27")).len(),
-            7
+            cycle(Some("2026-11-19"), 2, "2026-11-27", &ledger),
+            [
+                "2026-11-18", // lookback of the watermark
+                "2026-11-19",
+                "2026-11-20", // not yet committed
+                "2026-11-25", // lookback of today
+                "2026-11-26",
+                "2026-11-27",
+            ]
         );
-        assert_eq!(
-            plan_cycle(P, Some(d("2026-11-26")), 0, d("2026-11-27")).len(),
-            1
-        );
+    }
+
+    #[test]
+    fn a_failing_window_waits_longer_each_time() {
+        assert_eq!(retry_delay(1), None);
+        assert_eq!(retry_delay(2), Some(Duration::minutes(15)));
+        assert_eq!(retry_delay(3), Some(Duration::minutes(30)));
+        assert_eq!(retry_delay(40), Some(Duration::hours(6)));
+        let now = Utc::now();
+        let ledger = Ledger {
+            backing_off: BTreeMap::from([
+                ("2026-11-26".to_string(), now + Duration::minutes(5)),
+                ("2026-11-25".to_string(), now - Duration::minutes(5)),
+            ]),
+            ..Default::default()
+        };
+        let plan = plan_cycle(P, Some(d("2026-11-26")), 2, d("2026-11-27"), now, &ledger);
+        let keys: Vec<_> = plan.windows.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, ["2026-11-25", "2026-11-27"]);
+        assert_eq!(plan.deferred[0].key, "2026-11-26");
     }
 
     #[test]

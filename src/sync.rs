@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use arrow::record_batch::RecordBatch;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +13,12 @@ use std::time::Duration;
 use chrono::{NaiveDate, Utc};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::api::DpssClient;
+use crate::api::{ApiError, DpssClient};
 use crate::config::{ConfigError, Settings};
 use crate::decode::{self, DecodeError};
 use crate::events::{
-    InternalEvent, JobsInFlight, ObjectsWritten, UnknownColumns, WindowCommitted, WindowFailed,
+    InternalEvent, JobsInFlight, LakeRepaired, ObjectsWritten, ShrinkRefused, SubmissionUnknown,
+    UnknownColumns, WindowCommitted, WindowFailed,
 };
 use crate::fetch::{FetchError, Fetcher};
 use crate::lake::Identity;
@@ -25,7 +26,7 @@ use crate::lake::{Lake, LakeError, PartitionState};
 use crate::normalize::{self, Counts, Normalized, Normalizer};
 use crate::plan::{self, WindowPlan};
 use crate::product::Product;
-use crate::state::{RunTotals, Stage, State, StateError, WindowKind, WindowRow};
+use crate::state::{LeaseRequest, RunTotals, Stage, State, StateError, WindowKind, WindowRow};
 
 /// How recently an identical backfill may have finished for a re-run to resume rather than
 /// reload it.
@@ -54,13 +55,42 @@ pub enum SyncError {
     Usage(String),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error(
+        "refusing to replace closed status day {day}: the lake holds {} of its rows, this export {after}, \
+         more than lake.max_shrink ({:.0}%) fewer; nothing was written. If the vendor really holds fewer rows \
+         now, reload the day on purpose: dpss-sync backfill --from {day} --to {day} --force",
+        .before.map(|b| b.to_string()).unwrap_or_else(|| "some".into()),
+        .max_shrink * 100.0
+    )]
+    Shrink {
+        day: NaiveDate,
+        before: Option<u64>,
+        after: u64,
+        max_shrink: f64,
+    },
 }
 
 impl SyncError {
+    /// The vendor refused the batch request itself (400/422): the request, not the moment, is
+    /// wrong. Only this makes a first run fall back from the unfiltered export to day windows.
+    fn refuses_request(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Fetch(FetchError::Api(ApiError::Http {
+                endpoint: "batch-request",
+                status: 400 | 422,
+                ..
+            }))
+        )
+    }
+
     fn is_permanent(&self) -> bool {
         match self {
             SyncError::Fetch(f) => f.is_permanent(),
-            SyncError::Config(_) | SyncError::Usage(_) | SyncError::Reconcile { .. } => true,
+            SyncError::Config(_)
+            | SyncError::Usage(_)
+            | SyncError::Reconcile { .. }
+            | SyncError::Shrink { .. } => true,
             _ => false,
         }
     }
@@ -73,7 +103,7 @@ pub struct WindowReport {
     pub job_id: Option<String>,
     pub counts: Option<Counts>,
     pub error: Option<String>,
-    /// The vendor refused the request itself (a 4xx no retry can fix).
+    /// The vendor refused the batch request itself (400/422).
     #[serde(skip)]
     pub refused: bool,
 }
@@ -108,6 +138,36 @@ impl RunReport {
     }
 }
 
+/// What the next cycle would do.
+pub struct Preview {
+    /// Jobs to resume, then the planned windows, with what the state knows of each.
+    pub windows: Vec<(WindowPlan, Option<WindowRow>)>,
+    /// Windows that keep failing and wait before their next try.
+    pub deferred: Vec<(plan::Deferred, WindowRow)>,
+}
+
+/// What a run was asked to do besides its windows.
+struct Ask {
+    command: &'static str,
+    /// The day range asked for (a backfill's), to recognise a re-run of the same.
+    range: Option<(NaiveDate, NaiveDate)>,
+    /// Also resume a run of the same that finished this recently.
+    resume_recent: Option<Duration>,
+    /// Replace days even where the shrink guard would refuse.
+    force: bool,
+}
+
+impl Ask {
+    fn sync() -> Self {
+        Self {
+            command: "sync",
+            range: None,
+            resume_recent: None,
+            force: false,
+        }
+    }
+}
+
 /// Which status days a job's result replaces whole.
 enum Replace {
     /// Exactly these days (a day window); rows it delivers for other days merge by identity.
@@ -128,20 +188,41 @@ pub struct Pipeline {
     lake_lock: Arc<Mutex<()>>,
 }
 
+/// How a command uses the state and the lake.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// `status`, `plan`, `check-config`, `query`: the state read-only, nothing migrated,
+    /// cleaned or repaired, so they work beside a running daemon.
+    Read,
+    /// Commands that write hold the writer lease for their whole life; only they clean up and
+    /// repair what a killed process left.
+    Write(LeaseRequest),
+}
+
 impl Pipeline {
-    /// Opens the state and the lake; with `online`, also the vendor client.
-    pub async fn open(settings: Settings, online: bool) -> Result<Self, SyncError> {
+    /// Opens the state and the lake as `access` says; with `online`, also the vendor client.
+    pub async fn open(settings: Settings, online: bool, access: Access) -> Result<Self, SyncError> {
         let client = if online {
             Some(Arc::new(DpssClient::from_settings(&settings)?))
         } else {
             None
         };
-        let state = State::open(&settings.state.path).await?;
         let lake = Lake::open(&settings.lake)?;
-        let work = settings.work_dir();
-        std::fs::create_dir_all(&work)
-            .map_err(|e| SyncError::Usage(format!("cannot create {}: {e}", work.display())))?;
-        clean_downloads(&work, &state).await?;
+        let state = match &access {
+            Access::Read => State::open_reader(&settings.state.path).await?,
+            Access::Write(request) => {
+                let state = State::open_writer(&settings.state.path, request).await?;
+                let work = settings.work_dir();
+                std::fs::create_dir_all(&work).map_err(|e| {
+                    SyncError::Usage(format!("cannot create {}: {e}", work.display()))
+                })?;
+                clean_downloads(&work, &state).await?;
+                for product in Product::ALL {
+                    repair_lake(&state, &lake, product).await?;
+                }
+                state
+            }
+        };
         Ok(Self {
             jobs: Arc::new(Semaphore::new(settings.api.max_concurrent_jobs)),
             settings: Arc::new(settings),
@@ -160,22 +241,46 @@ impl Pipeline {
         self.settings.work_dir()
     }
 
-    /// What the next cycle would run: jobs to resume first, then the planned windows.
-    pub async fn preview(
-        &self,
-        product: Product,
-        today: NaiveDate,
-    ) -> Result<Vec<(WindowPlan, Option<WindowRow>)>, SyncError> {
+    /// What the next cycle would run: jobs to resume first, then the planned windows, and the
+    /// failing windows it waits for.
+    pub async fn preview(&self, product: Product, today: NaiveDate) -> Result<Preview, SyncError> {
         let p = self.settings.product(product)?;
         let watermark = self.state.watermark(product).await?;
-        let mut plans = self.resumable(product, today).await?;
-        for w in plan::plan_cycle(product, watermark, p.lookback_days, today) {
-            if !plans.iter().any(|(x, _)| x.key == w.key) {
-                let existing = self.state.window(product, &w.key).await?;
-                plans.push((w, existing));
+        let known: BTreeMap<String, WindowRow> = self
+            .state
+            .windows(product)
+            .await?
+            .into_iter()
+            .map(|w| (w.key.clone(), w))
+            .collect();
+        let ledger = plan::Ledger {
+            final_days: self.state.days_final(product).await?,
+            backing_off: known
+                .values()
+                .filter_map(|w| w.next_attempt_at.map(|t| (w.key.clone(), t)))
+                .collect(),
+        };
+        let cycle = plan::plan_cycle(
+            product,
+            watermark,
+            p.lookback_days,
+            today,
+            Utc::now(),
+            &ledger,
+        );
+        let mut windows = self.resumable(product, today).await?;
+        for w in cycle.windows {
+            if !windows.iter().any(|(x, _)| x.key == w.key) {
+                let existing = known.get(&w.key).cloned();
+                windows.push((w, existing));
             }
         }
-        Ok(plans)
+        let deferred = cycle
+            .deferred
+            .into_iter()
+            .filter_map(|d| known.get(&d.key).cloned().map(|w| (d, w)))
+            .collect();
+        Ok(Preview { windows, deferred })
     }
 
     /// Windows with a recorded job that did not commit: their plan, rebuilt from the state.
@@ -205,15 +310,19 @@ impl Pipeline {
     /// One incremental cycle of a product.
     pub async fn sync(&self, product: Product) -> Result<RunReport, SyncError> {
         let today = Utc::now().date_naive();
-        let plans = self
-            .preview(product, today)
-            .await?
+        let preview = self.preview(product, today).await?;
+        for (d, w) in &preview.deferred {
+            tracing::warn!(
+                product = %product, window = %d.key, failures = w.failures, until = %d.until,
+                "window keeps failing; waiting before trying it again"
+            );
+        }
+        let plans = preview
+            .windows
             .into_iter()
             .map(|(p, _)| p)
             .collect::<Vec<_>>();
-        let report = self
-            .run("sync", product, None, None, plans, Vec::new())
-            .await?;
+        let report = self.run(Ask::sync(), product, plans, Vec::new()).await?;
         let history_refused = report
             .windows
             .iter()
@@ -226,8 +335,7 @@ impl Pipeline {
         let days = plan::plan_backfill(product, plan::available_from(today), today, today)
             .map_err(SyncError::Usage)?
             .0;
-        self.run("sync", product, None, None, days, vec![note])
-            .await
+        self.run(Ask::sync(), product, days, vec![note]).await
     }
 
     /// Explicit days, clamped to the availability; the watermark never moves backwards.
@@ -255,27 +363,29 @@ impl Pipeline {
                 all.push(p);
             }
         }
-        let resume = (!force).then_some(RESUME_WINDOW);
-        self.run(
-            "backfill",
-            product,
+        let ask = Ask {
+            command: "backfill",
             range,
-            resume,
-            all,
-            note.into_iter().collect(),
-        )
-        .await
+            resume_recent: (!force).then_some(RESUME_WINDOW),
+            force,
+        };
+        self.run(ask, product, all, note.into_iter().collect())
+            .await
     }
 
     async fn run(
         &self,
-        command: &str,
+        ask: Ask,
         product: Product,
-        range: Option<(NaiveDate, NaiveDate)>,
-        resume_recent: Option<Duration>,
         mut plans: Vec<WindowPlan>,
         mut notes: Vec<String>,
     ) -> Result<RunReport, SyncError> {
+        let Ask {
+            command,
+            range,
+            resume_recent,
+            force,
+        } = ask;
         let settings = self.settings.product(product)?.clone();
         if self.client.is_none() {
             return Err(SyncError::Usage(
@@ -320,7 +430,9 @@ impl Pipeline {
         let tasks = plans.into_iter().map(|plan| {
             let settings = settings.clone();
             async move {
-                let result = self.run_window(product, &plan, &settings, run_id).await;
+                let result = self
+                    .run_window(product, &plan, &settings, run_id, force)
+                    .await;
                 let window = self.state.window(product, &plan.key).await.ok().flatten();
                 let job_id = window.as_ref().and_then(|w| w.job_id.clone());
                 match result {
@@ -338,12 +450,18 @@ impl Pipeline {
                             error: &e.to_string(),
                         }
                         .emit();
+                        if let Some(w) = &window {
+                            let retry_at = plan::retry_delay(w.failures + 1).map(|d| Utc::now() + d);
+                            if let Err(e) = self.state.record_failure(w.id, retry_at).await {
+                                tracing::error!(window = %plan.key, error = %e, "could not record the window's failure");
+                            }
+                        }
                         WindowReport {
                             key: plan.key,
                             job_id,
                             counts: window.and_then(|w| w.counts),
                             error: Some(e.to_string()),
-                            refused: e.is_permanent(),
+                            refused: e.refuses_request(),
                         }
                     }
                 }
@@ -390,6 +508,7 @@ impl Pipeline {
         plan: &WindowPlan,
         p: &crate::config::ProductSettings,
         run_id: i64,
+        force: bool,
     ) -> Result<Counts, SyncError> {
         let client = self.client.as_deref().expect("checked in run");
         let work = self.work_dir();
@@ -439,6 +558,7 @@ impl Pipeline {
                         &fetched.job_id,
                         &fetched.path,
                         replace,
+                        force,
                     )
                     .await;
                 if result.is_ok() {
@@ -456,6 +576,8 @@ impl Pipeline {
             match outcome {
                 Ok(c) => return Ok(c),
                 Err(e) => {
+                    // A job whose zip holds nothing readable gives the same zip again: only a new
+                    // job (perhaps packed differently) can help.
                     let job_is_dead = matches!(
                         e,
                         SyncError::Fetch(
@@ -463,6 +585,8 @@ impl Pipeline {
                                 | FetchError::JobTimeout { .. }
                                 | FetchError::JobGone { .. }
                                 | FetchError::LinksRefused { .. }
+                        ) | SyncError::Decode(
+                            DecodeError::NoDataParts { .. } | DecodeError::MissingColumn { .. }
                         )
                     );
                     let current = self.state.window(product, &plan.key).await?;
@@ -479,7 +603,20 @@ impl Pipeline {
                                 .await?
                         }
                     }
-                    if e.is_permanent() || attempt >= WINDOW_ATTEMPTS {
+                    // The vendor may have created a job for a POST whose answer was lost: sending
+                    // it again now could make a second one, so the window waits for the next cycle.
+                    let unknown = matches!(
+                        e,
+                        SyncError::Fetch(FetchError::Api(ApiError::OutcomeUnknown { .. }))
+                    );
+                    if unknown {
+                        SubmissionUnknown {
+                            product,
+                            window: &plan.key,
+                        }
+                        .emit();
+                    }
+                    if unknown || e.is_permanent() || attempt >= WINDOW_ATTEMPTS {
                         return Err(e);
                     }
                     let wait = crate::api::jittered(
@@ -495,6 +632,7 @@ impl Pipeline {
     }
 
     /// Decodes, normalizes and writes one export, then commits its window.
+    #[allow(clippy::too_many_arguments)]
     async fn ingest(
         &self,
         product: Product,
@@ -503,18 +641,18 @@ impl Pipeline {
         job_id: &str,
         path: &Path,
         replace: Replace,
+        force: bool,
     ) -> Result<Counts, SyncError> {
         let normalized = self
             .normalize_files(product, job_id, vec![path.to_path_buf()])
             .await?;
         let _lake = self.lake_lock.lock().await;
-        let counts = self
-            .write(product, window_key, job_id, normalized, replace)
+        let written = self
+            .write(product, window_key, normalized, replace, force)
             .await?;
-        self.state.mark_written(window.id, counts).await?;
-        crate::failpoint::hit("after-write");
-        self.state.mark_committed(window.id).await?;
-        crate::failpoint::hit("after-commit");
+        let counts = written.counts;
+        self.commit(product, job_id, written, Some(window.id))
+            .await?;
         WindowCommitted {
             product,
             window: &window.key,
@@ -523,6 +661,37 @@ impl Pipeline {
         }
         .emit();
         Ok(counts)
+    }
+
+    /// Records what a write put in the lake (and commits its window) in one state transaction,
+    /// then deletes the objects it replaced. A delete that fails is left to the next repair:
+    /// the commit already names the new objects.
+    async fn commit(
+        &self,
+        product: Product,
+        job_id: &str,
+        written: Written,
+        window: Option<i64>,
+    ) -> Result<(), SyncError> {
+        crate::failpoint::hit("after-write");
+        self.state
+            .commit_partitions(
+                product,
+                &written.partitions,
+                &written.doomed,
+                job_id,
+                window.map(|id| (id, written.counts)),
+            )
+            .await?;
+        crate::failpoint::hit("after-commit");
+        match self.lake.delete_objects(&written.doomed).await {
+            Ok(()) => self.state.forget_doomed(&written.doomed).await?,
+            Err(e) => tracing::warn!(
+                product = %product, error = %e,
+                "could not delete objects the commit replaced; the next writer's repair deletes them"
+            ),
+        }
+        Ok(())
     }
 
     /// Decoding and normalizing are CPU work: the decoder runs on its own thread, checks each
@@ -579,15 +748,18 @@ impl Pipeline {
     /// Rewrites every partition that holds a replaced day or receives new rows, then the
     /// quarantine. Rows delivered for days the job does not replace whole (a vendor that serves
     /// a row outside the asked-for day) replace only the rows with their identity. Partitions
-    /// are written [`crate::lake::WRITERS`] at a time.
+    /// are written [`crate::lake::WRITERS`] at a time. Unless `force`, a result that would
+    /// remove too many of a closed day's rows is refused before anything is written.
     async fn write(
         &self,
         product: Product,
         window_key: &str,
-        job_id: &str,
         normalized: Normalized,
         replace: Replace,
-    ) -> Result<Counts, SyncError> {
+        force: bool,
+    ) -> Result<Written, SyncError> {
+        // A write that failed earlier in this process left its rewrites open: undo them first.
+        repair_lake(&self.state, &self.lake, product).await?;
         let (replaced, default_day) = match replace {
             Replace::Days(days) => {
                 let only = (days.len() == 1).then(|| *days.first().expect("one day"));
@@ -599,6 +771,10 @@ impl Pipeline {
             }
         };
         let normalized = Arc::new(normalized);
+        if !force {
+            self.check_shrink(product, window_key, &normalized, &replaced)
+                .await?;
+        }
         let soft: BTreeSet<NaiveDate> = normalized
             .status_days
             .difference(&replaced)
@@ -636,18 +812,46 @@ impl Pipeline {
             .iter()
             .map(|(date, p)| (*date, p.status_days.clone()))
             .collect();
-        self.state.add_partition_days(product, &arriving).await?;
-        let (replaced, merged) = (Arc::new(replaced), Arc::new(merged));
-        let results: Vec<Result<Rewritten, SyncError>> = futures::stream::iter(touched)
-            .map(|date| {
-                let (normalized, replaced, merged) =
-                    (normalized.clone(), replaced.clone(), merged.clone());
+        // What each partition holds now, recorded with the rewrite before anything is put.
+        let before: BTreeMap<NaiveDate, Vec<object_store::ObjectMeta>> =
+            futures::stream::iter(touched)
+                .map(|date| async move {
+                    Ok::<_, SyncError>((date, self.lake.list_partition(product, date).await?))
+                })
+                .buffer_unordered(LISTINGS)
+                .try_collect()
+                .await?;
+        let before_paths: BTreeMap<NaiveDate, Vec<String>> = before
+            .iter()
+            .map(|(d, objects)| (*d, objects.iter().map(|m| m.location.to_string()).collect()))
+            .collect();
+        let generations = self
+            .state
+            .begin_rewrites(product, &arriving, &before_paths)
+            .await?;
+        let (replaced, merged, before) = (Arc::new(replaced), Arc::new(merged), Arc::new(before));
+        let results: Vec<Result<Rewritten, SyncError>> = futures::stream::iter(generations)
+            .map(|(date, generation)| {
+                let (normalized, replaced, merged, before) = (
+                    normalized.clone(),
+                    replaced.clone(),
+                    merged.clone(),
+                    before.clone(),
+                );
                 async move {
                     let new = load(&normalized, date).await?;
                     let batch = new.as_ref().map(|(b, _)| b);
                     let state = self
                         .lake
-                        .rewrite_partition(product, date, &replaced, &merged, batch)
+                        .rewrite_partition(
+                            product,
+                            date,
+                            &before[&date],
+                            generation,
+                            &replaced,
+                            &merged,
+                            batch,
+                        )
                         .await?;
                     ObjectsWritten {
                         product,
@@ -666,14 +870,20 @@ impl Pipeline {
             .collect()
             .await;
         let mut counts = normalized.counts;
-        let mut written = Vec::with_capacity(results.len());
+        let mut partitions = Vec::with_capacity(results.len());
+        let mut doomed = Vec::new();
         for r in results {
             let (date, state, (added, dropped)) = r?;
             counts.written += added;
             counts.duplicates += dropped;
-            written.push((date, state));
+            doomed.extend(
+                before_paths[&date]
+                    .iter()
+                    .filter(|p| !state.objects.contains(p))
+                    .cloned(),
+            );
+            partitions.push((date, state));
         }
-        self.state.set_partitions(product, &written, job_id).await?;
         self.lake
             .write_quarantine(
                 product,
@@ -689,7 +899,71 @@ impl Pipeline {
                 counts,
             });
         }
-        Ok(counts)
+        Ok(Written {
+            counts,
+            partitions,
+            doomed,
+        })
+    }
+
+    /// The shrink guard: for each closed status day this result replaces and the lake holds
+    /// rows of, the rows after de-duplication must not fall by more than `lake.max_shrink`, and
+    /// never to none. Only the partitions that hold such days are loaded to count them.
+    async fn check_shrink(
+        &self,
+        product: Product,
+        window_key: &str,
+        normalized: &Arc<Normalized>,
+        replaced: &BTreeSet<NaiveDate>,
+    ) -> Result<(), SyncError> {
+        let today = Utc::now().date_naive();
+        let held = self.state.status_day_rows(product).await?;
+        let guarded: BTreeMap<NaiveDate, Option<u64>> = replaced
+            .iter()
+            .filter(|d| **d < today)
+            .filter_map(|d| held.get(d).map(|n| (*d, *n)))
+            .filter(|(_, n)| *n != Some(0))
+            .collect();
+        if guarded.is_empty() {
+            return Ok(());
+        }
+        let mut after: BTreeMap<NaiveDate, u64> = guarded.keys().map(|d| (*d, 0)).collect();
+        for (date, p) in &normalized.rows.partitions {
+            if p.status_days.iter().any(|d| after.contains_key(d))
+                && let Some((batch, _)) = load(normalized, *date).await?
+            {
+                for (d, n) in crate::lake::status_day_rows(&batch) {
+                    if let Some(total) = after.get_mut(&d) {
+                        *total += n;
+                    }
+                }
+            }
+        }
+        let max_shrink = self.settings.lake.max_shrink;
+        for (day, before) in guarded {
+            let after = after[&day];
+            let too_few = match before {
+                Some(b) => after == 0 || (b.saturating_sub(after) as f64) > b as f64 * max_shrink,
+                None => after == 0,
+            };
+            if too_few {
+                ShrinkRefused {
+                    product,
+                    window: window_key,
+                    day,
+                    before,
+                    after,
+                }
+                .emit();
+                return Err(SyncError::Shrink {
+                    day,
+                    before,
+                    after,
+                    max_shrink,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// `import`: local export files into the lake, replacing the status days they hold. The
@@ -700,6 +974,7 @@ impl Pipeline {
         &self,
         product: Product,
         files: Vec<PathBuf>,
+        force: bool,
     ) -> Result<RunReport, SyncError> {
         let run_id = self.state.start_run("import", Some(product)).await?;
         let first = files.first().expect("import needs a file");
@@ -712,19 +987,23 @@ impl Pipeline {
         let result = async {
             let normalized = self.normalize_files(product, &job_id, files).await?;
             let _lake = self.lake_lock.lock().await;
-            self.write(
-                product,
-                &key,
-                &job_id,
-                normalized,
-                Replace::DaysAndDelivered(BTreeSet::new()),
-            )
-            .await
+            let written = self
+                .write(
+                    product,
+                    &key,
+                    normalized,
+                    Replace::DaysAndDelivered(BTreeSet::new()),
+                    force,
+                )
+                .await?;
+            let counts = written.counts;
+            self.commit(product, &job_id, written, None).await?;
+            Ok::<_, SyncError>(counts)
         }
         .await;
         let (counts, error, refused) = match result {
             Ok(c) => (Some(c), None, false),
-            Err(e) => (None, Some(e.to_string()), e.is_permanent()),
+            Err(e) => (None, Some(e.to_string()), e.refuses_request()),
         };
         let window = WindowReport {
             key,
@@ -748,6 +1027,52 @@ impl Pipeline {
 
 /// A rewritten partition, with the rows this job added to it and the superseded copies left out.
 type Rewritten = (NaiveDate, PartitionState, (u64, u64));
+
+/// What a write put in the lake, for its commit.
+struct Written {
+    counts: Counts,
+    partitions: Vec<(NaiveDate, PartitionState)>,
+    /// Objects the rewritten partitions no longer use: deleted once the commit names the new ones.
+    doomed: Vec<String>,
+}
+
+/// Partition listings under way at once before a write: each is a round trip to the store.
+const LISTINGS: usize = 8;
+
+/// What a killed (or failed) writer left in the lake of `product`, undone from the state's record:
+/// objects of a rewrite that never committed (any object its partition did not have before), the
+/// local store's half-written staging files beside them, and objects a committed rewrite replaced
+/// whose deletion did not finish. Only partitions with such a record are listed.
+pub async fn repair_lake(state: &State, lake: &Lake, product: Product) -> Result<(), SyncError> {
+    let rewrites = state.open_rewrites(product).await?;
+    if !rewrites.is_empty() {
+        lake.remove_quarantine_staging(product);
+    }
+    let mut orphans = 0;
+    for r in rewrites {
+        lake.remove_staging(product, r.event_date);
+        let extra: Vec<String> = lake
+            .list_partition(product, r.event_date)
+            .await?
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .filter(|p| !r.before.contains(p))
+            .collect();
+        lake.delete_objects(&extra).await?;
+        orphans += extra.len();
+        state.end_rewrite(r.id).await?;
+    }
+    let doomed = state.doomed_objects(product).await?;
+    lake.delete_objects(&doomed).await?;
+    state.forget_doomed(&doomed).await?;
+    LakeRepaired {
+        product,
+        orphans,
+        doomed: doomed.len(),
+    }
+    .emit();
+    Ok(())
+}
 
 /// Loading a partition reads spill files: blocking work, off the async threads.
 async fn load(

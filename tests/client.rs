@@ -372,7 +372,12 @@ impl FetchSetup {
             ..Default::default()
         })
         .unwrap();
-        let state = State::open(&settings.state.path).await.unwrap();
+        let state = State::open_writer(
+            &settings.state.path,
+            &dpss_sync::state::LeaseRequest::new("test", None),
+        )
+        .await
+        .unwrap();
         let client = client(&sim);
         Self {
             sim,

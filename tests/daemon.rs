@@ -22,15 +22,7 @@ fn daemon_config(sim: &dpss_sync::sim::SimHandle, dir: &Path, port: u16) -> std:
 }
 
 fn spawn_daemon(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_dpss-sync"))
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    spawn_with_failpoint(config, "")
 }
 
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -136,15 +128,23 @@ async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     sigterm(&child);
-    // Draining: not ready, while the cycle in flight gets its grace period.
-    let (status, body) = get(port, "/readyz")
-        .await
-        .expect("server still up while draining");
-    assert_eq!((status, body.trim()), (503, "draining"));
+    // Draining: not ready, while the cycle in flight gets its grace period (the signal is
+    // handled a moment after it is sent).
+    let body = wait_for(port, "/readyz", 503, Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut body = body;
+    while body.trim() != "draining" {
+        assert!(Instant::now() < deadline, "never drained: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        body = get(port, "/readyz")
+            .await
+            .expect("server up while draining")
+            .1;
+    }
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     let state_path = dir.path().join("state/state.db");
-    let st = State::open(&state_path).await.unwrap();
+    let st = State::open_reader(&state_path).await.unwrap();
     let w = st.window(P, "history").await.unwrap().unwrap();
     assert_eq!(w.stage, Stage::Submitted);
     let job = w.job_id.clone().unwrap();
@@ -159,7 +159,7 @@ async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
         1,
         "the recorded job was resumed, not requested again"
     );
-    let st = State::open(&state_path).await.unwrap();
+    let st = State::open_reader(&state_path).await.unwrap();
     let w = st.window(P, "history").await.unwrap().unwrap();
     assert_eq!(
         (w.stage, w.job_id.as_deref()),
@@ -254,5 +254,121 @@ async fn no_secret_is_logged_or_stored() {
             assert!(!found, "{} holds a secret: {n}", f.display());
         }
     }
+    sim.shutdown().await;
+}
+
+fn spawn_with_failpoint(config: &Path, failpoint: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dpss-sync"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("RUST_LOG", "warn")
+        .env("DPSS_SYNC_FAILPOINT", failpoint)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Beside a running daemon, readers work and show it as the writer; a second writer exits 1
+/// naming it, and with `--wait` takes over once the daemon is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_beside_the_daemon_is_refused_or_waits() {
+    let sim = sim_with(20, "slow-jobs=3s").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = daemon_config(&sim, dir.path(), port);
+    let mut daemon = spawn_daemon(&config);
+    wait_for(port, "/healthz", 200, Duration::from_secs(30)).await;
+    let status = run_child(&config, &["status"], None);
+    assert!(status.status.success());
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        text.contains(&format!("`run` (pid {}", daemon.id())),
+        "{text}"
+    );
+    assert!(run_child(&config, &["plan"], None).status.success());
+    let second = run_child(&config, &["sync"], None);
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr).into_owned();
+    assert!(
+        err.contains("another writer holds the state")
+            && err.contains(&format!("`run` (pid {}", daemon.id()))
+            && err.contains("--wait"),
+        "{err}"
+    );
+    let waiting = Command::new(env!("CARGO_BIN_EXE_dpss-sync"))
+        .arg("--config")
+        .arg(&config)
+        .args(["sync", "--wait", "2m"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigterm(&daemon);
+    assert!(daemon.wait().unwrap().success());
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sim.shutdown().await;
+}
+
+/// A cycle that panics is counted and ends; the next tick runs (the flag is cleared) and the
+/// daemon stays alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_cycle_does_not_wedge_the_daemon() {
+    let sim = sim_with(20, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = daemon_config(&sim, dir.path(), port);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("schedule = \"0 0 0 1 1 *\"", "schedule = \"* * * * * *\"");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = spawn_with_failpoint(&config, "after-download:panic");
+    wait_for(port, "/healthz", 200, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = wait_for(port, "/metrics", 200, Duration::from_secs(5)).await;
+        if metric(&metrics, "dpss_sync_cycle_panics_total", &[]) >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second cycle panicked: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(port, "/healthz").await.unwrap().0, 200);
+    sigterm(&daemon);
+    assert!(daemon.wait().unwrap().success());
+    sim.shutdown().await;
+}
+
+/// A cycle stuck far past api.job_timeout turns /healthz to 503, so a supervisor restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_cycle_turns_healthz_unavailable() {
+    let sim = sim_with(20, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = daemon_config(&sim, dir.path(), port);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("job_timeout = \"2m\"", "job_timeout = \"1s\"");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = spawn_with_failpoint(&config, "after-download:hang");
+    wait_for(port, "/healthz", 200, Duration::from_secs(30)).await;
+    let body = wait_for(port, "/healthz", 503, Duration::from_secs(30)).await;
+    assert!(
+        body.contains("wedged") && body.contains("a cycle has been running since"),
+        "{body}"
+    );
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
     sim.shutdown().await;
 }

@@ -28,7 +28,7 @@ async fn backfill(
         ..Default::default()
     })
     .unwrap();
-    let pipeline = Pipeline::open(settings, true).await.unwrap();
+    let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
     let days = two_days();
     let report = pipeline.backfill(P, days[0], days[1], false).await.unwrap();
     (pipeline, report)
@@ -55,7 +55,7 @@ async fn recovers(faults: &str, evidence: impl Fn(&SimHandle)) {
         ..Default::default()
     })
     .unwrap();
-    let pipeline = Pipeline::open(settings, true).await.unwrap();
+    let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
     for day in two_days() {
         let report = pipeline.backfill(P, day, day, false).await.unwrap();
         assert!(report.ok(), "{faults}: {:?}", report.windows);
@@ -115,12 +115,60 @@ async fn throttling_is_waited_out() {
     .await;
 }
 
+/// Reads hit by a 5xx are retried within the call. A batch request answered 5xx may have
+/// created its job, so it is not sent again at once: its window fails this run, naming the
+/// unknown outcome, and the next run (the next cycle) requests it.
 #[tokio::test]
-async fn server_error_bursts_are_retried() {
-    recovers("5xx=2", |sim| {
-        assert!(sim.state.requests().iter().any(|r| r.status >= 500))
-    })
-    .await;
+async fn server_error_bursts_are_retried_and_an_unknown_submission_waits_for_the_next_run() {
+    let sim = sim_with(15, "5xx=2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = online(&sim, dir.path(), "csv").await;
+    let mut deferred = 0;
+    for day in two_days() {
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            let report = pipeline.backfill(P, day, day, false).await.unwrap();
+            if report.ok() {
+                break;
+            }
+            let error = report.windows[0].error.clone().unwrap();
+            assert!(error.contains("outcome is unknown"), "{error}");
+            assert!(runs < 4, "{day} never recovered: {error}");
+            deferred += 1;
+        }
+    }
+    assert!(deferred > 0, "no batch request was hit by the burst");
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        expected(&sim, two_days(), Utc::now())
+    );
+    assert!(sim.state.requests().iter().any(|r| r.status >= 500));
+    sim.shutdown().await;
+}
+
+/// A batch request whose job is created but whose answer is lost: the window is not sent again
+/// within the run (a second job for the same day), and a later run requests it.
+#[tokio::test]
+async fn a_lost_answer_to_a_batch_request_is_not_re_posted_at_once() {
+    let sim = sim_with(15, "lost-responses=2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = online(&sim, dir.path(), "csv").await;
+    let day = two_days()[0];
+    let first = pipeline.backfill(P, day, day, false).await.unwrap();
+    assert!(first.ok(), "{:?}", first.windows);
+    let lost = pipeline.backfill(P, day, day, true).await.unwrap();
+    let error = lost.windows[0].error.clone().unwrap();
+    assert!(error.contains("outcome is unknown"), "{error}");
+    assert_eq!(sim.state.jobs_created(), 2, "re-posted within the run");
+    let again = pipeline.backfill(P, day, day, true).await.unwrap();
+    assert!(again.ok(), "{:?}", again.windows);
+    assert_eq!(sim.state.jobs_created(), 3);
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        expected(&sim, [day], Utc::now())
+    );
+    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -240,7 +288,7 @@ async fn a_failing_object_store_commits_nothing() {
         ..Default::default()
     })
     .unwrap();
-    let pipeline = Pipeline::open(settings, true).await.unwrap();
+    let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
     let days = two_days();
     let report = pipeline.backfill(P, days[0], days[1], false).await.unwrap();
     assert!(!report.ok());

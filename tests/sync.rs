@@ -51,7 +51,7 @@ async fn history_sync_in(file_type: &str, seed: u64) {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(settings(&sim, dir.path(), file_type, 2), true)
+    let pipeline = Pipeline::open(settings(&sim, dir.path(), file_type, 2), true, writer())
         .await
         .unwrap();
     let report = pipeline.sync(P).await.unwrap();
@@ -283,25 +283,8 @@ async fn backfill_clamps_and_keeps_the_watermark() {
     sim.shutdown().await;
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dpss-sync")
-}
-
-fn run_child(config: &Path, args: &[&str], failpoint: Option<&str>) -> std::process::Output {
-    let mut cmd = Command::new(bin());
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "warn");
-    match failpoint {
-        Some(f) => cmd.env("DPSS_SYNC_FAILPOINT", f),
-        None => cmd.env_remove("DPSS_SYNC_FAILPOINT"),
-    };
-    cmd.output().unwrap()
-}
-
 async fn recorded_jobs(state_path: &Path, keys: &[String]) -> BTreeMap<String, Vec<String>> {
-    let st = State::open(state_path).await.unwrap();
+    let st = State::open_reader(state_path).await.unwrap();
     let mut out = BTreeMap::new();
     for k in keys {
         out.insert(k.clone(), st.jobs_for_window(P, k).await.unwrap());
@@ -311,7 +294,10 @@ async fn recorded_jobs(state_path: &Path, keys: &[String]) -> BTreeMap<String, V
 }
 
 /// A process killed at each stage boundary leaves a state the next run completes: no duplicate,
-/// no missing row, and no second job for a window whose job id was recorded.
+/// no missing row, and no second job for a window whose job id was recorded. Run twice: with
+/// one-object partitions, and with a target file size so small that every partition has several
+/// objects, which adds a crash between two objects' puts; after the repair, the lake holds
+/// exactly the objects the state records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_stage_boundary_is_repaired() {
     let sim = start(SimConfig {
@@ -323,48 +309,108 @@ async fn crash_at_every_stage_boundary_is_repaired() {
     let days = days_before_today(4);
     let keys: Vec<String> = days.iter().map(|d| d.to_string()).collect();
     let want = expected(&sim, days.clone(), Utc::now());
-    for point in POINTS {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("dpss-sync.toml");
-        std::fs::write(&config, config_text(&sim, dir.path(), "csv", 2)).unwrap();
-        let args = ["backfill", "--from", &keys[0], "--to", &keys[3]];
-        let crashed = run_child(&config, &args, Some(point));
-        assert!(
-            !crashed.status.success(),
-            "{point}: the failpoint did not fire"
-        );
-        assert!(String::from_utf8_lossy(&crashed.stderr).contains(&format!("failpoint {point}")));
-        let before = recorded_jobs(&dir.path().join("state/state.db"), &keys).await;
-
-        let finished = run_child(&config, &args, None);
-        assert!(
-            finished.status.success(),
-            "{point}: {}",
-            String::from_utf8_lossy(&finished.stderr)
-        );
-        let after = recorded_jobs(&dir.path().join("state/state.db"), &keys).await;
-        for k in &keys {
-            assert_eq!(
-                after[k].len(),
-                1,
-                "{point}: window {k} was submitted {} times",
-                after[k].len()
+    for target in [None, Some("1KiB")] {
+        for point in POINTS {
+            if target.is_none() && point == "between-puts" {
+                continue;
+            }
+            let case = format!("{point} (target {})", target.unwrap_or("default"));
+            let dir = tempfile::tempdir().unwrap();
+            let config = dir.path().join("dpss-sync.toml");
+            let mut text = config_text(&sim, dir.path(), "csv", 2);
+            if let Some(t) = target {
+                text = text.replace("[lake]\n", &format!("[lake]\ntarget_file_size = \"{t}\"\n"));
+            }
+            std::fs::write(&config, text).unwrap();
+            let args = ["backfill", "--from", &keys[0], "--to", &keys[3]];
+            let crashed = run_child(&config, &args, Some(point));
+            assert!(
+                !crashed.status.success(),
+                "{case}: the failpoint did not fire"
             );
-            if !before[k].is_empty() {
+            assert!(
+                String::from_utf8_lossy(&crashed.stderr).contains(&format!("failpoint {point}"))
+            );
+            let before = recorded_jobs(&dir.path().join("state/state.db"), &keys).await;
+
+            let finished = run_child(&config, &args, None);
+            assert!(
+                finished.status.success(),
+                "{case}: {}",
+                String::from_utf8_lossy(&finished.stderr)
+            );
+            let after = recorded_jobs(&dir.path().join("state/state.db"), &keys).await;
+            for k in &keys {
                 assert_eq!(
-                    before[k], after[k],
-                    "{point}: window {k} got a new job after its id was recorded"
+                    after[k].len(),
+                    1,
+                    "{case}: window {k} was submitted {} times",
+                    after[k].len()
+                );
+                if !before[k].is_empty() {
+                    assert_eq!(
+                        before[k], after[k],
+                        "{case}: window {k} got a new job after its id was recorded"
+                    );
+                }
+            }
+            let rows = lake_rows(dir.path()).await;
+            assert_eq!(rows, want, "{case}: lake differs after recovery");
+            let (recorded, in_lake) = manifest_and_objects(dir.path()).await;
+            assert_eq!(
+                recorded, in_lake,
+                "{case}: objects the state does not record"
+            );
+            if target.is_some() {
+                let mut per_partition = BTreeMap::new();
+                for o in &in_lake {
+                    *per_partition
+                        .entry(o.rsplit_once('/').unwrap().0)
+                        .or_insert(0) += 1;
+                }
+                assert!(
+                    per_partition.values().all(|n| *n >= 2),
+                    "{case}: partitions were not split: {per_partition:?}"
                 );
             }
+            let no_tmp = walk(&dir.path().join("state/downloads"))
+                .into_iter()
+                .all(|p| !p.ends_with(".part"));
+            assert!(no_tmp, "{case}: partial downloads left behind");
         }
-        let rows = lake_rows(dir.path()).await;
-        assert_eq!(rows, want, "{point}: lake differs after recovery");
-        let no_tmp = walk(&dir.path().join("state/downloads"))
-            .into_iter()
-            .all(|p| !p.ends_with(".part"));
-        assert!(no_tmp, "{point}: partial downloads left behind");
     }
     sim.shutdown().await;
+}
+
+/// The objects the state records for the partitions, and every object (staging files included)
+/// under the lake's table.
+async fn manifest_and_objects(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    let st = State::open_reader(&dir.join("state/state.db"))
+        .await
+        .unwrap();
+    let recorded = st
+        .partition_objects(P)
+        .await
+        .unwrap()
+        .into_values()
+        .flatten()
+        .collect();
+    st.close().await;
+    let root = dir.join("lake");
+    let mut in_lake = BTreeSet::new();
+    let mut stack = vec![root.join(P.config_name())];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(&root).unwrap().display().to_string();
+                in_lake.insert(rel);
+            }
+        }
+    }
+    (recorded, in_lake)
 }
 
 /// Real SIGKILLs at seeded random moments of a 20-day backfill (slow jobs, flaky downloads),
@@ -487,7 +533,7 @@ async fn refused_history_export_falls_back_to_day_windows() {
         ..Default::default()
     })
     .unwrap();
-    let pipeline = Pipeline::open(settings, true).await.unwrap();
+    let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
     let report = pipeline.sync(P).await.unwrap();
     assert!(
         report.ok(),

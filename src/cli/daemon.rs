@@ -2,34 +2,99 @@
 //! `/healthz`, `/readyz` and `/metrics`. SIGTERM/SIGINT stop the scheduling, flip `/readyz` to
 //! 503 and give the cycle in flight a grace period; anything cut short is recorded in the state
 //! and resumed (its vendor jobs polled, not requested again) by the next start.
+//!
+//! The daemon must not wedge where no supervisor sees it: a cycle runs in its own task, so a
+//! panic ends that cycle only (logged, counted, and the next tick runs), and `/healthz` answers
+//! 503 when a cycle has run far past `api.job_timeout` or no cycle has started for several
+//! schedule periods, so Kubernetes or systemd restart the process.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::routing::get;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::CliError;
 use crate::config::Settings;
-use crate::events::{CycleFinished, InternalEvent, TickSkipped, WatermarkAge};
+use crate::events::{
+    CycleFinished, CyclePanicked, InternalEvent, LastCommit, TickSkipped, WatermarkAge,
+};
 use crate::product::Product;
-use crate::sync::Pipeline;
+use crate::sync::{Access, Pipeline};
 
 struct Shared {
     pipeline: Pipeline,
     metrics: PrometheusHandle,
     draining: AtomicBool,
-    running: BTreeMap<Product, AtomicBool>,
+    clocks: BTreeMap<Product, Mutex<CycleClock>>,
     /// Readiness demands a commit younger than this, per product (a few schedule periods).
     max_commit_age: BTreeMap<Product, chrono::Duration>,
+    /// Liveness: how long a cycle may run, and how long the scheduler may go without starting
+    /// one, before the process counts as wedged.
+    limits: BTreeMap<Product, Limits>,
+}
+
+/// When a product's cycles ran.
+#[derive(Debug, Default, Clone, Copy)]
+struct CycleClock {
+    /// The cycle in flight, since when.
+    running_since: Option<DateTime<Utc>>,
+    last_started: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_cycle: chrono::Duration,
+    max_idle: chrono::Duration,
+}
+
+/// Why the daemon is not alive, if it is not: a cycle far past its limit, or a scheduler that
+/// has started nothing for several periods.
+fn wedged(
+    now: DateTime<Utc>,
+    product: Product,
+    clock: CycleClock,
+    limits: Limits,
+) -> Option<String> {
+    match clock {
+        CycleClock {
+            running_since: Some(t),
+            ..
+        } if now - t > limits.max_cycle => Some(format!(
+            "{product}: a cycle has been running since {t}, longer than {} (twice api.job_timeout)",
+            limits.max_cycle
+        )),
+        CycleClock {
+            running_since: None,
+            last_started: Some(t),
+        } if now - t > limits.max_idle => Some(format!(
+            "{product}: no cycle has started since {t}, longer than {} (three schedule periods)",
+            limits.max_idle
+        )),
+        _ => None,
+    }
+}
+
+/// Marks a cycle as running until dropped, however the cycle ends.
+struct Running<'a>(&'a Mutex<CycleClock>);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock(self.0).running_since = None;
+    }
+}
+
+/// The clock's lock; a poisoned one still holds plain timestamps worth reading.
+fn lock(m: &Mutex<CycleClock>) -> std::sync::MutexGuard<'_, CycleClock> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn schedule_period(expr: &str) -> chrono::Duration {
@@ -47,23 +112,50 @@ fn schedule_period(expr: &str) -> chrono::Duration {
 }
 
 async fn cycle(shared: Arc<Shared>, product: Product) {
-    let flag = &shared.running[&product];
     if shared.draining.load(Ordering::SeqCst) {
         return;
     }
-    if flag.swap(true, Ordering::SeqCst) {
-        TickSkipped(product).emit();
-        return;
+    let clock = &shared.clocks[&product];
+    {
+        let mut c = lock(clock);
+        if c.running_since.is_some() {
+            drop(c);
+            TickSkipped(product).emit();
+            return;
+        }
+        let now = Utc::now();
+        *c = CycleClock {
+            running_since: Some(now),
+            last_started: Some(now),
+        };
     }
+    let _running = Running(clock);
     let started = std::time::Instant::now();
-    let outcome = shared.pipeline.sync(product).await;
-    let (outcome, error) = match &outcome {
-        Ok(report) if report.ok() => ("ok", None),
-        Ok(report) => (
+    let pipeline = shared.pipeline.clone();
+    let task = tokio::spawn(async move { pipeline.sync(product).await });
+    let (outcome, error) = match task.await {
+        Ok(Ok(report)) if report.ok() => ("ok", None),
+        Ok(Ok(report)) => (
             "failed",
             report.windows.iter().find_map(|w| w.error.clone()),
         ),
-        Err(e) => ("error", Some(e.to_string())),
+        Ok(Err(e)) => ("error", Some(e.to_string())),
+        Err(e) => {
+            let panic = match e.try_into_panic() {
+                Ok(payload) => payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into()),
+                Err(e) => e.to_string(),
+            };
+            CyclePanicked {
+                product,
+                panic: &panic,
+            }
+            .emit();
+            ("panicked", Some(panic))
+        }
     };
     CycleFinished {
         product,
@@ -72,12 +164,24 @@ async fn cycle(shared: Arc<Shared>, product: Product) {
         error: error.as_deref(),
     }
     .emit();
-    flag.store(false, Ordering::SeqCst);
     crate::alloc::release_freed();
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
+    let now = Utc::now();
+    let problems: Vec<String> = shared
+        .clocks
+        .iter()
+        .filter_map(|(p, c)| wedged(now, *p, *lock(c), shared.limits[p]))
+        .collect();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("wedged:\n{}\n", problems.join("\n")),
+        )
+    }
 }
 
 async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
@@ -86,22 +190,13 @@ async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
     }
     let mut problems = Vec::new();
     for (product, max_age) in &shared.max_commit_age {
-        match shared.pipeline.state.windows(*product).await {
+        match shared.pipeline.state.last_commit(*product).await {
             Err(e) => problems.push(format!("state unreachable: {e}")),
-            Ok(windows) => {
-                let last = windows
-                    .iter()
-                    .filter_map(|w| w.committed_at.as_deref())
-                    .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .max();
-                match last {
-                    None => problems.push(format!("{product}: nothing committed yet")),
-                    Some(t) if Utc::now() - t.with_timezone(&Utc) > *max_age => problems.push(
-                        format!("{product}: last commit {t} is older than {max_age}"),
-                    ),
-                    Some(_) => {}
-                }
-            }
+            Ok(None) => problems.push(format!("{product}: nothing committed yet")),
+            Ok(Some(t)) if Utc::now() - t > *max_age => problems.push(format!(
+                "{product}: last commit {t} is older than {max_age}"
+            )),
+            Ok(Some(_)) => {}
         }
     }
     if problems.is_empty() {
@@ -112,7 +207,7 @@ async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
 }
 
 async fn metrics_page(AxState(shared): AxState<Arc<Shared>>) -> String {
-    for product in shared.running.keys() {
+    for product in shared.clocks.keys() {
         if let Ok(Some(w)) = shared.pipeline.state.watermark(*product).await {
             let end = w
                 .succ_opt()
@@ -146,8 +241,10 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
+pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliError> {
     settings.require_api()?;
+    let max_cycle = chrono::Duration::from_std(settings.api.job_timeout * 2)
+        .unwrap_or(chrono::Duration::hours(4));
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| CliError::Failed(format!("metrics recorder: {e}")))?;
@@ -158,14 +255,26 @@ pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
         .iter()
         .map(|(p, s)| (*p, s.schedule.clone()))
         .collect();
-    let pipeline = Pipeline::open(settings, true).await?;
+    let pipeline = Pipeline::open(settings, true, access).await?;
     let shared = Arc::new(Shared {
         pipeline,
         metrics,
         draining: AtomicBool::new(false),
-        running: schedules
+        clocks: schedules
             .iter()
-            .map(|(p, _)| (*p, AtomicBool::new(false)))
+            .map(|(p, _)| (*p, Mutex::default()))
+            .collect(),
+        limits: schedules
+            .iter()
+            .map(|(p, s)| {
+                (
+                    *p,
+                    Limits {
+                        max_cycle,
+                        max_idle: (schedule_period(s) * 3).max(chrono::Duration::minutes(1)),
+                    },
+                )
+            })
             .collect(),
         max_commit_age: schedules
             .iter()
@@ -218,6 +327,15 @@ pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
         .start()
         .await
         .map_err(|e| CliError::Failed(format!("scheduler: {e}")))?;
+    for (product, _) in &schedules {
+        if let Some(at) = shared.pipeline.state.last_commit(*product).await? {
+            LastCommit {
+                product: *product,
+                at,
+            }
+            .emit();
+        }
+    }
     tracing::info!(%listen, "daemon started: /healthz /readyz /metrics");
     // A first cycle right away, so a fresh deployment does not idle until the first tick.
     for (product, _) in &schedules {
@@ -228,12 +346,16 @@ pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
     shared.draining.store(true, Ordering::SeqCst);
     let _ = scheduler.shutdown().await;
     let deadline = tokio::time::Instant::now() + grace;
-    while shared.running.values().any(|r| r.load(Ordering::SeqCst))
-        && tokio::time::Instant::now() < deadline
-    {
+    let busy = || {
+        shared
+            .clocks
+            .values()
+            .any(|c| lock(c).running_since.is_some())
+    };
+    while busy() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if shared.running.values().any(|r| r.load(Ordering::SeqCst)) {
+    if busy() {
         tracing::warn!(
             "grace period over with a cycle in flight; its recorded jobs resume at the next start"
         );
@@ -242,4 +364,32 @@ pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
     let _ = server.await;
     shared.pipeline.state.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cycle_far_past_its_limit_or_a_silent_scheduler_is_wedged() {
+        let p = Product::HidWorkOrders;
+        let limits = Limits {
+            max_cycle: chrono::Duration::hours(4),
+            max_idle: chrono::Duration::minutes(45),
+        };
+        let now = Utc::now();
+        let ago = |m: i64| Some(now - chrono::Duration::minutes(m));
+        let clock = |running_since, last_started| CycleClock {
+            running_since,
+            last_started,
+        };
+        // A long cycle within its limit is alive, however long since the last start.
+        assert_eq!(wedged(now, p, clock(ago(200), ago(200)), limits), None);
+        let hung = wedged(now, p, clock(ago(300), ago(300)), limits).unwrap();
+        assert!(hung.contains("running since"), "{hung}");
+        assert_eq!(wedged(now, p, clock(None, ago(30)), limits), None);
+        let silent = wedged(now, p, clock(None, ago(60)), limits).unwrap();
+        assert!(silent.contains("no cycle has started"), "{silent}");
+        assert_eq!(wedged(now, p, CycleClock::default(), limits), None);
+    }
 }

@@ -8,7 +8,8 @@ use super::CliError;
 use crate::config::{DEMO_TOML, Settings, Sources};
 use crate::product::Product;
 use crate::sim::{self, SimConfig};
-use crate::sync::Pipeline;
+use crate::state::LeaseRequest;
+use crate::sync::{Access, Pipeline};
 
 pub async fn run() -> Result<ExitCode, CliError> {
     let sim_cfg = SimConfig {
@@ -34,7 +35,8 @@ pub async fn run() -> Result<ExitCode, CliError> {
     })?;
     let product = Product::HidWorkOrders;
     let started = std::time::Instant::now();
-    let pipeline = Pipeline::open(settings, true).await?;
+    let lease = Access::Write(LeaseRequest::new("demo", None));
+    let pipeline = Pipeline::open(settings, true, lease).await?;
     let report = pipeline.sync(product).await?;
     super::report::print_run(product, &report);
     let elapsed = started.elapsed();

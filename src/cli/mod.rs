@@ -16,7 +16,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings, Sources};
 use crate::product::Product;
-use crate::sync::{Pipeline, SyncError};
+use crate::state::LeaseRequest;
+use crate::sync::{Access, Pipeline, SyncError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,9 +37,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The daemon: scheduler plus metrics and health server, until SIGTERM/SIGINT.
-    Run,
+    Run(WaitArg),
     /// One incremental cycle now, then exit (0 = every window committed).
-    Sync(ProductArg),
+    Sync {
+        #[command(flatten)]
+        product: ProductArg,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
     /// (Re)load a range of days; clamps to the 13-month availability and says so.
     Backfill {
         /// First UTC day, YYYY-MM-DD.
@@ -48,11 +54,14 @@ pub enum Command {
         #[arg(long)]
         to: NaiveDate,
         /// Reload every day even if the same backfill finished in the last 10 minutes (a re-run
-        /// that soon otherwise resumes it, as after a crash).
+        /// that soon otherwise resumes it, as after a crash), and replace days even where the
+        /// result holds far fewer rows than the lake (lake.max_shrink).
         #[arg(long)]
         force: bool,
         #[command(flatten)]
         product: ProductArg,
+        #[command(flatten)]
+        wait: WaitArg,
     },
     /// Dry run: the windows and jobs the next cycle would run, and why.
     Plan(ProductArg),
@@ -75,11 +84,31 @@ pub enum Command {
         product: Product,
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Replace days even where the files hold far fewer rows than the lake (lake.max_shrink).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: WaitArg,
     },
     /// Serve the built-in DPSS simulator (token endpoint included).
     Simulate(simulate::SimulateArgs),
     /// Simulator + one full sync into ./lake with the embedded defaults.
     Demo,
+}
+
+/// For commands that write: one process holds the writer lease at a time.
+#[derive(Debug, Args)]
+pub struct WaitArg {
+    /// If another process holds the writer lease, wait up to this long for it (e.g. "10m")
+    /// instead of exiting 1 at once.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait: Option<std::time::Duration>,
+}
+
+impl WaitArg {
+    fn lease(&self, command: &str) -> Access {
+        Access::Write(LeaseRequest::new(command, self.wait))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -165,12 +194,12 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             .ok_or_else(|| CliError::Usage("no configuration loaded".into()))
     };
     match cli.command {
-        Command::Run => daemon::run(need()?).await,
-        Command::Sync(p) => {
+        Command::Run(wait) => daemon::run(need()?, wait.lease("run")).await,
+        Command::Sync { product, wait } => {
             let settings = need()?;
-            let products = products(&settings, p.product)?;
+            let products = products(&settings, product.product)?;
             settings.require_api()?;
-            let pipeline = Pipeline::open(settings, true).await?;
+            let pipeline = Pipeline::open(settings, true, wait.lease("sync")).await?;
             let mut ok = true;
             for product in products {
                 let report = pipeline.sync(product).await?;
@@ -188,11 +217,12 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             to,
             force,
             product,
+            wait,
         } => {
             let settings = need()?;
             let products = products(&settings, product.product)?;
             settings.require_api()?;
-            let pipeline = Pipeline::open(settings, true).await?;
+            let pipeline = Pipeline::open(settings, true, wait.lease("backfill")).await?;
             let mut ok = true;
             for product in products {
                 let report = pipeline.backfill(product, from, to, force).await?;
@@ -208,7 +238,7 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
         Command::Plan(p) => {
             let settings = need()?;
             let products = products(&settings, p.product)?;
-            let pipeline = Pipeline::open(settings, false).await?;
+            let pipeline = Pipeline::open(settings, false, Access::Read).await?;
             let today = Utc::now().date_naive();
             for product in products {
                 let wm = pipeline.state.watermark(product).await?;
@@ -216,7 +246,8 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
                     "{product}: watermark {}, today {today} (UTC)",
                     wm.map(|d| d.to_string()).unwrap_or_else(|| "none".into())
                 );
-                for (plan, existing) in pipeline.preview(product, today).await? {
+                let preview = pipeline.preview(product, today).await?;
+                for (plan, existing) in preview.windows {
                     let tokens = serde_json::to_string(&plan.tokens).expect("map");
                     let last = existing
                         .map(|w| {
@@ -228,18 +259,32 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
                         plan.key, plan.from, plan.to, plan.reason
                     );
                 }
+                for (d, w) in preview.deferred {
+                    println!(
+                        "  {:<10} waiting until {}: failed {} run(s) in a row; last error: {}",
+                        d.key,
+                        d.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        w.failures,
+                        w.error.as_deref().unwrap_or("-")
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
             let settings = need()?;
-            let pipeline = Pipeline::open(settings, false).await?;
+            let pipeline = Pipeline::open(settings, false, Access::Read).await?;
             report::print_status(&pipeline, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { online } => report::check_config(need()?, online).await,
         Command::Query(args) => query::run(need()?, args).await,
-        Command::Import { product, files } => {
+        Command::Import {
+            product,
+            files,
+            force,
+            wait,
+        } => {
             let settings = need()?;
             for f in &files {
                 if !f.exists() {
@@ -247,8 +292,8 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
                 }
             }
             settings.product(product)?;
-            let pipeline = Pipeline::open(settings, false).await?;
-            let report = pipeline.import(product, files).await?;
+            let pipeline = Pipeline::open(settings, false, wait.lease("import")).await?;
+            let report = pipeline.import(product, files, force).await?;
             report::print_run(product, &report);
             Ok(if report.ok() {
                 ExitCode::SUCCESS

@@ -80,9 +80,15 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
         }));
     }
     let runs = p.state.recent_runs(5).await?;
+    let db = &p.settings.state.path;
+    let writer = crate::state::lease::is_held(db)
+        .then(|| crate::state::lease::last_holder(db))
+        .flatten();
     let doc = json!({
         "lake": p.lake.location(),
-        "state": p.settings.state.path,
+        "state": db,
+        "state_exists": !p.state.is_missing(),
+        "writer": writer,
         "products": products,
         "runs": runs,
     });
@@ -91,7 +97,19 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!("lake:  {}", p.lake.location());
-    println!("state: {}", p.settings.state.path.display());
+    println!(
+        "state: {}{}",
+        db.display(),
+        if p.state.is_missing() {
+            " (does not exist yet: nothing has run)"
+        } else {
+            ""
+        }
+    );
+    match &writer {
+        Some(h) => println!("writer: {h} holds the writer lease"),
+        None => println!("writer: none running"),
+    }
     for prod in doc["products"].as_array().expect("array") {
         println!(
             "\n{}: watermark {} ({} day(s) old), {} partition(s)",
@@ -120,10 +138,7 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
                     w["counts"]["written"],
                     w["counts"]["quarantined"],
                     w["counts"]["duplicates"],
-                    w["error"]
-                        .as_str()
-                        .map(|e| format!("\n                 error: {e}"))
-                        .unwrap_or_default()
+                    failing(w)
                 );
             }
         }
@@ -151,6 +166,21 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A window's error, and for one failing run after run, how often and when it is tried next.
+fn failing(w: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(n) = w["failures"].as_i64().filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "\n                 failed {n} run(s) in a row; next try {}",
+            w["next_attempt_at"].as_str().unwrap_or("at the next cycle")
+        ));
+    }
+    if let Some(e) = w["error"].as_str() {
+        out.push_str(&format!("\n                 error: {e}"));
+    }
+    out
+}
+
 /// Offline: every key parsed (already done by loading). Online: a token, discovery with the
 /// configured tokens checked against it, and a write-read-delete probe in the lake.
 pub async fn check_config(settings: Settings, online: bool) -> Result<ExitCode, CliError> {
@@ -167,6 +197,14 @@ pub async fn check_config(settings: Settings, online: bool) -> Result<ExitCode, 
             s.schedule,
             s.lookback_days
         );
+    }
+    // Read-only, as every reader: it migrates nothing and works beside a running daemon.
+    match crate::state::State::open_reader(&settings.state.path).await {
+        Ok(st) if st.is_missing() => {
+            println!("  state: does not exist yet (the first writer command creates it)")
+        }
+        Ok(_) => println!("  state: readable, schema current"),
+        Err(e) => return Err(CliError::Failed(e.to_string())),
     }
     if !online {
         return Ok(ExitCode::SUCCESS);

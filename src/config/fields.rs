@@ -208,6 +208,11 @@ impl Table {
         self.parsed(name, default, parse_size)
     }
 
+    /// A share between 0 and 1: `0.5` or `"50%"`.
+    pub fn fraction(&mut self, name: &str, default: &str) -> Result<f64, ConfigError> {
+        self.parsed(name, default, parse_fraction)
+    }
+
     pub fn socket_addr(&mut self, name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
         self.parsed(name, default, |s| {
             s.trim()
@@ -237,6 +242,23 @@ impl Table {
             }),
         }
     }
+}
+
+/// `0.5` or `50%`, within 0..=1.
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(p) => (p.trim(), 100.0),
+        None => (t, 1.0),
+    };
+    let v = num
+        .parse::<f64>()
+        .map_err(|_| format!("`{s}` is not a share such as 0.5 or \"50%\""))?
+        / scale;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("`{s}` is outside 0..=1 (0% to 100%)"));
+    }
+    Ok(v)
 }
 
 /// `256MiB`, `1.5GB`, `4096` (bytes).
@@ -272,7 +294,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_fraction, parse_size};
+
+    #[test]
+    fn fractions() {
+        assert_eq!(parse_fraction("0.25").unwrap(), 0.25);
+        assert_eq!(parse_fraction("50%").unwrap(), 0.5);
+        assert!(parse_fraction("150%").unwrap_err().contains("outside"));
+        assert!(parse_fraction("half").unwrap_err().contains("half"));
+    }
 
     #[test]
     fn sizes() {

@@ -84,6 +84,8 @@ pub struct LakeSettings {
     pub url: Url,
     pub target_file_size: u64,
     pub max_uncompressed_size: u64,
+    /// The share of a closed status day's rows a window may remove without being forced.
+    pub max_shrink: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +221,7 @@ impl Settings {
                 url: lake.lake_url("url", "file:///var/lib/dpss-sync/lake")?,
                 target_file_size: lake.size("target_file_size", "256MiB")?,
                 max_uncompressed_size: lake.size("max_uncompressed_size", "64GiB")?,
+                max_shrink: lake.fraction("max_shrink", "0.5")?,
             },
             state: StateSettings {
                 path: state.sqlite_path("url", "sqlite:///var/lib/dpss-sync/state.db")?,

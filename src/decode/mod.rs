@@ -44,6 +44,12 @@ pub enum DecodeError {
     BadZip { file: String, detail: String },
     #[error("{file}: the archive is empty (no part files and no _SUCCESS marker)")]
     EmptyArchive { file: String },
+    #[error(
+        "{file}: the archive holds no data part this client reads (entries: {entries}); expected \
+         .csv, .json, .jsonl, .parquet or .orc parts, optionally gzip-compressed (.csv.gz, …). \
+         Nothing was written: an export read as zero rows would replace its days with nothing"
+    )]
+    NoDataParts { file: String, entries: String },
     #[error("{file}: uncompressed size exceeds lake.max_uncompressed_size ({limit} bytes)")]
     TooLarge { file: String, limit: u64 },
     #[error(
@@ -230,20 +236,46 @@ pub struct DecodeSummary {
 
 pub type Sink<'a> = dyn FnMut(RawBatch) -> Result<(), DecodeError> + 'a;
 
-/// The format of a part file from its name, or `None` for side files (`_SUCCESS`, `.crc`, …).
-pub fn file_type_of(name: &str) -> Option<FileType> {
-    let base = name.rsplit('/').next().unwrap_or(name);
-    if base.starts_with('_') || base.starts_with('.') {
+/// A data part: its format, and whether it is gzip-compressed (`part-00000.csv.gz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartType {
+    pub format: FileType,
+    pub gzip: bool,
+}
+
+/// The format of a part file from its name, or `None` for anything else.
+pub fn file_type_of(name: &str) -> Option<PartType> {
+    if is_side_file(name) {
         return None;
     }
-    let ext = base.rsplit_once('.')?.1.to_ascii_lowercase();
-    match ext.as_str() {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let (stem, ext) = base.rsplit_once('.')?;
+    let ext = ext.to_ascii_lowercase();
+    if ext == "gz" || ext == "gzip" {
+        let inner = stem.rsplit_once('.')?.1.to_ascii_lowercase();
+        return format_of_extension(&inner).map(|format| PartType { format, gzip: true });
+    }
+    format_of_extension(&ext).map(|format| PartType {
+        format,
+        gzip: false,
+    })
+}
+
+fn format_of_extension(ext: &str) -> Option<FileType> {
+    match ext {
         "csv" | "txt" => Some(FileType::Csv),
         "json" | "jsonl" | "ndjson" => Some(FileType::Json),
         "parquet" | "parq" => Some(FileType::Parquet),
         "orc" => Some(FileType::Orc),
         _ => None,
     }
+}
+
+/// Files a Spark-style writer leaves beside its parts: `_SUCCESS`, `_committed_…`, hidden files
+/// and checksums (`.part-00000.csv.crc`, `part-00000.csv.crc`).
+fn is_side_file(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    base.starts_with('_') || base.starts_with('.') || base.to_ascii_lowercase().ends_with(".crc")
 }
 
 /// Counts bytes and stops at the limit, so a zip bomb fails instead of filling the disk.
@@ -277,18 +309,24 @@ pub fn decode_path(
     let mut summary = DecodeSummary::default();
     match sniff(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))? {
         Kind::Zip => decode_zip(path, scratch, max_uncompressed, &mut summary, sink)?,
-        Kind::Part(ft) => {
-            summary.uncompressed_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            match ft {
-                FileType::Csv | FileType::Json => {
-                    let file =
-                        File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
-                    decode_text(ft, &name, file, &mut None, &mut summary, sink)?;
-                }
-                FileType::Parquet | FileType::Orc => {
-                    decode_columnar(ft, &name, path, &mut summary, sink)?
-                }
-            }
+        Kind::Part(part) => {
+            let file = File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
+            let mut limited = Limited {
+                inner: file,
+                used: 0,
+                limit: max_uncompressed,
+            };
+            let result = decode_part(
+                part,
+                &name,
+                &mut limited,
+                scratch,
+                &mut None,
+                &mut summary,
+                sink,
+            );
+            summary.uncompressed_bytes = limited.used;
+            over_limit(result, &name, max_uncompressed)?;
             summary.files.push(name);
         }
         Kind::Unknown => return Err(DecodeError::UnsupportedFile { file: name }),
@@ -298,13 +336,20 @@ pub fn decode_path(
 
 /// A rough row count of a file, to size the duplicate filter: the bytes of its parts over a
 /// typical row's size in each format (the vendor's CSV rows take ~110 bytes, JSON ~220,
-/// compressed Parquet and ORC ~23). Guessing high costs a little memory; guessing low makes the
-/// filter grow in steps, which costs more.
+/// compressed Parquet and ORC ~23, gzip-compressed text about a fifth of plain). Guessing high
+/// costs a little memory; guessing low makes the filter grow in steps, which costs more.
 pub fn estimated_rows(path: &Path) -> u64 {
-    let per_row = |ft: Option<FileType>| match ft {
-        Some(FileType::Csv) => 100,
-        Some(FileType::Json) => 200,
-        Some(FileType::Parquet | FileType::Orc) | None => 20,
+    let per_row = |part: Option<PartType>| match part {
+        Some(PartType { gzip: true, .. }) => 20,
+        Some(PartType {
+            format: FileType::Csv,
+            ..
+        }) => 100,
+        Some(PartType {
+            format: FileType::Json,
+            ..
+        }) => 200,
+        Some(_) | None => 20,
     };
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     match sniff(path) {
@@ -315,21 +360,28 @@ pub fn estimated_rows(path: &Path) -> u64 {
                 (0..a.len())
                     .filter_map(|i| {
                         let e = a.by_index_raw(i).ok()?;
-                        let ft = file_type_of(&e.name().ok()?)?;
-                        Some(e.size() / per_row(Some(ft)))
+                        let part = file_type_of(&e.name().ok()?)?;
+                        Some(e.size() / per_row(Some(part)))
                     })
                     .sum()
             })
             .unwrap_or(size / per_row(None)),
-        Ok(Kind::Part(ft)) => size / per_row(Some(ft)),
+        Ok(Kind::Part(part)) => size / per_row(Some(part)),
         _ => size / per_row(None),
     }
 }
 
 enum Kind {
     Zip,
-    Part(FileType),
+    Part(PartType),
     Unknown,
+}
+
+fn plain(format: FileType) -> Kind {
+    Kind::Part(PartType {
+        format,
+        gzip: false,
+    })
 }
 
 /// What a file is, by its first bytes before its name: a download saved as `<job>.zip` may be a
@@ -343,14 +395,16 @@ fn sniff(path: &Path) -> io::Result<Kind> {
         return Ok(Kind::Zip);
     }
     if head.starts_with(b"PAR1") {
-        return Ok(Kind::Part(FileType::Parquet));
+        return Ok(plain(FileType::Parquet));
     }
     if head.starts_with(b"ORC") {
-        return Ok(Kind::Part(FileType::Orc));
+        return Ok(plain(FileType::Orc));
     }
     let name = path.to_string_lossy();
-    if let Some(ft) = file_type_of(&name) {
-        return Ok(Kind::Part(ft));
+    if let Some(part) = file_type_of(&name) {
+        // A gzip stream's magic number decides, whatever the name says.
+        let gzip = head.starts_with(&[0x1f, 0x8b]);
+        return Ok(Kind::Part(PartType { gzip, ..part }));
     }
     let is_zip_name = path
         .extension()
@@ -359,7 +413,7 @@ fn sniff(path: &Path) -> io::Result<Kind> {
     let first = text.iter().find(|b| !b.is_ascii_whitespace());
     Ok(match first {
         None if is_zip_name => Kind::Zip,
-        Some(b'[' | b'{') => Kind::Part(FileType::Json),
+        Some(b'[' | b'{') => plain(FileType::Json),
         Some(_)
             if is_zip_name
                 && Column::ALL.iter().any(|c| {
@@ -368,7 +422,7 @@ fn sniff(path: &Path) -> io::Result<Kind> {
                         .contains(&c.vendor_name().to_ascii_lowercase())
                 }) =>
         {
-            Kind::Part(FileType::Csv)
+            plain(FileType::Csv)
         }
         _ if is_zip_name => Kind::Zip,
         _ => Kind::Unknown,
@@ -403,14 +457,17 @@ fn decode_zip(
     }
     let mut budget = max_uncompressed;
     let mut csv_header = None;
+    let mut ignored = Vec::new();
+    let mut parts = 0;
     for i in 0..archive.len() {
         let entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
         if entry.is_dir() {
             continue;
         }
         let entry_name = entry.name().map_err(|e| bad(e.to_string()))?.to_string();
-        let Some(ft) = file_type_of(&entry_name) else {
-            tracing::debug!(archive = %name, entry = %entry_name, "ignoring side file");
+        let Some(part) = file_type_of(&entry_name) else {
+            tracing::debug!(archive = %name, entry = %entry_name, "ignoring a file that is not a data part");
+            ignored.push(entry_name);
             continue;
         };
         let label = format!("{name}!{entry_name}");
@@ -419,39 +476,82 @@ fn decode_zip(
             used: 0,
             limit: budget,
         };
-        let result = match ft {
-            FileType::Csv | FileType::Json => {
-                decode_text(ft, &label, &mut limited, &mut csv_header, summary, sink)
-            }
-            FileType::Parquet | FileType::Orc => {
-                let mut tmp = tempfile::Builder::new()
-                    .prefix(SCRATCH_PREFIX)
-                    .tempfile_in(scratch)
-                    .map_err(|e| {
-                        DecodeError::Io(format!("scratch file in {}: {e}", scratch.display()))
-                    })?;
-                match io::copy(&mut limited, tmp.as_file_mut()) {
-                    Ok(_) => decode_columnar(ft, &label, tmp.path(), summary, sink),
-                    Err(e) => Err(io_error(&label, e)),
-                }
-            }
-        };
+        let result = decode_part(
+            part,
+            &label,
+            &mut limited,
+            scratch,
+            &mut csv_header,
+            summary,
+            sink,
+        );
         budget = budget.saturating_sub(limited.used);
         summary.uncompressed_bytes += limited.used;
-        match result {
-            Err(DecodeError::Malformed { detail, .. } | DecodeError::Io(detail))
-                if detail.contains(LIMIT_MARKER) =>
-            {
-                return Err(DecodeError::TooLarge {
-                    file: name,
-                    limit: max_uncompressed,
-                });
-            }
-            other => other?,
-        }
+        over_limit(result, &name, max_uncompressed)?;
         summary.files.push(label);
+        parts += 1;
+    }
+    if parts == 0 {
+        return Err(DecodeError::NoDataParts {
+            file: name,
+            entries: ignored.join(", "),
+        });
+    }
+    let unknown: Vec<&String> = ignored.iter().filter(|e| !is_side_file(e)).collect();
+    if !unknown.is_empty() {
+        tracing::warn!(archive = %name, entries = ?unknown, "the export holds files that are not data parts; they were not read");
     }
     Ok(())
+}
+
+/// One data part from `reader`: text formats stream (through gunzip if compressed); Parquet and
+/// ORC need random access, so they are copied (and decompressed) to a scratch file first.
+#[allow(clippy::too_many_arguments)]
+fn decode_part(
+    part: PartType,
+    label: &str,
+    reader: &mut dyn Read,
+    scratch: &Path,
+    csv_header: &mut Option<Vec<String>>,
+    summary: &mut DecodeSummary,
+    sink: &mut Sink<'_>,
+) -> Result<(), DecodeError> {
+    let mut reader: Box<dyn Read + '_> = if part.gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    };
+    match part.format {
+        FileType::Csv | FileType::Json => {
+            decode_text(part.format, label, reader, csv_header, summary, sink)
+        }
+        FileType::Parquet | FileType::Orc => {
+            let mut tmp = tempfile::Builder::new()
+                .prefix(SCRATCH_PREFIX)
+                .tempfile_in(scratch)
+                .map_err(|e| {
+                    DecodeError::Io(format!("scratch file in {}: {e}", scratch.display()))
+                })?;
+            io::copy(&mut reader, tmp.as_file_mut()).map_err(|e| io_error(label, e))?;
+            decode_columnar(part.format, label, tmp.path(), summary, sink)
+        }
+    }
+}
+
+/// The uncompressed-size limit surfaces from deep inside a decoder as an I/O error carrying
+/// [`LIMIT_MARKER`]; this names it for what it is.
+fn over_limit(result: Result<(), DecodeError>, file: &str, limit: u64) -> Result<(), DecodeError> {
+    match result {
+        Err(DecodeError::Malformed { detail, .. } | DecodeError::Io(detail))
+            if detail.contains(LIMIT_MARKER) =>
+        {
+            Err(DecodeError::TooLarge {
+                file: file.to_string(),
+                limit,
+            })
+        }
+        other => other,
+    }
 }
 
 fn io_error(file: &str, e: io::Error) -> DecodeError {
@@ -561,13 +661,94 @@ mod tests {
     use super::*;
 
     #[test]
-    fn side_files_are_ignored() {
-        assert_eq!(file_type_of("part-00000-abc.csv"), Some(FileType::Csv));
-        assert_eq!(file_type_of("dir/part-1.PARQUET"), Some(FileType::Parquet));
-        assert_eq!(file_type_of("x.jsonl"), Some(FileType::Json));
+    fn parts_are_known_by_name_and_side_files_are_not_parts() {
+        let plain = |format| {
+            Some(PartType {
+                format,
+                gzip: false,
+            })
+        };
+        assert_eq!(file_type_of("part-00000-abc.csv"), plain(FileType::Csv));
+        assert_eq!(file_type_of("dir/part-1.PARQUET"), plain(FileType::Parquet));
+        assert_eq!(file_type_of("x.jsonl"), plain(FileType::Json));
+        assert_eq!(
+            file_type_of("part-00000-c000.csv.gz"),
+            Some(PartType {
+                format: FileType::Csv,
+                gzip: true
+            })
+        );
+        assert_eq!(
+            file_type_of("part-1.JSONL.GZ").map(|p| p.format),
+            Some(FileType::Json)
+        );
+        assert_eq!(file_type_of("part-1.xlsx"), None);
+        assert_eq!(file_type_of("notes.gz"), None);
         assert_eq!(file_type_of("_SUCCESS"), None);
         assert_eq!(file_type_of(".part-00000.csv.crc"), None);
         assert_eq!(file_type_of("part-00000.csv.crc"), None);
+    }
+
+    fn zip_of(path: &Path, entries: &[(&str, &[u8])]) {
+        let mut w = zip::ZipWriter::new(File::create(path).unwrap());
+        for (name, bytes) in entries {
+            w.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            std::io::Write::write_all(&mut w, bytes).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    const CSV: &str = "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n1,1,2,Done,2024-06-15T01:00:00Z,r,2024-06-15,3\n";
+
+    fn rows_of(path: &Path, dir: &Path) -> Result<usize, DecodeError> {
+        let mut rows = 0;
+        decode_path(path, dir, u64::MAX, &mut |b| {
+            rows += b.num_rows();
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    #[test]
+    fn gzip_compressed_parts_are_read_in_a_zip_and_on_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let z = dir.path().join("job.zip");
+        let json = br#"{"ServicePointId":"1","Phase":"1","IssueId":"2","Status":"New","StatusDatetime":"2024-06-15T00:00:00Z","Reason":"r","EventDate":"2024-06-15","WorkOrderId":"4"}"#;
+        zip_of(
+            &z,
+            &[
+                ("part-00000-x.c000.csv.gz", &gzip(CSV.as_bytes())),
+                ("part-00001-x.c000.json.gz", &gzip(json)),
+                ("_SUCCESS", b""),
+            ],
+        );
+        assert_eq!(rows_of(&z, dir.path()).unwrap(), 3);
+        let loose = dir.path().join("export.csv.gz");
+        std::fs::write(&loose, gzip(CSV.as_bytes())).unwrap();
+        assert_eq!(rows_of(&loose, dir.path()).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_zip_without_a_data_part_is_an_error_naming_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let z = dir.path().join("job.zip");
+        zip_of(&z, &[("part-00000.csv.bz2", b"BZh9"), ("_SUCCESS", b"")]);
+        let err = rows_of(&z, dir.path()).unwrap_err();
+        assert!(matches!(err, DecodeError::NoDataParts { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("part-00000.csv.bz2, _SUCCESS"), "{text}");
+        zip_of(&z, &[("_SUCCESS", b"")]);
+        assert!(matches!(
+            rows_of(&z, dir.path()).unwrap_err(),
+            DecodeError::NoDataParts { .. }
+        ));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The lake: Hive-partitioned Parquet through `object_store`, on a local directory or any cloud.
 //!
 //! A partition `event_date=YYYY-MM-DD` is rewritten whole: the rows of the days being replaced
-//! come out, the new rows go in, and the result is written under deterministic names
-//! (`part-00000.parquet`, …). Each object is replaced in one put (single-part or a completed
-//! multipart upload), so a reader sees the old file or the new one, never a half. Rewriting the
-//! same input gives the same partition, which is what makes a crash at any point repairable by
-//! running again.
+//! come out, the new rows go in. A partition that fits in one object is `part-00000.parquet`,
+//! replaced in one put (single-part or a completed multipart upload), so a reader sees the old
+//! file or the new one, never a half. A partition beyond `lake.target_file_size` is written as
+//! parts named by the rewrite's generation (`part-g<generation>-00000.parquet`, …), which never
+//! collide with the objects readers use now; the old objects are deleted only after the state
+//! records the new set ([`Lake::delete_objects`]), and a crash in between is repaired from the
+//! state's record of the rewrite (see `sync::repair_lake`).
 
 mod store;
 
@@ -32,7 +34,7 @@ pub use store::open_store;
 
 use crate::config::LakeSettings;
 use crate::normalize::QuarantineRows;
-use crate::normalize::time::{day_of_micros, days_of};
+use crate::normalize::time::{day_of_micros, rows_per_day};
 use crate::product::Product;
 
 /// Rows per row group: big enough for scans to skip by statistics, small enough to write with
@@ -83,10 +85,17 @@ fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Lak
 /// What one partition holds after a rewrite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
-    pub status_days: BTreeSet<NaiveDate>,
+    /// Rows per status day.
+    pub day_rows: BTreeMap<NaiveDate, u64>,
     pub rows: u64,
     pub objects: Vec<String>,
     pub bytes: u64,
+}
+
+impl PartitionState {
+    pub fn status_days(&self) -> BTreeSet<NaiveDate> {
+        self.day_rows.keys().copied().collect()
+    }
 }
 
 #[derive(Clone)]
@@ -95,9 +104,12 @@ pub struct Lake {
     root: Path,
     display: String,
     target_file_size: u64,
+    /// The directory of a `file://` lake, where a killed put can leave a staging file.
+    local: Option<std::path::PathBuf>,
 }
 
 impl Lake {
+    /// Opens the store; changes nothing in it (readers open the lake too).
     pub fn open(settings: &LakeSettings) -> Result<Self, LakeError> {
         let (store, root) = open_store(&settings.url)?;
         Ok(Self {
@@ -105,6 +117,9 @@ impl Lake {
             root,
             display: settings.url.to_string(),
             target_file_size: settings.target_file_size,
+            local: (settings.url.scheme() == "file")
+                .then(|| store::local_dir(&settings.url))
+                .flatten(),
         })
     }
 
@@ -122,8 +137,65 @@ impl Lake {
             .join(format!("event_date={}", date.format("%Y-%m-%d")))
     }
 
-    fn part_name(n: usize) -> String {
-        format!("part-{n:05}.parquet")
+    /// A one-object partition keeps one fixed name, replaced in one put; the parts of a larger
+    /// one carry the rewrite's generation, so they never overwrite what readers see now.
+    fn part_name(generation: Option<i64>, n: usize) -> String {
+        match generation {
+            None => format!("part-{n:05}.parquet"),
+            Some(g) => format!("part-g{g:010}-{n:05}.parquet"),
+        }
+    }
+
+    /// The objects of one partition now.
+    pub async fn list_partition(
+        &self,
+        product: Product,
+        date: NaiveDate,
+    ) -> Result<Vec<object_store::ObjectMeta>, LakeError> {
+        self.list(&self.partition(product, date)).await
+    }
+
+    /// Deletes objects by path; one already gone is not an error (a repair may finish a delete
+    /// that was under way).
+    pub async fn delete_objects(&self, paths: &[String]) -> Result<(), LakeError> {
+        for p in paths {
+            let path = Path::from(p.as_str());
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Half-written staging files a killed put left in the partition's directory (local lakes
+    /// only: the other stores never show an incomplete object).
+    pub fn remove_staging(&self, product: Product, date: NaiveDate) -> usize {
+        let Some(dir) = &self.local else {
+            return 0;
+        };
+        let rel = self.partition(product, date);
+        let removed = store::remove_staging_files(&dir.join(rel.as_ref()));
+        if removed > 0 {
+            tracing::warn!(partition = %rel, removed, "removed half-written objects a killed process left behind");
+        }
+        removed
+    }
+
+    /// The same for the product's quarantine.
+    pub fn remove_quarantine_staging(&self, product: Product) -> usize {
+        let Some(dir) = &self.local else {
+            return 0;
+        };
+        let rel = self.quarantine_root(product);
+        store::remove_staging_files(&dir.join(rel.as_ref()))
+    }
+
+    fn quarantine_root(&self, product: Product) -> Path {
+        self.root
+            .clone()
+            .join("_quarantine")
+            .join(product.config_name())
     }
 
     async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>, LakeError> {
@@ -209,20 +281,24 @@ impl Lake {
             .collect())
     }
 
-    /// Rewrites one partition: its rows of `replaced` status days are dropped, and so are rows
-    /// whose identity is in `merged` (rows this job delivers for days it does not replace whole);
-    /// then `new` is added.
+    /// Rewrites one partition whose objects are `existing`: its rows of `replaced` status days
+    /// are dropped, and so are rows whose identity is in `merged` (rows this job delivers for
+    /// days it does not replace whole); then `new` is added. The new objects are put; the old
+    /// ones the result does not reuse are left for the caller to delete once the state records
+    /// the new set. `generation` names the parts of a multi-object result.
+    #[allow(clippy::too_many_arguments)]
     pub async fn rewrite_partition(
         &self,
         product: Product,
         date: NaiveDate,
+        existing_objects: &[object_store::ObjectMeta],
+        generation: i64,
         replaced: &BTreeSet<NaiveDate>,
         merged: &HashSet<Identity>,
         new: Option<&RecordBatch>,
     ) -> Result<PartitionState, LakeError> {
         let prefix = self.partition(product, date);
-        let existing_objects = self.list(&prefix).await?;
-        let existing = self.read_objects(&existing_objects).await?;
+        let existing = self.read_objects(existing_objects).await?;
         let schema = product.lake_schema();
         let mut keep = Vec::with_capacity(existing.len() + 1);
         for b in existing {
@@ -245,14 +321,13 @@ impl Lake {
             keep.push(n.clone());
         }
         let rows = concat_batches(&schema, &keep).expect("batches share the lake schema");
-        let status_days = days_of(status_column(&rows).values());
+        let day_rows = rows_per_day(status_column(&rows).values());
         let count = rows.num_rows() as u64;
         let parts = self.encode(&prefix, rows, Order::ByTime).await?;
-        let (objects, bytes) = self
-            .replace_objects(&prefix, &existing_objects, parts)
-            .await?;
+        let generation = (parts.len() > 1).then_some(generation);
+        let (objects, bytes) = self.put_parts(&prefix, generation, parts).await?;
         Ok(PartitionState {
-            status_days,
+            day_rows,
             rows: count,
             objects,
             bytes,
@@ -283,19 +358,19 @@ impl Lake {
         .map_err(parquet_err(prefix))
     }
 
-    /// Puts the encoded parts under `prefix` (nothing when there are none) and deletes the
-    /// objects that were there and are not among the new ones: parts beyond the new count are
-    /// stale once these are in.
-    async fn replace_objects(
+    /// Puts the encoded parts under `prefix` (nothing when there are none), named as
+    /// [`Self::part_name`] says.
+    async fn put_parts(
         &self,
         prefix: &Path,
-        existing: &[object_store::ObjectMeta],
+        generation: Option<i64>,
         parts: Vec<Bytes>,
     ) -> Result<(Vec<String>, u64), LakeError> {
         let mut written = Vec::with_capacity(parts.len());
         let mut bytes = 0;
+        let count = parts.len();
         for (n, part) in parts.into_iter().enumerate() {
-            let path = prefix.clone().join(Self::part_name(n));
+            let path = prefix.clone().join(Self::part_name(generation, n));
             bytes += part.len() as u64;
             // Small parts go in one put; big ones as a multipart upload completed at the end.
             let mut sink = object_store::buffered::BufWriter::with_capacity(
@@ -312,16 +387,29 @@ impl Lake {
                 },
             })?;
             written.push(path.to_string());
-        }
-        for meta in existing {
-            if !written.iter().any(|w| w == meta.location.as_ref()) {
-                self.store
-                    .delete(&meta.location)
-                    .await
-                    .map_err(store_err(&meta.location))?;
+            if n + 1 < count {
+                crate::failpoint::hit("between-puts");
             }
         }
         Ok((written, bytes))
+    }
+
+    /// Puts `parts` under fixed names and then deletes the objects that were there and are not
+    /// among the new ones: the quarantine's layout, where a reader seeing a half-replaced day
+    /// for a moment costs nothing.
+    async fn replace_objects(
+        &self,
+        prefix: &Path,
+        existing: &[object_store::ObjectMeta],
+        parts: Vec<Bytes>,
+    ) -> Result<(), LakeError> {
+        let (written, _) = self.put_parts(prefix, None, parts).await?;
+        let stale: Vec<String> = existing
+            .iter()
+            .map(|m| m.location.to_string())
+            .filter(|l| !written.contains(l))
+            .collect();
+        self.delete_objects(&stale).await
     }
 
     /// Writes a job's quarantined rows under `status_date=YYYY-MM-DD` (the day their raw
@@ -336,11 +424,7 @@ impl Lake {
         replaced: &BTreeSet<NaiveDate>,
         default_day: Option<NaiveDate>,
     ) -> Result<(), LakeError> {
-        let root = self
-            .root
-            .clone()
-            .join("_quarantine")
-            .join(product.config_name());
+        let root = self.quarantine_root(product);
         let mut existing: BTreeMap<String, Vec<object_store::ObjectMeta>> = BTreeMap::new();
         for meta in self.list(&root).await? {
             let dir = meta
@@ -409,8 +493,7 @@ impl Lake {
                     // One path part per segment: joining "a/b" whole would escape the slash.
                     let prefix = dir.split('/').fold(root.clone(), |p, part| p.join(part));
                     let parts = self.encode(&prefix, rows, Order::AsIs).await?;
-                    self.replace_objects(&prefix, &old, parts).await?;
-                    Ok::<_, LakeError>(())
+                    self.replace_objects(&prefix, &old, parts).await
                 }
             })
             .buffer_unordered(WRITERS)
@@ -421,18 +504,19 @@ impl Lake {
 
     /// Every quarantined row of a product.
     pub async fn read_quarantine(&self, product: Product) -> Result<Vec<RecordBatch>, LakeError> {
-        let prefix = self
-            .root
-            .clone()
-            .join("_quarantine")
-            .join(product.config_name());
+        let prefix = self.quarantine_root(product);
         let objects = self.list(&prefix).await?;
         self.read_objects(&objects).await
     }
 
     /// A write-read-delete round trip, for `check-config --online`.
     pub async fn probe(&self) -> Result<(), LakeError> {
-        let path = self.root.clone().join("_dpss_sync_probe");
+        // Named per process, so probes run beside each other (or beside a sync) never meet.
+        let path = self.root.clone().join(format!(
+            "_dpss_sync_probe-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        ));
         let payload = format!("probe {}", chrono::Utc::now().to_rfc3339());
         self.store
             .put(&path, payload.clone().into())
@@ -505,15 +589,19 @@ enum Order {
     AsIs,
 }
 
-/// One Parquet object, or numbered parts once one passes `target` bytes.
+/// One Parquet object, or numbered parts once one passes `target` bytes. Rows go to the writer in
+/// chunks small enough that a part ends near the target, whatever the target: a chunk is at most
+/// the rows whose in-memory size is the target.
 fn encode_parts(rows: &RecordBatch, target: u64) -> Result<Vec<Bytes>, ParquetError> {
     let props = writer_properties(&rows.schema());
+    let per_row = (rows.get_array_memory_size() / rows.num_rows().max(1)).max(1) as u64;
+    let chunk = (target / per_row).clamp(1, WRITE_CHUNK_ROWS as u64) as usize;
     let mut objects = Vec::new();
     let mut offset = 0;
     while offset < rows.num_rows() {
         let mut w = ArrowWriter::try_new(Vec::new(), rows.schema(), Some(props.clone()))?;
         while offset < rows.num_rows() {
-            let len = WRITE_CHUNK_ROWS.min(rows.num_rows() - offset);
+            let len = chunk.min(rows.num_rows() - offset);
             w.write(&rows.slice(offset, len))?;
             offset += len;
             if (w.bytes_written() + w.in_progress_size()) as u64 >= target {
@@ -634,11 +722,16 @@ pub fn partition_date(path: &Path) -> Option<NaiveDate> {
 pub fn count_by_status_day(batches: &[(NaiveDate, RecordBatch)]) -> BTreeMap<NaiveDate, u64> {
     let mut out = BTreeMap::new();
     for (_, b) in batches {
-        for &t in status_column(b).values().iter() {
-            *out.entry(day_of_micros(t)).or_insert(0) += 1;
+        for (d, n) in status_day_rows(b) {
+            *out.entry(d).or_insert(0) += n;
         }
     }
     out
+}
+
+/// Rows of one lake batch per status day.
+pub fn status_day_rows(b: &RecordBatch) -> BTreeMap<NaiveDate, u64> {
+    rows_per_day(status_column(b).values())
 }
 
 #[cfg(test)]
@@ -647,28 +740,38 @@ mod tests {
     use arrow::array::{ArrayRef, Int8Array, StringArray};
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
-    #[test]
-    fn timestamps_are_delta_encoded_and_read_back_unchanged() {
-        let n = 1000;
+    /// `n` rows a minute apart, with text that does not compress away.
+    fn sample(n: usize) -> RecordBatch {
         let text = |s: &str| Arc::new(StringArray::from(vec![s; n])) as ArrayRef;
+        let ids = Arc::new(StringArray::from(
+            (0..n)
+                .map(|i| format!("WO-{:08}", i * 7919 % 100_003))
+                .collect::<Vec<_>>(),
+        )) as ArrayRef;
         let ts: Vec<i64> = (0..n as i64)
             .map(|i| 1_700_000_000_000_000 + i * 61_000_000)
             .collect();
-        let batch = RecordBatch::try_new(
+        RecordBatch::try_new(
             Product::HidWorkOrders.lake_schema(),
             vec![
                 text("9"),
                 Arc::new(Int8Array::from(vec![1; n])),
                 text("7"),
                 text("New"),
-                Arc::new(TimestampMicrosecondArray::from(ts.clone()).with_timezone("UTC")),
+                Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
                 text("r"),
-                text("5"),
+                ids,
                 text("j"),
                 Arc::new(TimestampMicrosecondArray::from(vec![0; n]).with_timezone("UTC")),
             ],
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn timestamps_are_delta_encoded_and_read_back_unchanged() {
+        let batch = sample(1000);
+        let ts = status_column(&batch).values().to_vec();
         let object = encode_parts(&batch, u64::MAX).unwrap().remove(0);
         let meta = SerializedFileReader::new(object.clone()).unwrap();
         let chunk = meta.metadata().row_group(0).column(4);
@@ -685,6 +788,27 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(status_column(&read[0]).values().as_ref(), ts);
+    }
+
+    #[test]
+    fn a_partition_splits_near_a_small_target_and_reads_back_whole() {
+        let n = 2000;
+        let batch = sample(n);
+        let parts = encode_parts(&batch, 16 << 10).unwrap();
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let mut read = Vec::new();
+        for p in &parts {
+            assert!(p.len() < 64 << 10, "a part of {} bytes", p.len());
+            for b in ParquetRecordBatchReaderBuilder::try_new(p.clone())
+                .unwrap()
+                .build()
+                .unwrap()
+            {
+                read.extend_from_slice(status_column(&b.unwrap()).values());
+            }
+        }
+        assert_eq!(read, status_column(&batch).values().to_vec());
+        assert_eq!(encode_parts(&batch, 256 << 20).unwrap().len(), 1);
     }
 
     #[test]

@@ -22,10 +22,6 @@ pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), LakeError> 
             let dir = local_dir(url).ok_or_else(|| bad("not a usable file path".into()))?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
-            let removed = remove_staging_files(&dir);
-            if removed > 0 {
-                tracing::warn!(lake = %dir.display(), removed, "removed half-written objects a killed process left behind");
-            }
             let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| bad(e.to_string()))?;
             Ok((Arc::new(store), Path::default()))
@@ -60,8 +56,9 @@ pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), LakeError> 
 }
 
 /// The local store writes an object as `<name>#<digits>` and renames it when complete; a
-/// process killed in between leaves that staging file, which no listing shows. dpss-sync is the
-/// lake's only writer, so at open any such file is a leftover.
+/// process killed in between leaves that staging file, which no listing shows. Only the holder
+/// of the writer lease calls this, for directories a crashed rewrite was writing: anywhere else
+/// the file may be a live writer's put in progress.
 pub fn remove_staging_files(dir: &FsPath) -> usize {
     let mut removed = 0;
     let mut stack = vec![dir.to_path_buf()];

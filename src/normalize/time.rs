@@ -4,7 +4,7 @@
 //! `2025-12-14T00:30:34:000Z` (a colon before the milliseconds), offsets `+02:00` / `-0500`,
 //! and a bare date (midnight). Hand-written over bytes: it runs once per row on the hot path.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeZone, Utc};
 
@@ -129,19 +129,29 @@ pub fn day_of_micros(us: i64) -> NaiveDate {
     date_of_day(day_number(us))
 }
 
-/// The distinct UTC days of microsecond timestamps. Rows mostly come in time order, so a run
-/// of one day costs a comparison per row, not a date conversion.
-pub fn days_of(micros: &[i64]) -> BTreeSet<NaiveDate> {
-    let mut days = BTreeSet::new();
-    let mut last = None;
+/// Rows per UTC day of microsecond timestamps. Rows mostly come in time order, so a run of one
+/// day costs a comparison per row, not a date conversion or a map update.
+pub fn rows_per_day(micros: &[i64]) -> BTreeMap<NaiveDate, u64> {
+    let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut run: Option<(i32, u64)> = None;
     for &t in micros {
         let d = day_number(t);
-        if last != Some(d) {
-            last = Some(d);
-            days.insert(d);
+        match &mut run {
+            Some((day, n)) if *day == d => *n += 1,
+            _ => {
+                if let Some((day, n)) = run.replace((d, 1)) {
+                    *counts.entry(day).or_insert(0) += n;
+                }
+            }
         }
     }
-    days.into_iter().map(date_of_day).collect()
+    if let Some((day, n)) = run {
+        *counts.entry(day).or_insert(0) += n;
+    }
+    counts
+        .into_iter()
+        .map(|(d, n)| (date_of_day(d), n))
+        .collect()
 }
 
 #[cfg(test)]
@@ -149,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn day_numbers_round_trip_and_days_of_is_distinct_days() {
+    fn day_numbers_round_trip_and_rows_per_day_counts_each_day() {
         let d = |s: &str| s.parse::<NaiveDate>().unwrap();
         for day in ["1969-12-31", "1970-01-01", "2024-02-29"] {
             assert_eq!(date_of_day(day_of_date(d(day))), d(day));
@@ -168,8 +178,8 @@ mod tests {
             noon("2024-06-14"),
         ];
         assert_eq!(
-            days_of(&times).into_iter().collect::<Vec<_>>(),
-            [d("2024-06-14"), d("2024-06-15")]
+            rows_per_day(&times).into_iter().collect::<Vec<_>>(),
+            [(d("2024-06-14"), 2), (d("2024-06-15"), 2)]
         );
     }
 

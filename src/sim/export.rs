@@ -97,6 +97,22 @@ impl Filter {
 pub struct Layout {
     pub parts: usize,
     pub variant: u64,
+    pub packaging: Packaging,
+}
+
+/// How the parts are packed into the zip. The vendor's zip contents are not documented, and a
+/// Spark job's output options can change without notice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Packaging {
+    /// `part-00000-….csv` and so on.
+    #[default]
+    Plain,
+    /// `part-00000-….csv.gz`: each part gzip-compressed, as Spark's `compression=gzip` writes.
+    Gzip,
+    /// `part-00000-….csv.bz2`: a compression no client is promised to read.
+    Bzip2Named,
+    /// Parts with no rows: an export that is empty however many rows the days hold.
+    Empty,
 }
 
 const NAMES: [[&str; 8]; 3] = [
@@ -462,7 +478,7 @@ pub fn write_zip(
     }
     let mut count = 0u64;
     let mut failure = None;
-    rows(&mut |row: SimRow| {
+    let mut emit = |row: SimRow| {
         // A work order's rows stay in one part, so a duplicate's later copy is also later in the zip.
         let part = (mix(row.work_order_id.len() as u64 ^ hash_str(&row.work_order_id))
             % layout.parts as u64) as usize;
@@ -472,7 +488,10 @@ pub fn write_zip(
         }
         count += 1;
         true
-    });
+    };
+    if layout.packaging != Packaging::Empty {
+        rows(&mut emit);
+    }
     if let Some(e) = failure {
         return Err(e);
     }
@@ -486,9 +505,26 @@ pub fn write_zip(
         .compression_level(Some(1))
         .large_file(true);
     for name in &names {
-        zip.start_file(name.as_str(), opts)
-            .map_err(io::Error::other)?;
-        io::copy(&mut File::open(dir.path().join(name))?, &mut zip)?;
+        let mut part = File::open(dir.path().join(name))?;
+        match layout.packaging {
+            Packaging::Gzip => {
+                zip.start_file(format!("{name}.gz"), opts)
+                    .map_err(io::Error::other)?;
+                let mut gz = flate2::write::GzEncoder::new(&mut zip, flate2::Compression::fast());
+                io::copy(&mut part, &mut gz)?;
+                gz.finish()?;
+            }
+            Packaging::Bzip2Named => {
+                zip.start_file(format!("{name}.bz2"), opts)
+                    .map_err(io::Error::other)?;
+                io::copy(&mut part, &mut zip)?;
+            }
+            Packaging::Plain | Packaging::Empty => {
+                zip.start_file(name.as_str(), opts)
+                    .map_err(io::Error::other)?;
+                io::copy(&mut part, &mut zip)?;
+            }
+        }
     }
     zip.start_file("_SUCCESS", opts).map_err(io::Error::other)?;
     zip.finish().map_err(io::Error::other)?.flush()?;

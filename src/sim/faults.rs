@@ -1,4 +1,5 @@
-//! Switchable faults: `--faults 429=3,5xx=4,token-expiry=5,slow-jobs=20s,failed-jobs=2,truncated=2,expired-links=2`.
+//! Switchable faults: `--faults 429=3,5xx=4,token-expiry=5,slow-jobs=20s,failed-jobs=2,truncated=2,expired-links=2`,
+//! and export shapes (`gzip-parts`, `bz2-parts`, `empty-exports`).
 //!
 //! Every fault fires on a counter, not at random, so a test can say exactly what the client must
 //! have seen (the third request got a 429, the first job failed) and assert on it.
@@ -32,6 +33,14 @@ pub struct Faults {
     pub resets: Option<u64>,
     /// Every Nth download serves bytes that are not a zip.
     pub corrupt_zips: Option<u64>,
+    /// Every job for this `StatusDatetime` day ends `Failed`: a day the vendor cannot export.
+    pub failing_day: Option<chrono::NaiveDate>,
+    /// Every Nth batch request creates its job, then the connection breaks before the answer:
+    /// the client cannot know the job exists.
+    pub lost_responses: Option<u64>,
+    /// How exports pack their parts (`gzip-parts`, `bz2-parts`, `empty-exports`); the test can
+    /// change it while the simulator runs, as a vendor changes its export job.
+    pub packaging: super::export::Packaging,
 }
 
 impl Faults {
@@ -63,6 +72,15 @@ impl Faults {
                 "lost-jobs" => f.lost_jobs = every(2)?,
                 "reset" => f.resets = every(3)?,
                 "corrupt-zips" => f.corrupt_zips = every(2)?,
+                "lost-responses" => f.lost_responses = every(2)?,
+                "fail-day" => {
+                    f.failing_day = Some(value.and_then(|v| v.parse().ok()).ok_or_else(|| {
+                        "fault `fail-day` needs a day: fail-day=YYYY-MM-DD".to_string()
+                    })?)
+                }
+                "gzip-parts" => f.packaging = super::export::Packaging::Gzip,
+                "bz2-parts" => f.packaging = super::export::Packaging::Bzip2Named,
+                "empty-exports" => f.packaging = super::export::Packaging::Empty,
                 "slow-jobs" => {
                     f.slow_jobs = Some(match value {
                         None => Duration::from_secs(30),
@@ -72,7 +90,7 @@ impl Faults {
                 }
                 other => {
                     return Err(format!(
-                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows, no-history, lost-jobs, reset, corrupt-zips)"
+                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows, no-history, lost-jobs, reset, corrupt-zips, fail-day, lost-responses, gzip-parts, bz2-parts, empty-exports)"
                     ));
                 }
             }
@@ -100,6 +118,15 @@ mod tests {
         assert!(Faults::parse("gremlins").unwrap_err().contains("gremlins"));
         assert!(Faults::parse("429=0").is_err());
         assert_eq!(Faults::parse("").unwrap(), Faults::default());
+        let f = Faults::parse("fail-day=2026-11-20,lost-responses=1,gzip-parts").unwrap();
+        assert_eq!(f.failing_day, "2026-11-20".parse().ok());
+        assert_eq!(f.lost_responses, Some(1));
+        assert_eq!(f.packaging, crate::sim::export::Packaging::Gzip);
+        assert!(
+            Faults::parse("fail-day=soon")
+                .unwrap_err()
+                .contains("fail-day")
+        );
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub struct SimState {
     counters: Mutex<Counters>,
     log: Mutex<Vec<RequestRecord>>,
     extra: Mutex<Vec<SimRow>>,
+    packaging: Mutex<export::Packaging>,
     addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -178,6 +179,11 @@ impl SimState {
         self.counters.lock().expect("counters").tokens_issued
     }
 
+    /// How exports created from now on pack their parts.
+    pub fn set_packaging(&self, packaging: export::Packaging) {
+        *self.packaging.lock().expect("packaging") = packaging;
+    }
+
     /// Adds a row that exports created from now on will serve: a late status update.
     pub fn inject_row(&self, row: SimRow) {
         self.extra.lock().expect("extra").push(row);
@@ -227,6 +233,7 @@ pub async fn spawn(cfg: SimConfig, listen: SocketAddr) -> std::io::Result<SimHan
     let addr = listener.local_addr()?;
     let state = Arc::new(SimState {
         dataset: Dataset::new(cfg.seed, cfg.rows_per_day),
+        packaging: Mutex::new(cfg.faults.packaging),
         cfg,
         work: tempfile::tempdir()?,
         signer: std::hash::RandomState::new(),
@@ -575,7 +582,8 @@ fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
         tokens: Value::Object(tokens),
         created: Instant::now(),
         delay: s.cfg.faults.slow_jobs.unwrap_or(s.cfg.job_delay),
-        fails: s.cfg.faults.failed_jobs.is_some_and(|n| (seq - 1) % n == 0),
+        fails: s.cfg.faults.failed_jobs.is_some_and(|n| (seq - 1) % n == 0)
+            || (s.cfg.faults.failing_day.is_some() && s.cfg.faults.failing_day == filter.day),
         lost: s.cfg.faults.lost_jobs.is_some_and(|n| (seq - 1) % n == 0),
         build: build.clone(),
     };
@@ -590,6 +598,7 @@ fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
         let layout = Layout {
             parts: 1 + (h % state.cfg.max_parts.max(1) as u64) as usize,
             variant: h >> 8,
+            packaging: *state.packaging.lock().expect("packaging"),
         };
         let path = state
             .work
@@ -622,6 +631,16 @@ fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
             Err(e) => Build::Broken(e.to_string()),
         };
     });
+    if fires(s.cfg.faults.lost_responses, seq) {
+        // The job exists now; the answer that names it never arrives whole.
+        let broken = futures::stream::once(async {
+            Err::<bytes::Bytes, _>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated reset after the job was created",
+            ))
+        });
+        return Response::new(Body::from_stream(broken));
+    }
     (StatusCode::ACCEPTED, axum::Json(response)).into_response()
 }
 

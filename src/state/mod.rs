@@ -1,16 +1,24 @@
-//! The state: SQLite through sqlx, schema in `migrations/`, applied at open.
+//! The state: SQLite through sqlx, schema in `migrations/`.
 //!
-//! One connection, so there is one writer and statements never interleave; WAL so `status` can
-//! read while a sync writes; `synchronous = FULL` because a recorded job id must survive a power
-//! cut (a lost id means a second job at the vendor for the same window).
+//! Writers open it through the writer lease ([`lease`]) and migrate it; readers (`status`, `plan`,
+//! `check-config`, `query`) open it read-only, migrate nothing and work beside a running daemon.
+//! One connection per writer, so statements never interleave; WAL so readers see the last commit
+//! while a sync writes; `synchronous = FULL` because a recorded job id must survive a power cut
+//! (a lost id means a second job at the vendor for the same window).
+
+pub mod lease;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+
+pub use lease::{Holder, LeaseRequest, WriterLease};
 
 use crate::normalize::Counts;
 use crate::product::Product;
@@ -19,6 +27,25 @@ use crate::product::Product;
 pub enum StateError {
     #[error("state database {path}: {detail}")]
     Open { path: String, detail: String },
+    #[error(
+        "another writer holds the state: {holder} holds the writer lease {lock}{}; \
+         only one process may write at a time (stop it, or pass --wait DURATION to wait for it)",
+        .waited.map(|w| format!(" (waited {})", humantime::format_duration(w))).unwrap_or_default()
+    )]
+    Busy {
+        lock: String,
+        holder: String,
+        waited: Option<Duration>,
+    },
+    #[error(
+        "state database {path} is at schema version {found}, this dpss-sync reads version {wanted}: {hint}"
+    )]
+    Version {
+        path: String,
+        found: i64,
+        wanted: i64,
+        hint: &'static str,
+    },
     #[error("state migration failed: {0}")]
     Migrate(String),
     #[error("state query failed: {0}")]
@@ -90,6 +117,20 @@ pub struct WindowRow {
     pub error: Option<String>,
     pub updated_at: String,
     pub committed_at: Option<String>,
+    /// Runs in a row in which the window failed; reset when it commits.
+    pub failures: i64,
+    /// A failing window is not planned by a cycle before this.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// A partition rewrite begun and not yet committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Also the generation in the names of the rewrite's objects.
+    pub id: i64,
+    pub event_date: NaiveDate,
+    /// The partition's objects before the rewrite began.
+    pub before: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -154,10 +195,15 @@ fn parse_days(s: &str) -> Result<BTreeSet<NaiveDate>, StateError> {
 #[derive(Clone)]
 pub struct State {
     pool: SqlitePool,
+    path: PathBuf,
+    /// Held for as long as any clone of a writer's state lives.
+    lease: Option<Arc<WriterLease>>,
+    /// A reader of a database that does not exist yet sees an empty state.
+    missing: bool,
 }
 
 /// The migrations of `migrations/`, embedded so the binary needs no files beside it.
-const MIGRATIONS: [(i64, &str, &str); 2] = [
+const MIGRATIONS: [(i64, &str, &str); 3] = [
     (
         1,
         "initial",
@@ -168,7 +214,32 @@ const MIGRATIONS: [(i64, &str, &str); 2] = [
         "run range",
         include_str!("../../migrations/0002_run_range.sql"),
     ),
+    (
+        3,
+        "commit safety",
+        include_str!("../../migrations/0003_commit_safety.sql"),
+    ),
 ];
+
+/// How long a reader waits for a writer's migrations to finish.
+const MIGRATION_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The last migration applied to the database behind `pool`; 0 before the first.
+async fn schema_version(pool: &SqlitePool) -> Result<i64, StateError> {
+    match sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
+    )
+    .fetch_one(pool)
+    .await
+    {
+        Ok(v) => Ok(v.unwrap_or(0)),
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The schema version this binary writes and reads.
+const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 fn migrator() -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
@@ -189,8 +260,9 @@ fn migrator() -> sqlx::migrate::Migrator {
 }
 
 impl State {
-    /// Opens (creating, owner-only) and migrates the database at `path`.
-    pub async fn open(path: &Path) -> Result<Self, StateError> {
+    /// Takes the writer lease (waiting as `request` says), then opens, creating it owner-only,
+    /// and migrates the database at `path`.
+    pub async fn open_writer(path: &Path, request: &LeaseRequest) -> Result<Self, StateError> {
         let open_err = |detail: String| StateError::Open {
             path: path.display().to_string(),
             detail,
@@ -199,13 +271,14 @@ impl State {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
+        let lease = WriterLease::acquire(path, request).await?;
         create_private(path).map_err(|e| open_err(e.to_string()))?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(30))
+            .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -216,7 +289,109 @@ impl State {
             .run(&pool)
             .await
             .map_err(|e| StateError::Migrate(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            path: path.to_path_buf(),
+            lease: Some(Arc::new(lease)),
+            missing: false,
+        })
+    }
+
+    /// Opens the database at `path` read-only: no lease, no migration, nothing written, so it
+    /// works beside a running writer. A database that does not exist yet reads as an empty
+    /// state; one at another schema version is refused with what to do about it.
+    pub async fn open_reader(path: &Path) -> Result<Self, StateError> {
+        let open_err = |detail: String| StateError::Open {
+            path: path.display().to_string(),
+            detail,
+        };
+        if !path.exists() {
+            return Self::empty(path).await;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        // A writer that holds the lease may be migrating right now, one version at a time:
+        // give it a moment before calling the schema old.
+        let patience = tokio::time::Instant::now() + MIGRATION_PATIENCE;
+        let found = loop {
+            let found = schema_version(&pool).await?;
+            if found >= SCHEMA_VERSION
+                || !lease::is_held(path)
+                || tokio::time::Instant::now() >= patience
+            {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if found == 0 {
+            // A writer created the file a moment ago and has not migrated it yet.
+            pool.close().await;
+            return Self::empty(path).await;
+        }
+        if found != SCHEMA_VERSION {
+            pool.close().await;
+            return Err(StateError::Version {
+                path: path.display().to_string(),
+                found,
+                wanted: SCHEMA_VERSION,
+                hint: if found < SCHEMA_VERSION {
+                    "it is migrated by the next writer command (run, sync, backfill, import)"
+                } else {
+                    "it was written by a newer dpss-sync; run that version"
+                },
+            });
+        }
+        Ok(Self {
+            pool,
+            path: path.to_path_buf(),
+            lease: None,
+            missing: false,
+        })
+    }
+
+    /// What a reader sees where no writer has made a state yet: an empty one, in memory.
+    async fn empty(path: &Path) -> Result<Self, StateError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(SqliteConnectOptions::from_str("sqlite::memory:")?)
+            .await
+            .map_err(|e| StateError::Open {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StateError::Migrate(e.to_string()))?;
+        Ok(Self {
+            pool,
+            path: path.to_path_buf(),
+            lease: None,
+            missing: true,
+        })
+    }
+
+    /// The lease this state was opened under; `None` for a reader.
+    pub fn lease(&self) -> Option<&Holder> {
+        self.lease.as_deref().map(WriterLease::holder)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A reader's database did not exist: nothing has run yet.
+    pub fn is_missing(&self) -> bool {
+        self.missing
     }
 
     pub async fn watermark(&self, product: Product) -> Result<Option<NaiveDate>, StateError> {
@@ -271,6 +446,15 @@ impl State {
             error: r.get("error"),
             updated_at: r.get("updated_at"),
             committed_at: r.get("committed_at"),
+            failures: r.get("failures"),
+            next_attempt_at: r
+                .get::<Option<String>, _>("next_attempt_at")
+                .map(|t| {
+                    DateTime::parse_from_rfc3339(&t)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|_| StateError::Corrupt(format!("next attempt `{t}`")))
+                })
+                .transpose()?,
         })
     }
 
@@ -473,15 +657,56 @@ impl State {
             .collect()
     }
 
-    /// Before partitions are rewritten: each one's day set grows to include the days about to
-    /// land. One transaction for all of them: a commit is an fsync, and a history load touches
-    /// some 400 partitions.
-    pub async fn add_partition_days(
+    /// Rows the lake holds per status day, summed over partitions; `None` for a day some
+    /// partition holds rows of without a count (written before counts were kept).
+    pub async fn status_day_rows(
+        &self,
+        product: Product,
+    ) -> Result<BTreeMap<NaiveDate, Option<u64>>, StateError> {
+        let rows = sqlx::query(
+            "SELECT status_days, day_rows FROM partitions WHERE product = ? AND rows > 0",
+        )
+        .bind(product.config_name())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: BTreeMap<NaiveDate, Option<u64>> = BTreeMap::new();
+        for r in rows {
+            let counts: Option<BTreeMap<NaiveDate, u64>> = r
+                .get::<Option<String>, _>(1)
+                .map(|t| {
+                    serde_json::from_str(&t)
+                        .map_err(|e| StateError::Corrupt(format!("partition day_rows: {e}")))
+                })
+                .transpose()?;
+            match counts {
+                Some(counts) => {
+                    for (d, n) in counts {
+                        let total = out.entry(d).or_insert(Some(0));
+                        *total = total.map(|t| t + n);
+                    }
+                }
+                None => {
+                    for d in parse_days(r.get(0))? {
+                        out.insert(d, None);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Before partitions are rewritten, in one transaction: each one's day set grows to include
+    /// the days about to land (a superset until the commit trims it, which is all a crash in
+    /// between needs), and each rewrite is recorded with the objects its partition has now, so
+    /// a crash before the commit can be repaired. Returns each rewrite's generation.
+    pub async fn begin_rewrites(
         &self,
         product: Product,
         additions: &BTreeMap<NaiveDate, BTreeSet<NaiveDate>>,
-    ) -> Result<(), StateError> {
+        before: &BTreeMap<NaiveDate, Vec<String>>,
+    ) -> Result<BTreeMap<NaiveDate, i64>, StateError> {
         let mut known = self.partition_days(product).await?;
+        let t = now();
         let mut tx = self.pool.begin().await?;
         for (event_date, days) in additions {
             let mut all = known.remove(event_date).unwrap_or_default();
@@ -494,25 +719,98 @@ impl State {
             .bind(product.config_name())
             .bind(day_text(*event_date))
             .bind(days_text(&all))
-            .bind(now())
+            .bind(&t)
             .execute(&mut *tx)
             .await?;
+        }
+        let mut generations = BTreeMap::new();
+        for (event_date, objects) in before {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO rewrites (product, event_date, before, started_at) VALUES (?, ?, ?, ?)
+                 RETURNING id",
+            )
+            .bind(product.config_name())
+            .bind(day_text(*event_date))
+            .bind(serde_json::to_string(objects).expect("strings serialize"))
+            .bind(&t)
+            .fetch_one(&mut *tx)
+            .await?;
+            generations.insert(*event_date, id);
+        }
+        tx.commit().await?;
+        Ok(generations)
+    }
+
+    /// Rewrites begun and not committed: what a crash (or a failed write) left.
+    pub async fn open_rewrites(&self, product: Product) -> Result<Vec<Rewrite>, StateError> {
+        sqlx::query("SELECT id, event_date, before FROM rewrites WHERE product = ? ORDER BY id")
+            .bind(product.config_name())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Rewrite {
+                    id: r.get(0),
+                    event_date: day(r.get(1))?,
+                    before: serde_json::from_str(r.get(2))
+                        .map_err(|e| StateError::Corrupt(format!("rewrite objects: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// A repaired rewrite is forgotten.
+    pub async fn end_rewrite(&self, id: i64) -> Result<(), StateError> {
+        sqlx::query("DELETE FROM rewrites WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Objects committed rewrites replaced and that are not yet known deleted.
+    pub async fn doomed_objects(&self, product: Product) -> Result<Vec<String>, StateError> {
+        Ok(
+            sqlx::query_scalar("SELECT path FROM doomed_objects WHERE product = ? ORDER BY path")
+                .bind(product.config_name())
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Doomed objects that are gone now.
+    pub async fn forget_doomed(&self, paths: &[String]) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        for p in paths {
+            sqlx::query("DELETE FROM doomed_objects WHERE path = ?")
+                .bind(p)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// After partitions were rewritten: exactly what each now holds (or nothing), in one
-    /// transaction. Until it commits the day sets recorded before the rewrite stay, a superset,
-    /// which is all a crash in between needs.
-    pub async fn set_partitions(
+    /// The commit of a write, in one transaction: exactly what each rewritten partition now
+    /// holds (or nothing), its rewrite closed, the objects it replaced marked for deletion, and
+    /// the window (if any) committed with its counts. A crash before it leaves the previous
+    /// record whole; after it, the new one.
+    pub async fn commit_partitions(
         &self,
         product: Product,
         written: &[(NaiveDate, crate::lake::PartitionState)],
+        doomed: &[String],
         job_id: &str,
+        window: Option<(i64, Counts)>,
     ) -> Result<(), StateError> {
+        let t = now();
         let mut tx = self.pool.begin().await?;
         for (event_date, p) in written {
+            sqlx::query("DELETE FROM rewrites WHERE product = ? AND event_date = ?")
+                .bind(product.config_name())
+                .bind(day_text(*event_date))
+                .execute(&mut *tx)
+                .await?;
             if p.rows == 0 {
                 sqlx::query("DELETE FROM partitions WHERE product = ? AND event_date = ?")
                     .bind(product.config_name())
@@ -521,21 +819,51 @@ impl State {
                     .await?;
                 continue;
             }
+            let day_rows: BTreeMap<String, u64> =
+                p.day_rows.iter().map(|(d, n)| (day_text(*d), *n)).collect();
             sqlx::query(
-                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at, day_rows)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days,
                    objects = excluded.objects, rows = excluded.rows, bytes = excluded.bytes,
-                   job_id = excluded.job_id, updated_at = excluded.updated_at",
+                   job_id = excluded.job_id, updated_at = excluded.updated_at, day_rows = excluded.day_rows",
             )
             .bind(product.config_name())
             .bind(day_text(*event_date))
-            .bind(days_text(&p.status_days))
+            .bind(days_text(&p.status_days()))
             .bind(serde_json::to_string(&p.objects).expect("strings serialize"))
             .bind(p.rows as i64)
             .bind(p.bytes as i64)
             .bind(job_id)
-            .bind(now())
+            .bind(&t)
+            .bind(serde_json::to_string(&day_rows).expect("a map serializes"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for path in doomed {
+            sqlx::query(
+                "INSERT INTO doomed_objects (path, product, decided_at) VALUES (?, ?, ?)
+                 ON CONFLICT (path) DO NOTHING",
+            )
+            .bind(path)
+            .bind(product.config_name())
+            .bind(&t)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((window_id, c)) = window {
+            sqlx::query(
+                "UPDATE windows SET stage = 'committed', rows_read = ?, rows_written = ?, rows_quarantined = ?,
+                   rows_duplicate = ?, error = NULL, failures = 0, next_attempt_at = NULL,
+                   committed_at = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(c.read as i64)
+            .bind(c.written as i64)
+            .bind(c.quarantined as i64)
+            .bind(c.duplicates as i64)
+            .bind(&t)
+            .bind(&t)
+            .bind(window_id)
             .execute(&mut *tx)
             .await?;
         }
@@ -543,15 +871,16 @@ impl State {
         Ok(())
     }
 
-    pub async fn mark_written(&self, window_id: i64, c: Counts) -> Result<(), StateError> {
+    /// A run in which the window failed: counted, and the next cycle waits until `retry_at`.
+    pub async fn record_failure(
+        &self,
+        window_id: i64,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StateError> {
         sqlx::query(
-            "UPDATE windows SET stage = 'written', rows_read = ?, rows_written = ?, rows_quarantined = ?,
-               rows_duplicate = ?, updated_at = ? WHERE id = ?",
+            "UPDATE windows SET failures = failures + 1, next_attempt_at = ?, updated_at = ? WHERE id = ?",
         )
-        .bind(c.read as i64)
-        .bind(c.written as i64)
-        .bind(c.quarantined as i64)
-        .bind(c.duplicates as i64)
+        .bind(retry_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
         .bind(now())
         .bind(window_id)
         .execute(&self.pool)
@@ -559,15 +888,59 @@ impl State {
         Ok(())
     }
 
-    pub async fn mark_committed(&self, window_id: i64) -> Result<(), StateError> {
-        let t = now();
-        sqlx::query("UPDATE windows SET stage = 'committed', error = NULL, committed_at = ?, updated_at = ? WHERE id = ?")
-            .bind(&t)
-            .bind(&t)
-            .bind(window_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Days whose committed window committed after the day had closed: their data is final
+    /// unless late updates come, which the lookback re-syncs.
+    pub async fn days_final(&self, product: Product) -> Result<BTreeSet<NaiveDate>, StateError> {
+        let mut out = BTreeSet::new();
+        for w in self.windows(product).await? {
+            let Some(at) = w.committed_at.as_deref() else {
+                continue;
+            };
+            if w.stage != Stage::Committed {
+                continue;
+            }
+            let at = DateTime::parse_from_rfc3339(at)
+                .map_err(|_| StateError::Corrupt(format!("commit time `{at}`")))?
+                .with_timezone(&Utc)
+                .date_naive();
+            out.extend(w.from.iter_days().take_while(|d| *d <= w.to && *d < at));
+        }
+        Ok(out)
+    }
+
+    /// When a window of `product` last committed.
+    pub async fn last_commit(&self, product: Product) -> Result<Option<DateTime<Utc>>, StateError> {
+        let at: Option<String> =
+            sqlx::query_scalar("SELECT MAX(committed_at) FROM windows WHERE product = ?")
+                .bind(product.config_name())
+                .fetch_one(&self.pool)
+                .await?;
+        at.map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| StateError::Corrupt(format!("commit time `{t}`")))
+        })
+        .transpose()
+    }
+
+    /// The objects the state records for each partition (the manifest readers may trust).
+    pub async fn partition_objects(
+        &self,
+        product: Product,
+    ) -> Result<BTreeMap<NaiveDate, Vec<String>>, StateError> {
+        sqlx::query("SELECT event_date, objects FROM partitions WHERE product = ? AND rows > 0")
+            .bind(product.config_name())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    day(r.get(0))?,
+                    serde_json::from_str(r.get(1))
+                        .map_err(|e| StateError::Corrupt(format!("partition objects: {e}")))?,
+                ))
+            })
+            .collect()
     }
 
     /// Days committed for a product: every day of a committed window.
@@ -736,11 +1109,17 @@ mod tests {
         s.parse().unwrap()
     }
 
+    async fn writer(path: &Path) -> State {
+        State::open_writer(path, &LeaseRequest::new("test", None))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn window_lifecycle_and_watermark() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s/state.db");
-        let st = State::open(&path).await.unwrap();
+        let st = writer(&path).await;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -781,18 +1160,18 @@ mod tests {
         assert_eq!(again.stage, Stage::Submitted);
         assert_eq!(again.job_id.as_deref(), Some("job-1"));
         assert_eq!(st.in_flight(p).await.unwrap().len(), 1);
-        st.mark_written(
-            w.id,
-            Counts {
-                read: 3,
-                written: 2,
-                quarantined: 1,
-                duplicates: 0,
-            },
-        )
-        .await
-        .unwrap();
-        st.mark_committed(w.id).await.unwrap();
+        let counts = Counts {
+            read: 3,
+            written: 2,
+            quarantined: 1,
+            duplicates: 0,
+        };
+        st.commit_partitions(p, &[], &[], "job-1", Some((w.id, counts)))
+            .await
+            .unwrap();
+        let done = st.window(p, "2026-01-02").await.unwrap().unwrap();
+        assert_eq!(done.stage, Stage::Committed);
+        assert_eq!(done.counts.unwrap().written, 2);
         assert!(
             st.committed_days(p)
                 .await
@@ -825,7 +1204,8 @@ mod tests {
         );
         // Reopening applies no migration twice.
         st.close().await;
-        let st = State::open(&path).await.unwrap();
+        drop(st);
+        let st = writer(&path).await;
         assert_eq!(
             st.jobs_for_window(p, "2026-01-02").await.unwrap(),
             vec!["job-1"]
@@ -833,29 +1213,90 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn partition_days_grow_before_and_shrink_after() {
+    async fn readers_open_read_only_beside_the_writer_and_never_migrate() {
         let dir = tempfile::tempdir().unwrap();
-        let st = State::open(&dir.path().join("state.db")).await.unwrap();
-        let p = Product::HidWorkOrders;
-        let add = |day: &str| BTreeMap::from([(d("2026-01-01"), BTreeSet::from([d(day)]))]);
-        st.add_partition_days(p, &add("2026-01-02")).await.unwrap();
-        st.add_partition_days(p, &add("2026-01-03")).await.unwrap();
-        assert_eq!(
-            st.partition_days(p).await.unwrap()[&d("2026-01-01")].len(),
-            2
-        );
-        let state = crate::lake::PartitionState {
-            status_days: BTreeSet::from([d("2026-01-03")]),
-            rows: 5,
-            objects: vec!["x".into()],
-            bytes: 10,
-        };
-        st.set_partitions(p, &[(d("2026-01-01"), state)], "j")
+        let path = dir.path().join("state.db");
+        // No database yet: an empty state, and no file is created.
+        let r = State::open_reader(&path).await.unwrap();
+        assert!(r.is_missing() && r.watermark(Product::HidWorkOrders).await.unwrap().is_none());
+        assert!(!path.exists());
+        let w = writer(&path).await;
+        w.advance_watermark(Product::HidWorkOrders, d("2026-01-02"))
             .await
             .unwrap();
+        let r = State::open_reader(&path).await.unwrap();
+        assert!(r.lease().is_none() && w.lease().is_some());
         assert_eq!(
-            st.partition_days(p).await.unwrap()[&d("2026-01-01")],
+            r.watermark(Product::HidWorkOrders).await.unwrap(),
+            Some(d("2026-01-02"))
+        );
+        let refused = r
+            .advance_watermark(Product::HidWorkOrders, d("2026-01-03"))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("readonly"), "{refused}");
+        // A database at another schema version is named, not migrated.
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 3")
+            .execute(&w.pool)
+            .await
+            .unwrap();
+        let err = State::open_reader(&path).await.err().unwrap();
+        assert!(
+            err.to_string().contains("schema version 2")
+                && err.to_string().contains("next writer command"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_is_recorded_before_and_closed_by_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = writer(&dir.path().join("state.db")).await;
+        let p = Product::HidWorkOrders;
+        let part = d("2026-01-01");
+        let add = |day: &str| BTreeMap::from([(part, BTreeSet::from([d(day)]))]);
+        let before = BTreeMap::from([(part, vec!["t/old-0".to_string(), "t/old-1".into()])]);
+        st.begin_rewrites(p, &add("2026-01-02"), &before)
+            .await
+            .unwrap();
+        let crashed = st.open_rewrites(p).await.unwrap();
+        assert_eq!(crashed.len(), 1);
+        assert_eq!(crashed[0].before, before[&part]);
+        st.end_rewrite(crashed[0].id).await.unwrap();
+        // A day count is unknown until a commit records it.
+        assert_eq!(
+            st.status_day_rows(p).await.unwrap().get(&d("2026-01-02")),
+            None
+        );
+        let generations = st
+            .begin_rewrites(p, &add("2026-01-03"), &before)
+            .await
+            .unwrap();
+        assert!(
+            generations[&part] > crashed[0].id,
+            "generations never repeat"
+        );
+        assert_eq!(st.partition_days(p).await.unwrap()[&part].len(), 2);
+        let state = crate::lake::PartitionState {
+            day_rows: BTreeMap::from([(d("2026-01-03"), 5)]),
+            rows: 5,
+            objects: vec!["t/new-0".into()],
+            bytes: 10,
+        };
+        st.commit_partitions(p, &[(part, state)], &before[&part], "j", None)
+            .await
+            .unwrap();
+        assert!(st.open_rewrites(p).await.unwrap().is_empty());
+        assert_eq!(
+            st.partition_days(p).await.unwrap()[&part],
             BTreeSet::from([d("2026-01-03")])
         );
+        assert_eq!(
+            st.status_day_rows(p).await.unwrap(),
+            BTreeMap::from([(d("2026-01-03"), Some(5))])
+        );
+        assert_eq!(st.doomed_objects(p).await.unwrap(), before[&part]);
+        st.forget_doomed(&before[&part]).await.unwrap();
+        assert!(st.doomed_objects(p).await.unwrap().is_empty());
     }
 }

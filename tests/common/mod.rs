@@ -39,9 +39,14 @@ pub async fn sim_with(rows_per_day: u64, faults: &str) -> SimHandle {
     .await
 }
 
+/// Open as a writer, as `sync`, `backfill` and `import` do.
+pub fn writer() -> dpss_sync::sync::Access {
+    dpss_sync::sync::Access::Write(dpss_sync::state::LeaseRequest::new("test", None))
+}
+
 /// A pipeline with the vendor client, against `sim`, with its lake and state under `dir`.
 pub async fn online(sim: &SimHandle, dir: &Path, file_type: &str) -> dpss_sync::sync::Pipeline {
-    dpss_sync::sync::Pipeline::open(settings(sim, dir, file_type, 2), true)
+    dpss_sync::sync::Pipeline::open(settings(sim, dir, file_type, 2), true, writer())
         .await
         .unwrap()
 }
@@ -180,6 +185,7 @@ pub fn local_lake(root: &Path) -> dpss_sync::config::LakeSettings {
         url: url::Url::from_directory_path(root).unwrap(),
         target_file_size: 256 << 20,
         max_uncompressed_size: 1 << 34,
+        max_shrink: 0.5,
     }
 }
 
@@ -300,6 +306,24 @@ for r in con.sql(q).fetchall():
             None
         }
     }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dpss-sync")
+}
+
+/// The binary with `config` and `args`, to completion; `failpoint` armed if given.
+pub fn run_child(config: &Path, args: &[&str], failpoint: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn");
+    match failpoint {
+        Some(f) => cmd.env("DPSS_SYNC_FAILPOINT", f),
+        None => cmd.env_remove("DPSS_SYNC_FAILPOINT"),
+    };
+    cmd.output().unwrap()
 }
 
 pub fn free_port() -> u16 {
