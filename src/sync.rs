@@ -673,6 +673,10 @@ impl Pipeline {
         written: Written,
         window: Option<i64>,
     ) -> Result<(), SyncError> {
+        if let Some(id) = window {
+            // The stage DESIGN.md records: objects are in the lake, the commit is next.
+            self.state.set_stage(id, Stage::Written, None).await?;
+        }
         crate::failpoint::hit("after-write");
         self.state
             .commit_partitions(

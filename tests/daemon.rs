@@ -318,6 +318,24 @@ async fn a_second_writer_beside_the_daemon_is_refused_or_waits() {
     sim.shutdown().await;
 }
 
+/// A live daemon with one configuration line replaced (`edit`: from, to) and `failpoint` armed.
+async fn daemon_at_failpoint(
+    sim: &dpss_sync::sim::SimHandle,
+    dir: &Path,
+    port: u16,
+    edit: (&str, &str),
+    failpoint: &str,
+) -> Child {
+    let config = daemon_config(sim, dir, port);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(edit.0, edit.1);
+    std::fs::write(&config, text).unwrap();
+    let daemon = spawn_with_failpoint(&config, failpoint);
+    wait_for(port, "/healthz", 200, Duration::from_secs(30)).await;
+    daemon
+}
+
 /// A cycle that panics is counted and ends; the next tick runs (the flag is cleared) and the
 /// daemon stays alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,13 +343,9 @@ async fn a_panicking_cycle_does_not_wedge_the_daemon() {
     let sim = sim_with(20, "").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = daemon_config(&sim, dir.path(), port);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("schedule = \"0 0 0 1 1 *\"", "schedule = \"* * * * * *\"");
-    std::fs::write(&config, text).unwrap();
-    let mut daemon = spawn_with_failpoint(&config, "after-download:panic");
-    wait_for(port, "/healthz", 200, Duration::from_secs(30)).await;
+    let edit = ("schedule = \"0 0 0 1 1 *\"", "schedule = \"* * * * * *\"");
+    let mut daemon =
+        daemon_at_failpoint(&sim, dir.path(), port, edit, "after-download:panic").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let metrics = wait_for(port, "/metrics", 200, Duration::from_secs(5)).await;
@@ -356,13 +370,8 @@ async fn a_hung_cycle_turns_healthz_unavailable() {
     let sim = sim_with(20, "").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = daemon_config(&sim, dir.path(), port);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("job_timeout = \"2m\"", "job_timeout = \"1s\"");
-    std::fs::write(&config, text).unwrap();
-    let mut daemon = spawn_with_failpoint(&config, "after-download:hang");
-    wait_for(port, "/healthz", 200, Duration::from_secs(30)).await;
+    let edit = ("job_timeout = \"2m\"", "job_timeout = \"1s\"");
+    let mut daemon = daemon_at_failpoint(&sim, dir.path(), port, edit, "after-download:hang").await;
     let body = wait_for(port, "/healthz", 503, Duration::from_secs(30)).await;
     assert!(
         body.contains("wedged") && body.contains("a cycle has been running since"),

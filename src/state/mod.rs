@@ -224,6 +224,13 @@ const MIGRATIONS: [(i64, &str, &str); 3] = [
 /// How long a reader waits for a writer's migrations to finish.
 const MIGRATION_PATIENCE: Duration = Duration::from_secs(10);
 
+async fn migrate(pool: &SqlitePool) -> Result<(), StateError> {
+    migrator()
+        .run(pool)
+        .await
+        .map_err(|e| StateError::Migrate(e.to_string()))
+}
+
 /// The last migration applied to the database behind `pool`; 0 before the first.
 async fn schema_version(pool: &SqlitePool) -> Result<i64, StateError> {
     match sqlx::query_scalar::<_, Option<i64>>(
@@ -285,10 +292,7 @@ impl State {
             .connect_with(options)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        migrator()
-            .run(&pool)
-            .await
-            .map_err(|e| StateError::Migrate(e.to_string()))?;
+        migrate(&pool).await?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),
@@ -368,10 +372,7 @@ impl State {
                 path: path.display().to_string(),
                 detail: e.to_string(),
             })?;
-        migrator()
-            .run(&pool)
-            .await
-            .map_err(|e| StateError::Migrate(e.to_string()))?;
+        migrate(&pool).await?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),
