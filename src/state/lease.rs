@@ -75,7 +75,10 @@ pub struct WriterLease {
 }
 
 /// How often a waiting writer tries again.
-const RETRY: Duration = Duration::from_millis(200);
+const RETRY: Duration = Duration::from_millis(100);
+
+/// How long a writer without --wait keeps trying.
+const PROBE_GRACE: Duration = Duration::from_millis(500);
 
 impl WriterLease {
     /// The lock file of the database at `db`.
@@ -99,7 +102,9 @@ impl WriterLease {
             .truncate(false)
             .open(&path)
             .map_err(io_err)?;
-        let deadline = request.wait.map(|w| tokio::time::Instant::now() + w);
+        // Without --wait a writer still tries for a moment: a reader's probe (`is_held`, from
+        // `status`) holds a shared lock for an instant, and must not make a writer fail.
+        let deadline = tokio::time::Instant::now() + request.wait.unwrap_or(PROBE_GRACE);
         let mut announced = false;
         loop {
             // SAFETY: flock on a descriptor this function owns; no memory is involved.
@@ -112,27 +117,23 @@ impl WriterLease {
                 return Err(io_err(err));
             }
             let holder = read_holder(&mut file);
-            match deadline {
-                Some(d) if tokio::time::Instant::now() < d => {
-                    if !announced {
-                        tracing::warn!(
-                            holder = %holder.as_ref().map(|h| h.to_string()).unwrap_or_else(|| "unknown".into()),
-                            "another writer holds the state; waiting for it"
-                        );
-                        announced = true;
-                    }
-                    tokio::time::sleep(RETRY).await;
-                }
-                _ => {
-                    return Err(StateError::Busy {
-                        lock: path.display().to_string(),
-                        holder: holder
-                            .map(|h| h.to_string())
-                            .unwrap_or_else(|| "an unknown process".into()),
-                        waited: request.wait,
-                    });
-                }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StateError::Busy {
+                    lock: path.display().to_string(),
+                    holder: holder
+                        .map(|h| h.to_string())
+                        .unwrap_or_else(|| "an unknown process".into()),
+                    waited: request.wait,
+                });
             }
+            if !announced && request.wait.is_some() {
+                tracing::warn!(
+                    holder = %holder.as_ref().map(|h| h.to_string()).unwrap_or_else(|| "unknown".into()),
+                    "another writer holds the state; waiting for it"
+                );
+                announced = true;
+            }
+            tokio::time::sleep(RETRY).await;
         }
         file.set_len(0).map_err(io_err)?;
         file.rewind().map_err(io_err)?;
