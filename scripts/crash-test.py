@@ -9,7 +9,7 @@ the lake must hold exactly the objects the state records. Prints a JSON summary;
 any invariant broke.
 
 Usage: scripts/crash-test.py [--kills 100] [--seed 1] [--days 20] [--rows-per-day 200]
-                             [--small-target 16KiB]
+                             [--small-target 2KiB]
 """
 import argparse
 import json
@@ -160,7 +160,7 @@ def main():
     ap.add_argument("--days", type=int, default=20)
     ap.add_argument("--rows-per-day", type=int, default=200)
     ap.add_argument("--binary", default="target/release/dpss-sync")
-    ap.add_argument("--small-target", default="16KiB",
+    ap.add_argument("--small-target", default="2KiB",
                     help="lake.target_file_size of the multi-object rounds")
     a = ap.parse_args()
     rng = random.Random(a.seed)
