@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use dpss_sync::cli::{Cli, execute, load_settings};
+use dpss_sync::cli::{Cli, Command, execute, load_settings};
 use dpss_sync::config::{LogFormat, LogSettings};
 
 fn init_logging(log: Option<&LogSettings>) {
@@ -23,9 +23,23 @@ fn init_logging(log: Option<&LogSettings>) {
     }
 }
 
+/// A one-shot command whose reader goes away (`dpss-sync status | head -1`) ends as Unix tools
+/// do: quietly, by SIGPIPE. Rust ignores SIGPIPE, which turns the write into an error and
+/// `println!` into a panic with a backtrace. The daemon and the simulator keep it ignored: they
+/// write to sockets, where a peer that left must not end the process.
+fn end_quietly_on_a_closed_pipe(command: &Command) {
+    if !matches!(command, Command::Run(_) | Command::Simulate(_)) {
+        // SAFETY: restores the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     dpss_sync::alloc::limit_arenas();
     let cli = Cli::parse();
+    end_quietly_on_a_closed_pipe(&cli.command);
     let settings = if cli.command.needs_config() {
         match load_settings(&cli) {
             Ok(s) => Some(s),

@@ -342,3 +342,53 @@ fn simulate_serves_the_documented_walkthrough() {
     child.wait().unwrap();
     assert_eq!(outcome, 202);
 }
+
+/// A reader that goes away (`dpss-sync status | head -1`; here it leaves before the first line,
+/// so every write the command makes finds the pipe closed): every command that prints ends
+/// quietly, by SIGPIPE or with 0, never with a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_leaves_early_ends_each_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let sim = sim_with(20, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "c.toml",
+        &config_text(&sim, dir.path(), "csv", 2),
+    );
+    let day = days_before_today(1)[0].to_string();
+    let csv = write(
+        dir.path(),
+        "export.csv",
+        "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n",
+    );
+    let csv = csv.display().to_string();
+    let commands: [&[&str]; 6] = [
+        &["backfill", "--from", &day, "--to", &day],
+        &["sync"],
+        &["status"],
+        &["plan"],
+        &["check-config"],
+        &["import", "--product", "hid_work_orders", &csv],
+    ];
+    for args in commands {
+        let mut child = bin()
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let (_, err) = text(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+    sim.shutdown().await;
+}
