@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dpss_sync::api::{ApiError, JobPhase};
+use dpss_sync::api::{ApiError, ClientSettings, Credentials, DpssClient, JobPhase};
 use dpss_sync::config::{FileType, Settings, Sources};
 use dpss_sync::fetch::{FetchError, Fetcher};
 use dpss_sync::state::{State, WindowKind};
@@ -199,7 +199,7 @@ async fn wrong_credentials_fail_with_the_oauth_error() {
     .unwrap();
     let err = c.parameters(&cfg.subscription_id).await.unwrap_err();
     assert!(
-        matches!(&err, ApiError::Auth { status: 400, detail } if detail == "invalid_client"),
+        matches!(&err, ApiError::Auth { status: 400, detail, .. } if detail == "invalid_client"),
         "{err}"
     );
     sim.shutdown().await;
@@ -500,4 +500,145 @@ async fn fetcher_asks_for_a_fresh_link_when_one_expired() {
         .count();
     assert_eq!(refused, 1);
     t.sim.shutdown().await;
+}
+
+/// A client whose API and identity server are at `base` (scheme, host and port).
+fn client_at(base: &str, timeout: Duration) -> DpssClient {
+    DpssClient::new(
+        ClientSettings {
+            base_url: base.parse().unwrap(),
+            subscriber_id: "s".into(),
+            request_timeout: timeout,
+            max_attempts: 1,
+            retry_base: Duration::from_millis(10),
+            retry_cap: Duration::from_millis(10),
+        },
+        Credentials {
+            token_url: format!("{base}/connect/token?tenant=secret-value")
+                .parse()
+                .unwrap(),
+            client_id: "c".into(),
+            client_secret: dpss_sync::config::Secret::new("s"),
+            scope: "DPSSSubscriberApi".into(),
+        },
+    )
+    .unwrap()
+}
+
+/// The message of a token request against `base` that cannot succeed: it names the step, the
+/// host and the path, and never the query string.
+async fn token_error(base: &str, timeout: Duration) -> String {
+    let err = client_at(base, timeout)
+        .parameters("sub")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("token ("), "{err}");
+    assert!(err.contains("/connect/token"), "{err}");
+    assert!(
+        !err.contains("secret-value"),
+        "a query string leaked: {err}"
+    );
+    err
+}
+
+#[tokio::test]
+async fn a_refused_connection_names_host_path_and_step() {
+    let port = free_port();
+    let err = token_error(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)).await;
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+}
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_named() {
+    // `.invalid` is reserved never to resolve (RFC 2606).
+    let err = token_error("http://dpss-sync-test.invalid", Duration::from_secs(10)).await;
+    assert!(err.contains("dpss-sync-test.invalid"), "{err}");
+    assert!(err.to_lowercase().contains("dns"), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_naming_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and then says nothing.
+    let _held = std::thread::spawn(move || {
+        let conns: Vec<_> = listener.incoming().take(2).collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(conns);
+    });
+    let err = token_error(
+        &format!("http://127.0.0.1:{port}"),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.to_lowercase().contains("timed out"), "{err}");
+}
+
+/// A TLS server with a self-signed certificate (made by the openssl command line, served by
+/// Python's ssl module on loopback): the handshake fails, and the message says so and where.
+#[tokio::test]
+async fn a_self_signed_tls_server_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    let made = match made {
+        Ok(o) if o.status.success() => o,
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "openssl is needed in CI: {other:?}"
+            );
+            eprintln!("skipping: no openssl command line");
+            return;
+        }
+    };
+    drop(made);
+    let port = free_port();
+    let server = r#"
+import ssl, sys, http.server
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[1])
+httpd = http.server.HTTPServer(("127.0.0.1", int(sys.argv[3])), http.server.BaseHTTPRequestHandler)
+httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+httpd.serve_forever()
+"#;
+    let _server = Killed(
+        std::process::Command::new("python3")
+            .args(["-c", server])
+            .arg(&key)
+            .arg(&cert)
+            .arg(port.to_string())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = token_error(
+        &format!("https://127.0.0.1:{port}"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        err.contains(&format!("https://127.0.0.1:{port}/connect/token")),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
 }

@@ -74,6 +74,7 @@ impl TokenProvider {
 
     async fn fetch(&self) -> Result<Cached, ApiError> {
         let started = Instant::now();
+        let at = super::place(&self.creds.token_url);
         let form = [
             ("grant_type", "client_credentials"),
             ("client_id", self.creds.client_id.as_str()),
@@ -86,12 +87,12 @@ impl TokenProvider {
             .form(&form)
             .send()
             .await
-            .map_err(|e| ApiError::network("token", e))?;
+            .map_err(|e| ApiError::network("token", &at, None, e))?;
         let status = resp.status();
         let body = resp
             .text()
             .await
-            .map_err(|e| ApiError::network("token", e))?;
+            .map_err(|e| ApiError::network("token", &at, None, e))?;
         VendorRequest {
             endpoint: "token",
             method: "POST",
@@ -104,12 +105,15 @@ impl TokenProvider {
         .emit();
         if !status.is_success() {
             return Err(ApiError::Auth {
+                at,
                 status: status.as_u16(),
                 detail: oauth_error(&body),
             });
         }
         let json: Value = serde_json::from_str(&body).map_err(|e| ApiError::Decode {
             endpoint: "token",
+            at: at.clone(),
+            correlation_id: None,
             detail: format!("token response is not JSON: {e}"),
         })?;
         // The scope echoed back is not checked: the docs send DPSSSubscriberApi and show DPSSApi.
@@ -119,6 +123,8 @@ impl TokenProvider {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Decode {
                 endpoint: "token",
+                at: at.clone(),
+                correlation_id: None,
                 detail: "token response has no access_token".into(),
             })?;
         let expires_in = json

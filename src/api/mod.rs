@@ -31,42 +31,61 @@ use crate::events::{InternalEvent, Retrying, VendorRequest};
 /// Longest `Retry-After` honoured; a server asking for more is treated as a failure.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
+/// Every error of a remote call names its step (`endpoint`), the host and path it called
+/// (`at`: never a query string, which may carry a SAS signature) and the correlation id sent
+/// with it when there is one, so an operator can tell a firewall from a vendor outage.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("identity server refused the token request (HTTP {status}): {detail}")]
-    Auth { status: u16, detail: String },
-    #[error("{endpoint}: HTTP {status} (correlation id {correlation_id}): {detail}")]
+    #[error(
+        "token ({at}): the identity server refused the token request (HTTP {status}): {detail}"
+    )]
+    Auth {
+        at: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{endpoint} ({at}): HTTP {status} (correlation id {correlation_id}): {detail}")]
     Http {
         endpoint: &'static str,
+        at: String,
         status: u16,
         correlation_id: Uuid,
         detail: String,
     },
-    #[error("{endpoint}: network error: {detail}")]
+    #[error("{endpoint} ({at}{}): network error: {detail}", correlation(.correlation_id))]
     Network {
         endpoint: &'static str,
+        at: String,
+        correlation_id: Option<Uuid>,
         detail: String,
     },
     #[error(
-        "{endpoint}: the request may have reached the server but its outcome is unknown \
+        "{endpoint} ({at}): the request may have reached the server but its outcome is unknown \
          (correlation id {correlation_id}): {detail}; not retried, to avoid a duplicate job"
     )]
     OutcomeUnknown {
         endpoint: &'static str,
+        at: String,
         correlation_id: Uuid,
         detail: String,
     },
-    #[error("{endpoint}: unexpected response: {detail}")]
+    #[error("{endpoint} ({at}{}): unexpected response: {detail}", correlation(.correlation_id))]
     Decode {
         endpoint: &'static str,
+        at: String,
+        correlation_id: Option<Uuid>,
         detail: String,
     },
-    #[error("{endpoint}: gave up after {attempts} attempts; last error: {last}")]
+    #[error("{endpoint} ({at}{}): gave up after {attempts} attempts; last error: {last}", correlation(.correlation_id))]
     RetriesExhausted {
         endpoint: &'static str,
+        at: String,
+        correlation_id: Option<Uuid>,
         attempts: u32,
         last: String,
     },
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
     #[error("download link {url} was refused (HTTP {status}); it has probably expired")]
     LinkRejected { url: String, status: u16 },
     #[error("download from {url} failed: {detail}")]
@@ -75,10 +94,28 @@ pub enum ApiError {
     TooLarge { url: String, limit: u64 },
 }
 
+/// ", correlation id …" when a call carried one.
+fn correlation(id: &Option<Uuid>) -> String {
+    id.map(|c| format!(", correlation id {c}"))
+        .unwrap_or_default()
+}
+
+/// Where a call went, for messages: scheme, host, port and path; no query, no credentials.
+pub(crate) fn place(url: &Url) -> String {
+    redact::redact_url(url.as_str())
+}
+
 impl ApiError {
-    fn network(endpoint: &'static str, e: reqwest::Error) -> Self {
+    fn network(
+        endpoint: &'static str,
+        at: &str,
+        correlation_id: Option<Uuid>,
+        e: reqwest::Error,
+    ) -> Self {
         ApiError::Network {
             endpoint,
+            at: at.to_string(),
+            correlation_id,
             detail: error_chain(&e.without_url()),
         }
     }
@@ -94,6 +131,13 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+/// One call's identity, for its retries' messages.
+struct Call<'a> {
+    endpoint: &'static str,
+    at: &'a str,
+    correlation_id: Uuid,
 }
 
 /// Whether a failed request may be sent again.
@@ -141,7 +185,7 @@ impl DpssClient {
             .connect_timeout(Duration::from_secs(15))
             .user_agent(concat!("dpss-sync/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| ApiError::network("client", e))?;
+            .map_err(|e| ApiError::Setup(error_chain(&e)))?;
         Ok(Self {
             tokens: TokenProvider::new(http.clone(), creds),
             http,
@@ -205,6 +249,7 @@ impl DpssClient {
             "isOhsRequest": false,
         });
         let url = self.url(&format!("subscriptions/{subscription_id}/batch-request"));
+        let at = place(&url);
         let v = self
             .call(
                 "batch-request",
@@ -216,6 +261,8 @@ impl DpssClient {
             .await?;
         BatchJob::from_json(&v).map_err(|detail| ApiError::Decode {
             endpoint: "batch-request",
+            at,
+            correlation_id: None,
             detail,
         })
     }
@@ -228,11 +275,14 @@ impl DpssClient {
         let url = self.url(&format!(
             "subscriptions/{subscription_id}/batch-request/{job_id}"
         ));
+        let at = place(&url);
         let v = self
             .call("job-status", Method::GET, url, None, Idempotency::Safe)
             .await?;
         BatchJob::from_json(&v).map_err(|detail| ApiError::Decode {
             endpoint: "job-status",
+            at,
+            correlation_id: None,
             detail,
         })
     }
@@ -241,6 +291,7 @@ impl DpssClient {
         let url = self.url(&format!(
             "subscriptions/{subscription_id}/batch-request-parameters"
         ));
+        let at = place(&url);
         let v = self
             .call(
                 "batch-request-parameters",
@@ -252,6 +303,8 @@ impl DpssClient {
             .await?;
         TokenSpec::parse_list(&v).map_err(|detail| ApiError::Decode {
             endpoint: "batch-request-parameters",
+            at,
+            correlation_id: None,
             detail,
         })
     }
@@ -263,6 +316,7 @@ impl DpssClient {
         tokens: &BTreeMap<String, String>,
     ) -> Result<Vec<OnDemandRow>, ApiError> {
         let url = self.url(&format!("subscriptions/{subscription_id}/on-demand"));
+        let at = place(&url);
         let body = serde_json::to_value(tokens).expect("a string map is JSON");
         let v = self
             .call(
@@ -279,6 +333,8 @@ impl DpssClient {
             _ => {
                 return Err(ApiError::Decode {
                     endpoint: "on-demand",
+                    at,
+                    correlation_id: None,
                     detail: "expected a JSON array of rows".into(),
                 });
             }
@@ -288,6 +344,8 @@ impl DpssClient {
             .collect::<Result<_, _>>()
             .map_err(|detail| ApiError::Decode {
                 endpoint: "on-demand",
+                at,
+                correlation_id: None,
                 detail,
             })
     }
@@ -301,6 +359,12 @@ impl DpssClient {
         idempotency: Idempotency,
     ) -> Result<Value, ApiError> {
         let correlation_id = Uuid::new_v4();
+        let at = place(&url);
+        let here = Call {
+            endpoint,
+            at: &at,
+            correlation_id,
+        };
         let mut refreshed = false;
         let mut attempt = 0u32;
         loop {
@@ -338,11 +402,12 @@ impl DpssClient {
                     if idempotency == Idempotency::CreatesJob && !never_sent {
                         return Err(ApiError::OutcomeUnknown {
                             endpoint,
+                            at,
                             correlation_id,
                             detail,
                         });
                     }
-                    self.backoff(endpoint, attempt, None, detail).await?;
+                    self.backoff(&here, attempt, None, detail).await?;
                     continue;
                 }
             };
@@ -364,12 +429,13 @@ impl DpssClient {
                     Err(e) if idempotency == Idempotency::CreatesJob => {
                         return Err(ApiError::OutcomeUnknown {
                             endpoint,
+                            at,
                             correlation_id,
                             detail: error_chain(&e.without_url()),
                         });
                     }
                     Err(e) => {
-                        self.backoff(endpoint, attempt, None, error_chain(&e.without_url()))
+                        self.backoff(&here, attempt, None, error_chain(&e.without_url()))
                             .await?;
                         continue;
                     }
@@ -379,6 +445,8 @@ impl DpssClient {
                 }
                 return serde_json::from_str(&text).map_err(|e| ApiError::Decode {
                     endpoint,
+                    at: at.clone(),
+                    correlation_id: Some(correlation_id),
                     detail: format!("response is not JSON: {e}"),
                 });
             }
@@ -396,26 +464,17 @@ impl DpssClient {
                     continue;
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
-                    self.backoff(
-                        endpoint,
-                        attempt,
-                        retry_after,
-                        format!("HTTP 429: {detail}"),
-                    )
-                    .await?;
+                    self.backoff(&here, attempt, retry_after, format!("HTTP 429: {detail}"))
+                        .await?;
                 }
                 s if s.is_server_error() && idempotency == Idempotency::Safe => {
-                    self.backoff(
-                        endpoint,
-                        attempt,
-                        retry_after,
-                        format!("HTTP {s}: {detail}"),
-                    )
-                    .await?;
+                    self.backoff(&here, attempt, retry_after, format!("HTTP {s}: {detail}"))
+                        .await?;
                 }
                 s if s.is_server_error() => {
                     return Err(ApiError::OutcomeUnknown {
                         endpoint,
+                        at,
                         correlation_id,
                         detail: format!("HTTP {s}: {detail}"),
                     });
@@ -423,6 +482,7 @@ impl DpssClient {
                 s => {
                     return Err(ApiError::Http {
                         endpoint,
+                        at,
                         status: s.as_u16(),
                         correlation_id,
                         detail,
@@ -435,25 +495,28 @@ impl DpssClient {
     /// Waits before the next attempt, or gives up once `max_attempts` are spent.
     async fn backoff(
         &self,
-        endpoint: &'static str,
+        call: &Call<'_>,
         attempt: u32,
         retry_after: Option<Duration>,
         last: String,
     ) -> Result<(), ApiError> {
+        let endpoint = call.endpoint;
+        let exhausted = |last: String| ApiError::RetriesExhausted {
+            endpoint,
+            at: call.at.to_string(),
+            correlation_id: Some(call.correlation_id),
+            attempts: attempt,
+            last,
+        };
         if attempt >= self.settings.max_attempts {
-            return Err(ApiError::RetriesExhausted {
-                endpoint,
-                attempts: attempt,
-                last,
-            });
+            return Err(exhausted(last));
         }
         let wait = match retry_after {
             Some(d) if d > MAX_RETRY_AFTER => {
-                return Err(ApiError::RetriesExhausted {
-                    endpoint,
-                    attempts: attempt,
-                    last: format!("{last}; server asked to wait {}s", d.as_secs()),
-                });
+                return Err(exhausted(format!(
+                    "{last}; server asked to wait {}s",
+                    d.as_secs()
+                )));
             }
             Some(d) => {
                 self.stats.retry_after_waits.fetch_add(1, Ordering::Relaxed);
