@@ -7,14 +7,22 @@ use clap::Parser;
 use dpss_sync::cli::{Cli, Command, execute, load_settings};
 use dpss_sync::config::{LogFormat, LogSettings};
 
-fn init_logging(log: Option<&LogSettings>) {
+/// `--quiet` leaves errors only, whatever RUST_LOG says; otherwise RUST_LOG, when set, decides.
+fn init_logging(log: Option<&LogSettings>, quiet: bool) {
     let level = log.map(|l| l.level.as_str()).unwrap_or("info");
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // Colour only for a person at a terminal; journald, files and log shippers get plain text.
+    let filter = if quiet {
+        tracing_subscriber::EnvFilter::new("error")
+    } else {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+    };
+    // Colour only for a person at a terminal who has not asked for none (NO_COLOR, any value);
+    // journald, files and log shippers get plain text.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if log.is_some_and(|l| l.format == LogFormat::Json) {
         builder.json().flatten_event(true).init();
@@ -51,7 +59,7 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    init_logging(settings.as_ref().map(|s| &s.log));
+    init_logging(settings.as_ref().map(|s| &s.log), cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -363,19 +363,29 @@ async fn a_reader_that_leaves_early_ends_each_command_quietly() {
         "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n",
     );
     let csv = csv.display().to_string();
-    let commands: [&[&str]; 6] = [
+    let commands: [&[&str]; 8] = [
         &["backfill", "--from", &day, "--to", &day],
         &["sync"],
         &["status"],
         &["plan"],
         &["check-config"],
         &["import", "--product", "hid_work_orders", &csv],
+        &[
+            "query",
+            "--product",
+            "hid_work_orders",
+            "--status-datetime",
+            &day,
+        ],
+        &["demo"],
     ];
+    let demo_dir = tempfile::tempdir().unwrap();
     for args in commands {
         let mut child = bin()
             .arg("--config")
             .arg(&cfg)
             .args(args)
+            .current_dir(demo_dir.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -390,5 +400,164 @@ async fn a_reader_that_leaves_early_ends_each_command_quietly() {
             out.status
         );
     }
+    sim.shutdown().await;
+}
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+fn json_of(o: &Output, what: &str) -> serde_json::Value {
+    let (out, err) = text(o);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("{what}: not one JSON document ({e}): {out}{err}"))
+}
+
+/// Every command that reports prints one JSON document with `--json`, logs kept on stderr; the
+/// field names are pinned here, as scripts depend on them (the README shows each shape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_report_is_one_json_document_with_pinned_fields() {
+    let sim = sim_with(20, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "c.toml",
+        &config_text(&sim, dir.path(), "csv", 2),
+    );
+    let day = days_before_today(1)[0].to_string();
+    let run = |args: &[&str]| {
+        bin()
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    };
+    let run_keys = ["command", "ok", "products"];
+    let product_keys = ["notes", "ok", "product", "run_id", "totals", "windows"];
+    let total_keys = [
+        "rows_duplicate",
+        "rows_quarantined",
+        "rows_read",
+        "rows_written",
+        "windows_committed",
+        "windows_failed",
+    ];
+    let window_keys = ["counts", "error", "job_id", "key"];
+    let check_run = |doc: &serde_json::Value, command: &str| {
+        assert_eq!(keys(doc), run_keys);
+        assert_eq!(doc["command"], command);
+        assert_eq!(doc["ok"], true);
+        let p = &doc["products"][0];
+        assert_eq!(keys(p), product_keys);
+        assert_eq!(keys(&p["totals"]), total_keys);
+        assert_eq!(keys(&p["windows"][0]), window_keys);
+        assert_eq!(
+            keys(&p["windows"][0]["counts"]),
+            ["duplicates", "quarantined", "read", "written"]
+        );
+    };
+    let backfill = run(&["backfill", "--from", &day, "--to", &day, "--json"]);
+    assert!(backfill.status.success(), "{:?}", text(&backfill));
+    assert!(
+        text(&backfill).1.contains("window committed"),
+        "logs stay on stderr"
+    );
+    check_run(&json_of(&backfill, "backfill"), "backfill");
+    let sync = run(&["sync", "--json"]);
+    check_run(&json_of(&sync, "sync"), "sync");
+    let csv = write(
+        dir.path(),
+        "export.csv",
+        "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n",
+    );
+    let import = run(&[
+        "import",
+        "--product",
+        "hid_work_orders",
+        "--json",
+        &csv.display().to_string(),
+    ]);
+    check_run(&json_of(&import, "import"), "import");
+
+    let plan = json_of(&run(&["plan", "--json"]), "plan");
+    assert_eq!(keys(&plan), ["products"]);
+    let p = &plan["products"][0];
+    assert_eq!(
+        keys(p),
+        ["product", "today", "waiting", "watermark", "windows"]
+    );
+    assert_eq!(
+        keys(&p["windows"][0]),
+        [
+            "attempts",
+            "from",
+            "key",
+            "kind",
+            "last_stage",
+            "reason",
+            "to",
+            "tokens"
+        ]
+    );
+
+    let check = json_of(
+        &run(&["check-config", "--online", "--json"]),
+        "check-config",
+    );
+    assert_eq!(keys(&check), ["config", "ok", "online", "state"]);
+    assert_eq!(check["ok"], true);
+    assert_eq!(
+        keys(&check["config"]),
+        [
+            "api_base_url",
+            "lake_url",
+            "products",
+            "state_path",
+            "token_url"
+        ]
+    );
+    assert_eq!(keys(&check["online"]), ["checks", "failures"]);
+
+    // --quiet: no text report, no logs below errors.
+    let quiet = run(&["--quiet", "sync"]);
+    assert!(quiet.status.success());
+    assert_eq!(text(&quiet), (String::new(), String::new()));
+
+    let demo_dir = tempfile::tempdir().unwrap();
+    let demo = bin()
+        .args(["demo", "--json"])
+        .current_dir(demo_dir.path())
+        .output()
+        .unwrap();
+    let doc = json_of(&demo, "demo");
+    assert_eq!(keys(&doc), ["run", "simulator", "summary"]);
+    assert_eq!(keys(&doc["run"]), product_keys);
+    assert_eq!(
+        keys(&doc["summary"]),
+        [
+            "bytes",
+            "first_status_day",
+            "lake",
+            "last_status_day",
+            "objects",
+            "partitions",
+            "quarantined",
+            "rows",
+            "seconds",
+            "state",
+            "status_days",
+            "watermark"
+        ]
+    );
     sim.shutdown().await;
 }

@@ -4,14 +4,18 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chrono::NaiveDate;
+
 use super::CliError;
+use super::report::{Output, ProductRun};
 use crate::config::{DEMO_TOML, Settings, Sources};
 use crate::product::Product;
 use crate::sim::{self, SimConfig};
 use crate::state::LeaseRequest;
 use crate::sync::{Access, Pipeline};
 
-pub async fn run() -> Result<ExitCode, CliError> {
+/// Text (see [`Summary::print`]), or with `--json` one document: `{"simulator", "run": {...}, "summary": {...}}`.
+pub async fn run(output: Output) -> Result<ExitCode, CliError> {
     let sim_cfg = SimConfig {
         job_delay: Duration::from_secs(1),
         ..SimConfig::default()
@@ -19,10 +23,12 @@ pub async fn run() -> Result<ExitCode, CliError> {
     let handle = sim::spawn(sim_cfg, "127.0.0.1:0".parse().expect("addr"))
         .await
         .map_err(|e| CliError::Failed(format!("cannot start the simulator: {e}")))?;
-    println!(
-        "simulator on {} (seed 42, ~300 rows/day, 13 months)",
-        handle.base_url()
-    );
+    if output == Output::Text {
+        println!(
+            "simulator on {} (seed 42, ~300 rows/day, 13 months)",
+            handle.base_url()
+        );
+    }
     let overrides = format!(
         "[api]\nbase_url = \"{}\"\n[auth]\ntoken_url = \"{}\"\n",
         handle.base_url(),
@@ -38,7 +44,9 @@ pub async fn run() -> Result<ExitCode, CliError> {
     let lease = Access::Write(LeaseRequest::new("demo", None));
     let pipeline = Pipeline::open(settings, true, lease).await?;
     let report = pipeline.sync(product).await?;
-    super::report::print_run(product, &report);
+    if output == Output::Text {
+        super::report::print_run(product, &report);
+    }
     let elapsed = started.elapsed();
     let lake = &pipeline.lake;
     let table = lake
@@ -61,47 +69,92 @@ pub async fn run() -> Result<ExitCode, CliError> {
         .map(|b| b.num_rows())
         .sum();
     let watermark = pipeline.state.watermark(product).await?;
-    println!();
-    println!("demo finished in {:.1}s", elapsed.as_secs_f64());
-    println!(
-        "  status days {} .. {} ({} days), watermark {}",
-        status_days
-            .keys()
-            .next()
-            .map(|d| d.to_string())
-            .unwrap_or_default(),
-        status_days
-            .keys()
-            .last()
-            .map(|d| d.to_string())
-            .unwrap_or_default(),
-        status_days.len(),
-        watermark
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "none".into())
-    );
-    println!(
-        "  rows in the lake {rows} in {} event_date partitions, {} objects, {:.1} MiB",
-        partitions.len(),
-        objects.len(),
-        bytes as f64 / 1048576.0
-    );
-    println!("  rows quarantined {quarantined} (see ./lake/_quarantine/hid_work_orders/)");
-    println!(
-        "  lake ./lake/hid_work_orders/event_date=YYYY-MM-DD/part-00000.parquet, state ./state/state.db"
-    );
-    println!("read it with DuckDB:");
-    println!(
-        "  duckdb -c \"SELECT event_date, status, count(*) FROM read_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\""
-    );
-    println!("or Polars:");
-    println!(
-        "  python -c \"import polars as pl; print(pl.scan_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning=True).collect())\""
-    );
+    let summary = Summary {
+        seconds: elapsed.as_secs_f64(),
+        first_status_day: status_days.keys().next().copied(),
+        last_status_day: status_days.keys().last().copied(),
+        status_days: status_days.len(),
+        watermark,
+        rows,
+        partitions: partitions.len(),
+        objects: objects.len(),
+        bytes,
+        quarantined,
+        lake: "./lake",
+        state: "./state/state.db",
+    };
+    match output {
+        Output::Json => {
+            let doc = serde_json::json!({
+                "simulator": handle.base_url(),
+                "run": ProductRun::new(product, &report),
+                "summary": summary,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        }
+        Output::Text => summary.print(),
+        Output::Quiet => {}
+    }
     handle.shutdown().await;
     Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What the demo did, for people and for `--json`.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    seconds: f64,
+    first_status_day: Option<NaiveDate>,
+    last_status_day: Option<NaiveDate>,
+    status_days: usize,
+    watermark: Option<NaiveDate>,
+    rows: usize,
+    partitions: usize,
+    objects: usize,
+    bytes: u64,
+    quarantined: usize,
+    lake: &'static str,
+    state: &'static str,
+}
+
+impl Summary {
+    fn print(&self) {
+        let day = |d: Option<NaiveDate>| d.map(|d| d.to_string()).unwrap_or_default();
+        println!();
+        println!("demo finished in {:.1}s", self.seconds);
+        println!(
+            "  status days {} .. {} ({} days), watermark {}",
+            day(self.first_status_day),
+            day(self.last_status_day),
+            self.status_days,
+            self.watermark
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "none".into())
+        );
+        println!(
+            "  rows in the lake {} in {} event_date partitions, {} objects, {:.1} MiB",
+            self.rows,
+            self.partitions,
+            self.objects,
+            self.bytes as f64 / 1048576.0
+        );
+        println!(
+            "  rows quarantined {} (see ./lake/_quarantine/hid_work_orders/)",
+            self.quarantined
+        );
+        println!(
+            "  lake ./lake/hid_work_orders/event_date=YYYY-MM-DD/part-00000.parquet, state ./state/state.db"
+        );
+        println!("read it with DuckDB:");
+        println!(
+            "  duckdb -c \"SELECT event_date, status, count(*) FROM read_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\""
+        );
+        println!("or Polars:");
+        println!(
+            "  python -c \"import polars as pl; print(pl.scan_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning=True).collect())\""
+        );
+    }
 }

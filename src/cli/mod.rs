@@ -19,17 +19,25 @@ use crate::product::Product;
 use crate::state::LeaseRequest;
 use crate::sync::{Access, Pipeline, SyncError};
 
+/// What every command's `--help` ends with.
+pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 a run failed, or another writer holds the state (the message names it); \
+2 bad usage or configuration (the message names the key); 141 (killed by SIGPIPE) when the reader of its output went away.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "dpss-sync",
     version,
-    about = "Keeps a data lake in sync with Itron DPSS data products"
+    about = "Keeps a data lake in sync with Itron DPSS data products",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     /// Configuration file (TOML); repeat to layer several, later ones win. Environment variables
     /// DPSS_SYNC__SECTION__KEY override any file.
     #[arg(long = "config", global = true, value_name = "FILE")]
     pub config: Vec<PathBuf>,
+    /// Only errors on stderr, and no text report on stdout (a --json document is still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,15 +45,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The daemon: scheduler plus metrics and health server, until SIGTERM/SIGINT.
+    #[command(after_help = EXIT_CODES)]
     Run(WaitArg),
     /// One incremental cycle now, then exit (0 = every window committed).
+    #[command(after_help = EXIT_CODES)]
     Sync {
         #[command(flatten)]
         product: ProductArg,
         #[command(flatten)]
         wait: WaitArg,
+        #[command(flatten)]
+        format: JsonArg,
     },
     /// (Re)load a range of days; clamps to the 13-month availability and says so.
+    #[command(after_help = EXIT_CODES)]
     Backfill {
         /// First UTC day, YYYY-MM-DD.
         #[arg(long)]
@@ -62,23 +75,37 @@ pub enum Command {
         product: ProductArg,
         #[command(flatten)]
         wait: WaitArg,
+        #[command(flatten)]
+        format: JsonArg,
     },
     /// Dry run: the windows and jobs the next cycle would run, and why.
-    Plan(ProductArg),
+    #[command(after_help = EXIT_CODES)]
+    Plan {
+        #[command(flatten)]
+        product: ProductArg,
+        #[command(flatten)]
+        format: JsonArg,
+    },
     /// Watermarks, in-flight jobs, last runs, lake location.
+    #[command(after_help = EXIT_CODES)]
     Status {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Validate the configuration (with --online, also reach the API and the lake).
+    #[command(after_help = EXIT_CODES)]
     CheckConfig {
         #[arg(long)]
         online: bool,
+        #[command(flatten)]
+        format: JsonArg,
     },
     /// The on-demand endpoint, for ad-hoc look-ups (1,000 rows at most).
+    #[command(after_help = EXIT_CODES)]
     Query(query::QueryArgs),
     /// Normalize local export files (zip, csv, json, parquet, orc) into the lake.
+    #[command(after_help = EXIT_CODES)]
     Import {
         #[arg(long)]
         product: Product,
@@ -89,11 +116,37 @@ pub enum Command {
         force: bool,
         #[command(flatten)]
         wait: WaitArg,
+        #[command(flatten)]
+        format: JsonArg,
     },
     /// Serve the built-in DPSS simulator (token endpoint included).
+    #[command(after_help = EXIT_CODES)]
     Simulate(simulate::SimulateArgs),
     /// Simulator + one full sync into ./lake with the embedded defaults.
-    Demo,
+    #[command(after_help = EXIT_CODES)]
+    Demo {
+        #[command(flatten)]
+        format: JsonArg,
+    },
+}
+
+/// For commands that report: text for people, or one JSON document for scripts.
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print one JSON document on stdout instead of text (logs stay on stderr); the README
+    /// shows its shape.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl JsonArg {
+    fn output(&self, quiet: bool) -> report::Output {
+        match (self.json, quiet) {
+            (true, _) => report::Output::Json,
+            (false, true) => report::Output::Quiet,
+            (false, false) => report::Output::Text,
+        }
+    }
 }
 
 /// For commands that write: one process holds the writer lease at a time.
@@ -181,13 +234,23 @@ fn products(settings: &Settings, only: Option<Product>) -> Result<Vec<Product>, 
 impl Command {
     /// `simulate` and `demo` run on their own embedded defaults.
     pub fn needs_config(&self) -> bool {
-        !matches!(self, Command::Simulate(_) | Command::Demo)
+        !matches!(self, Command::Simulate(_) | Command::Demo { .. })
     }
 }
 
 /// Runs a parsed command line; `settings` were loaded by the caller (logging needs them first)
 /// for every command that [`Command::needs_config`].
+/// 0 when every window of every run committed, else 1.
+fn outcome(runs: &[(Product, crate::sync::RunReport)]) -> ExitCode {
+    if runs.iter().all(|(_, r)| r.ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, CliError> {
+    let quiet = cli.quiet;
     let need = || {
         settings
             .clone()
@@ -195,22 +258,21 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
     };
     match cli.command {
         Command::Run(wait) => daemon::run(need()?, wait.lease("run")).await,
-        Command::Sync { product, wait } => {
+        Command::Sync {
+            product,
+            wait,
+            format,
+        } => {
             let settings = need()?;
             let products = products(&settings, product.product)?;
             settings.require_api()?;
             let pipeline = Pipeline::open(settings, true, wait.lease("sync")).await?;
-            let mut ok = true;
+            let mut runs = Vec::new();
             for product in products {
-                let report = pipeline.sync(product).await?;
-                report::print_run(product, &report);
-                ok &= report.ok();
+                runs.push((product, pipeline.sync(product).await?));
             }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            report::print_runs("sync", &runs, format.output(quiet));
+            Ok(outcome(&runs))
         }
         Command::Backfill {
             from,
@@ -218,57 +280,31 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             force,
             product,
             wait,
+            format,
         } => {
             let settings = need()?;
             let products = products(&settings, product.product)?;
             settings.require_api()?;
             let pipeline = Pipeline::open(settings, true, wait.lease("backfill")).await?;
-            let mut ok = true;
+            let mut runs = Vec::new();
             for product in products {
-                let report = pipeline.backfill(product, from, to, force).await?;
-                report::print_run(product, &report);
-                ok &= report.ok();
+                runs.push((product, pipeline.backfill(product, from, to, force).await?));
             }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            report::print_runs("backfill", &runs, format.output(quiet));
+            Ok(outcome(&runs))
         }
-        Command::Plan(p) => {
+        Command::Plan { product, format } => {
             let settings = need()?;
-            let products = products(&settings, p.product)?;
+            let products = products(&settings, product.product)?;
             let pipeline = Pipeline::open(settings, false, Access::Read).await?;
             let today = Utc::now().date_naive();
+            let mut docs = Vec::new();
             for product in products {
-                let wm = pipeline.state.watermark(product).await?;
-                println!(
-                    "{product}: watermark {}, today {today} (UTC)",
-                    wm.map(|d| d.to_string()).unwrap_or_else(|| "none".into())
-                );
+                let watermark = pipeline.state.watermark(product).await?;
                 let preview = pipeline.preview(product, today).await?;
-                for (plan, existing) in preview.windows {
-                    let tokens = serde_json::to_string(&plan.tokens).expect("map");
-                    let last = existing
-                        .map(|w| {
-                            format!(" [last: {}, {} attempt(s)]", w.stage.as_str(), w.attempts)
-                        })
-                        .unwrap_or_default();
-                    println!(
-                        "  {:<10} {}..{} tokens {tokens}{last}\n             {}",
-                        plan.key, plan.from, plan.to, plan.reason
-                    );
-                }
-                for (d, w) in preview.deferred {
-                    println!(
-                        "  {:<10} waiting until {}: failed {} run(s) in a row; last error: {}",
-                        d.key,
-                        d.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        w.failures,
-                        w.error.as_deref().unwrap_or("-")
-                    );
-                }
+                docs.push(report::plan_doc(product, watermark, today, &preview));
             }
+            report::print_plan(&docs, format.output(quiet));
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
@@ -277,13 +313,16 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             report::print_status(&pipeline, json).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { online } => report::check_config(need()?, online).await,
+        Command::CheckConfig { online, format } => {
+            report::check_config(need()?, online, format.output(quiet)).await
+        }
         Command::Query(args) => query::run(need()?, args).await,
         Command::Import {
             product,
             files,
             force,
             wait,
+            format,
         } => {
             let settings = need()?;
             for f in &files {
@@ -293,15 +332,11 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             }
             settings.product(product)?;
             let pipeline = Pipeline::open(settings, false, wait.lease("import")).await?;
-            let report = pipeline.import(product, files, force).await?;
-            report::print_run(product, &report);
-            Ok(if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            let runs = [(product, pipeline.import(product, files, force).await?)];
+            report::print_runs("import", &runs, format.output(quiet));
+            Ok(outcome(&runs))
         }
         Command::Simulate(args) => simulate::run(args).await,
-        Command::Demo => demo::run().await,
+        Command::Demo { format } => demo::run(format.output(quiet)).await,
     }
 }

@@ -11,6 +11,81 @@ use crate::lake::Lake;
 use crate::product::Product;
 use crate::sync::{Pipeline, RunReport};
 
+/// A run's totals, as `--json` shows them.
+#[derive(Debug, serde::Serialize)]
+pub struct Totals {
+    pub windows_committed: i64,
+    pub windows_failed: i64,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub rows_quarantined: u64,
+    pub rows_duplicate: u64,
+}
+
+/// One product's run, as `--json` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct ProductRun<'a> {
+    pub product: &'static str,
+    pub run_id: i64,
+    pub ok: bool,
+    pub notes: &'a [String],
+    pub totals: Totals,
+    pub windows: &'a [crate::sync::WindowReport],
+}
+
+impl<'a> ProductRun<'a> {
+    pub fn new(product: Product, report: &'a RunReport) -> Self {
+        let t = report.totals();
+        Self {
+            product: product.config_name(),
+            run_id: report.run_id,
+            ok: report.ok(),
+            notes: &report.notes,
+            totals: Totals {
+                windows_committed: t.committed,
+                windows_failed: t.failed,
+                rows_read: t.counts.read,
+                rows_written: t.counts.written,
+                rows_quarantined: t.counts.quarantined,
+                rows_duplicate: t.counts.duplicates,
+            },
+            windows: &report.windows,
+        }
+    }
+}
+
+/// How a command reports: text for people, one JSON document for scripts, or (`--quiet`) no
+/// text at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+    Quiet,
+}
+
+/// The reports of `sync`, `backfill` and `import`: per product in text, or one document
+/// `{"command", "ok", "products": [...]}`.
+pub fn print_runs(command: &str, runs: &[(Product, RunReport)], output: Output) {
+    match output {
+        Output::Quiet => {}
+        Output::Json => {
+            let products: Vec<ProductRun> =
+                runs.iter().map(|(p, r)| ProductRun::new(*p, r)).collect();
+            let doc = json!({
+                "command": command,
+                "ok": runs.iter().all(|(_, r)| r.ok()),
+                "products": products,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        }
+        Output::Text => {
+            for (product, report) in runs {
+                print_run(*product, report);
+            }
+        }
+    }
+}
+
 pub fn print_run(product: Product, report: &RunReport) {
     for n in &report.notes {
         println!("note: {n}");
@@ -39,6 +114,95 @@ pub fn print_run(product: Product, report: &RunReport) {
             ),
             (Some(e), _) => println!("  {:<24} FAILED     {e}", w.key),
             (None, None) => println!("  {:<24} (nothing)", w.key),
+        }
+    }
+}
+
+/// What `plan` shows of one product: `{"product", "watermark", "today", "windows": [...],
+/// "waiting": [...]}`.
+pub fn plan_doc(
+    product: Product,
+    watermark: Option<chrono::NaiveDate>,
+    today: chrono::NaiveDate,
+    preview: &crate::sync::Preview,
+) -> serde_json::Value {
+    let windows: Vec<_> = preview
+        .windows
+        .iter()
+        .map(|(plan, existing)| {
+            json!({
+                "key": plan.key,
+                "kind": plan.kind,
+                "from": plan.from,
+                "to": plan.to,
+                "tokens": plan.tokens,
+                "reason": plan.reason,
+                "last_stage": existing.as_ref().map(|w| w.stage),
+                "attempts": existing.as_ref().map(|w| w.attempts).unwrap_or(0),
+            })
+        })
+        .collect();
+    let waiting: Vec<_> = preview
+        .deferred
+        .iter()
+        .map(|(d, w)| {
+            json!({
+                "key": d.key,
+                "until": d.until,
+                "failures": w.failures,
+                "error": w.error,
+            })
+        })
+        .collect();
+    json!({
+        "product": product.config_name(),
+        "watermark": watermark,
+        "today": today,
+        "windows": windows,
+        "waiting": waiting,
+    })
+}
+
+/// `plan`'s documents as text, or as one `{"products": [...]}`.
+pub fn print_plan(docs: &[serde_json::Value], output: Output) {
+    match output {
+        Output::Quiet => {}
+        Output::Json => {
+            let doc = json!({ "products": docs });
+            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        }
+        Output::Text => {
+            for d in docs {
+                println!(
+                    "{}: watermark {}, today {} (UTC)",
+                    d["product"].as_str().unwrap_or_default(),
+                    d["watermark"].as_str().unwrap_or("none"),
+                    d["today"].as_str().unwrap_or_default()
+                );
+                for w in d["windows"].as_array().into_iter().flatten() {
+                    let last = w["last_stage"]
+                        .as_str()
+                        .map(|s| format!(" [last: {s}, {} attempt(s)]", w["attempts"]))
+                        .unwrap_or_default();
+                    println!(
+                        "  {:<10} {}..{} tokens {}{last}\n             {}",
+                        w["key"].as_str().unwrap_or_default(),
+                        w["from"].as_str().unwrap_or_default(),
+                        w["to"].as_str().unwrap_or_default(),
+                        w["tokens"],
+                        w["reason"].as_str().unwrap_or_default()
+                    );
+                }
+                for w in d["waiting"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<10} waiting until {}: failed {} run(s) in a row; last error: {}",
+                        w["key"].as_str().unwrap_or_default(),
+                        w["until"].as_str().unwrap_or_default(),
+                        w["failures"],
+                        w["error"].as_str().unwrap_or("-")
+                    );
+                }
+            }
         }
     }
 }
@@ -181,46 +345,109 @@ fn failing(w: &serde_json::Value) -> String {
     out
 }
 
-/// Offline: every key parsed (already done by loading). Online: a token, discovery with the
-/// configured tokens checked against it, and a write-read-delete probe in the lake.
-pub async fn check_config(settings: Settings, online: bool) -> Result<ExitCode, CliError> {
-    println!("configuration OK");
-    println!("  api.base_url   {}", settings.api.base_url);
-    println!("  auth.token_url {}", settings.auth.token_url);
-    println!("  lake.url       {}", settings.lake.url);
-    println!("  state          {}", settings.state.path.display());
-    for (p, s) in &settings.products {
-        println!(
-            "  products.{p} (data product {}): file_type {}, schedule \"{}\", lookback {} day(s)",
-            p.data_product_id(),
-            s.file_type,
-            s.schedule,
-            s.lookback_days
-        );
-    }
+/// Offline: every key parsed (already done by loading) and the state readable. Online: a token,
+/// discovery with the configured tokens checked against it, and a write-read-delete probe in the
+/// lake. With `--json`: `{"ok", "config": {...}, "state", "online": null | {"checks", "failures"}}`.
+pub async fn check_config(
+    settings: Settings,
+    online: bool,
+    output: Output,
+) -> Result<ExitCode, CliError> {
     // Read-only, as every reader: it migrates nothing and works beside a running daemon.
-    match crate::state::State::open_reader(&settings.state.path).await {
-        Ok(st) if st.is_missing() => {
-            println!("  state: does not exist yet (the first writer command creates it)")
-        }
-        Ok(_) => println!("  state: readable, schema current"),
+    let state = match crate::state::State::open_reader(&settings.state.path).await {
+        Ok(st) if st.is_missing() => "does not exist yet (the first writer command creates it)",
+        Ok(_) => "readable, schema current",
         Err(e) => return Err(CliError::Failed(e.to_string())),
+    };
+    let products: Vec<_> = settings
+        .products
+        .iter()
+        .map(|(p, s)| {
+            json!({
+                "product": p.config_name(),
+                "data_product": p.data_product_id(),
+                "file_type": s.file_type.as_str(),
+                "schedule": s.schedule,
+                "lookback_days": s.lookback_days,
+            })
+        })
+        .collect();
+    let config = json!({
+        "api_base_url": settings.api.base_url.as_str(),
+        "token_url": settings.auth.token_url.as_str(),
+        "lake_url": settings.lake.url.as_str(),
+        "state_path": settings.state.path,
+        "products": products,
+    });
+    if output == Output::Text {
+        println!("configuration OK");
+        println!("  api.base_url   {}", settings.api.base_url);
+        println!("  auth.token_url {}", settings.auth.token_url);
+        println!("  lake.url       {}", settings.lake.url);
+        println!("  state          {}", settings.state.path.display());
+        for (p, s) in &settings.products {
+            println!(
+                "  products.{p} (data product {}): file_type {}, schedule \"{}\", lookback {} day(s)",
+                p.data_product_id(),
+                s.file_type,
+                s.schedule,
+                s.lookback_days
+            );
+        }
+        println!("  state: {state}");
     }
-    if !online {
-        return Ok(ExitCode::SUCCESS);
+    let checks = if online {
+        Some(online_checks(&settings).await?)
+    } else {
+        None
+    };
+    let failed = checks.as_ref().is_some_and(|(_, f)| !f.is_empty());
+    match output {
+        Output::Json => {
+            let doc = json!({
+                "ok": !failed,
+                "config": config,
+                "state": state,
+                "online": checks.as_ref().map(|(ok, failures)| json!({
+                    "checks": ok,
+                    "failures": failures,
+                })),
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        }
+        Output::Text => {
+            for line in checks.iter().flat_map(|(ok, _)| ok) {
+                println!("  {line}");
+            }
+            if checks.is_some() && !failed {
+                println!("online checks OK");
+            }
+        }
+        Output::Quiet => {}
     }
+    match checks {
+        Some((_, failures)) if !failures.is_empty() => Err(CliError::Failed(format!(
+            "online checks failed:\n  {}",
+            failures.join("\n  ")
+        ))),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The online checks: what passed, and what failed.
+async fn online_checks(settings: &Settings) -> Result<(Vec<String>, Vec<String>), CliError> {
     settings.require_api()?;
-    let client = DpssClient::from_settings(&settings)?;
-    let mut failures = Vec::new();
+    let client = DpssClient::from_settings(settings)?;
+    let (mut passed, mut failures) = (Vec::new(), Vec::new());
     for (product, p) in &settings.products {
         let sub = p.subscription_id.as_deref().unwrap_or_default();
         match client.parameters(sub).await {
             Ok(tokens) => {
                 let names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
-                println!(
-                    "  {product}: token and discovery OK; the API accepts tokens {}",
+                passed.push(format!(
+                    "{product}: token and discovery OK; the API accepts tokens {}",
                     names.join(", ")
-                );
+                ));
                 if !names
                     .iter()
                     .any(|n| n.eq_ignore_ascii_case(product.day_token()))
@@ -245,18 +472,10 @@ pub async fn check_config(settings: Settings, online: bool) -> Result<ExitCode, 
     }
     match Lake::open(&settings.lake) {
         Ok(lake) => match lake.probe().await {
-            Ok(()) => println!("  lake: write-read-delete probe OK"),
+            Ok(()) => passed.push("lake: write-read-delete probe OK".into()),
             Err(e) => failures.push(format!("lake: {e}")),
         },
         Err(e) => failures.push(format!("lake: {e}")),
     }
-    if failures.is_empty() {
-        println!("online checks OK");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(CliError::Failed(format!(
-            "online checks failed:\n  {}",
-            failures.join("\n  ")
-        )))
-    }
+    Ok((passed, failures))
 }
