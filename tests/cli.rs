@@ -309,6 +309,8 @@ fn simulate_serves_the_documented_walkthrough() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // The banner's reader goes away at once: the server keeps serving.
+    drop(child.stdout.take());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let outcome = rt.block_on(async {
         let http = reqwest::Client::new();
@@ -338,6 +340,7 @@ fn simulate_serves_the_documented_walkthrough() {
             .unwrap();
         r.status().as_u16()
     });
+    assert!(child.try_wait().unwrap().is_none(), "the simulator stopped");
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(outcome, 202);
@@ -527,6 +530,31 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
         ]
     );
     assert_eq!(keys(&check["online"]), ["checks", "failures"]);
+
+    let status = json_of(&run(&["status", "--json"]), "status");
+    assert_eq!(
+        keys(&status),
+        [
+            "lake",
+            "products",
+            "runs",
+            "state",
+            "state_exists",
+            "writer"
+        ]
+    );
+    assert_eq!(
+        keys(&status["products"][0]),
+        [
+            "failed",
+            "in_flight",
+            "partitions",
+            "product",
+            "recently_committed",
+            "watermark",
+            "watermark_age_days"
+        ]
+    );
 
     // --quiet: no text report, no logs below errors.
     let quiet = run(&["--quiet", "sync"]);

@@ -64,15 +64,15 @@ pub async fn run(a: SimulateArgs) -> Result<ExitCode, CliError> {
         .await
         .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", a.listen)))?;
     let base = handle.base_url();
-    println!("DPSS simulator listening on {base}");
-    println!("  token URL        {base}/connect/token");
-    println!("  API base         {base}/dpss/api/v1");
-    println!("  client_id        {}", cfg.client_id);
-    println!("  client_secret    {}", cfg.client_secret);
-    println!("  DataSubscriberId {}", cfg.subscriber_id);
-    println!("  SubscriptionId   {}", cfg.subscription_id);
-    println!(
-        "  seed {}, ~{} rows/day, job delay {}, faults: {}",
+    let banner = format!(
+        "DPSS simulator listening on {base}\n  token URL        {base}/connect/token\n  \
+         API base         {base}/dpss/api/v1\n  client_id        {}\n  client_secret    {}\n  \
+         DataSubscriberId {}\n  SubscriptionId   {}\n  seed {}, ~{} rows/day, job delay {}, faults: {}\n\
+         Ctrl-C stops it.\n",
+        cfg.client_id,
+        cfg.client_secret,
+        cfg.subscriber_id,
+        cfg.subscription_id,
         cfg.seed,
         cfg.rows_per_day,
         humantime::format_duration(cfg.job_delay),
@@ -82,7 +82,11 @@ pub async fn run(a: SimulateArgs) -> Result<ExitCode, CliError> {
             &a.faults
         }
     );
-    println!("Ctrl-C stops it.");
+    // The banner is for a person; a reader that went away (`simulate | head -1`) must not stop
+    // the server, so a failed write is let go.
+    let mut out = std::io::stdout();
+    let _ = std::io::Write::write_all(&mut out, banner.as_bytes())
+        .and_then(|_| std::io::Write::flush(&mut out));
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| CliError::Failed(format!("waiting for Ctrl-C: {e}")))?;
