@@ -346,12 +346,16 @@ fn simulate_serves_the_documented_walkthrough() {
     assert_eq!(outcome, 202);
 }
 
-/// A reader that goes away (`dpss-sync status | head -1`; here it leaves before the first line,
-/// so every write the command makes finds the pipe closed): every command that prints ends
-/// quietly, by SIGPIPE or with 0, never with a panic.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_that_leaves_early_ends_each_command_quietly() {
-    use std::os::unix::process::ExitStatusExt;
+/// A simulator, a configuration file pointing at it, yesterday's date and a one-row export file.
+struct Setup {
+    sim: dpss_sync::sim::SimHandle,
+    _dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+    day: String,
+    csv: String,
+}
+
+async fn setup() -> Setup {
     let sim = sim_with(20, "").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(
@@ -359,13 +363,33 @@ async fn a_reader_that_leaves_early_ends_each_command_quietly() {
         "c.toml",
         &config_text(&sim, dir.path(), "csv", 2),
     );
-    let day = days_before_today(1)[0].to_string();
     let csv = write(
         dir.path(),
         "export.csv",
         "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n",
     );
-    let csv = csv.display().to_string();
+    Setup {
+        sim,
+        _dir: dir,
+        cfg,
+        day: days_before_today(1)[0].to_string(),
+        csv: csv.display().to_string(),
+    }
+}
+
+/// A reader that goes away (`dpss-sync status | head -1`; here it leaves before the first line,
+/// so every write the command makes finds the pipe closed): every command that prints ends
+/// quietly, by SIGPIPE or with 0, never with a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_leaves_early_ends_each_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let Setup {
+        sim,
+        cfg,
+        day,
+        csv,
+        _dir: _kept,
+    } = setup().await;
     let commands: [&[&str]; 8] = [
         &["backfill", "--from", &day, "--to", &day],
         &["sync"],
@@ -428,14 +452,13 @@ fn json_of(o: &Output, what: &str) -> serde_json::Value {
 /// field names are pinned here, as scripts depend on them (the README shows each shape).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_report_is_one_json_document_with_pinned_fields() {
-    let sim = sim_with(20, "").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write(
-        dir.path(),
-        "c.toml",
-        &config_text(&sim, dir.path(), "csv", 2),
-    );
-    let day = days_before_today(1)[0].to_string();
+    let Setup {
+        sim,
+        cfg,
+        day,
+        csv,
+        _dir: _kept,
+    } = setup().await;
     let run = |args: &[&str]| {
         bin()
             .arg("--config")
@@ -478,18 +501,7 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
     check_run(&json_of(&backfill, "backfill"), "backfill");
     let sync = run(&["sync", "--json"]);
     check_run(&json_of(&sync, "sync"), "sync");
-    let csv = write(
-        dir.path(),
-        "export.csv",
-        "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n",
-    );
-    let import = run(&[
-        "import",
-        "--product",
-        "hid_work_orders",
-        "--json",
-        &csv.display().to_string(),
-    ]);
+    let import = run(&["import", "--product", "hid_work_orders", "--json", &csv]);
     check_run(&json_of(&import, "import"), "import");
 
     let plan = json_of(&run(&["plan", "--json"]), "plan");
