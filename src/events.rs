@@ -298,8 +298,9 @@ impl InternalEvent for ShrinkRefused<'_> {
     }
 }
 
-/// What a writer's repair removed: objects of rewrites a crash cut short (`orphans`) and
-/// objects a committed rewrite replaced whose deletion did not finish (`doomed`).
+/// What a writer's repair removed: objects (and local staging files) of rewrites a crash cut
+/// short (`orphans`), and objects a committed rewrite replaced whose deletion did not finish
+/// (`doomed`).
 pub struct LakeRepaired {
     pub product: Product,
     pub orphans: usize,

@@ -1049,12 +1049,12 @@ const LISTINGS: usize = 8;
 /// whose deletion did not finish. Only partitions with such a record are listed.
 pub async fn repair_lake(state: &State, lake: &Lake, product: Product) -> Result<(), SyncError> {
     let rewrites = state.open_rewrites(product).await?;
-    if !rewrites.is_empty() {
-        lake.remove_quarantine_staging(product);
-    }
     let mut orphans = 0;
+    if !rewrites.is_empty() {
+        orphans += lake.remove_quarantine_staging(product);
+    }
     for r in rewrites {
-        lake.remove_staging(product, r.event_date);
+        orphans += lake.remove_staging(product, r.event_date);
         let extra: Vec<String> = lake
             .list_partition(product, r.event_date)
             .await?

@@ -174,12 +174,7 @@ impl Lake {
         let Some(dir) = &self.local else {
             return 0;
         };
-        let rel = self.partition(product, date);
-        let removed = store::remove_staging_files(&dir.join(rel.as_ref()));
-        if removed > 0 {
-            tracing::warn!(partition = %rel, removed, "removed half-written objects a killed process left behind");
-        }
-        removed
+        store::remove_staging_files(&dir.join(self.partition(product, date).as_ref()))
     }
 
     /// The same for the product's quarantine.
