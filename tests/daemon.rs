@@ -68,7 +68,16 @@ async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
     let mut child = spawn_daemon(&daemon_config(&sim, dir.path(), port));
     wait_for(port, "/healthz", 200, Duration::from_secs(30)).await;
     wait_for(port, "/readyz", 200, Duration::from_secs(60)).await;
-    let metrics = wait_for(port, "/metrics", 200, Duration::from_secs(5)).await;
+    // Ready means a window committed; the watermark moves a moment later, when the run ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = wait_for(port, "/metrics", 200, Duration::from_secs(5)).await;
+        if m.contains("dpss_sync_watermark_age_seconds") {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the watermark never moved: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let rows = lake_rows(dir.path()).await.len() as f64;
     let p = "product=\"hid_work_orders\"";
     assert_eq!(
