@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 
-use crate::normalize::Counts;
+use crate::model::Counts;
 use crate::product::Product;
 
 pub trait InternalEvent {

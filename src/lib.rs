@@ -13,6 +13,7 @@ pub mod events;
 pub mod failpoint;
 pub mod fetch;
 pub mod lake;
+pub mod model;
 pub mod normalize;
 pub mod plan;
 pub mod product;

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Months, NaiveDate, Utc};
 
+use crate::model::WindowKind;
 use crate::product::Product;
-use crate::state::WindowKind;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WindowPlan {

@@ -22,11 +22,12 @@ use crate::events::{
 };
 use crate::fetch::{FetchError, Fetcher};
 use crate::lake::Identity;
-use crate::lake::{Lake, LakeError, PartitionState};
-use crate::normalize::{self, Counts, Normalized, Normalizer};
+use crate::lake::{Lake, LakeError};
+use crate::model::{Counts, PartitionState, WindowKind};
+use crate::normalize::{self, Normalized, Normalizer};
 use crate::plan::{self, WindowPlan};
 use crate::product::Product;
-use crate::state::{LeaseRequest, RunTotals, Stage, State, StateError, WindowKind, WindowRow};
+use crate::state::{LeaseRequest, RunTotals, Stage, State, StateError, WindowRow};
 
 /// How recently an identical backfill may have finished for a re-run to resume rather than
 /// reload it.

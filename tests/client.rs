@@ -11,7 +11,8 @@ use common::*;
 use dpss_sync::api::{ApiError, ClientSettings, Credentials, DpssClient, JobPhase};
 use dpss_sync::config::{FileType, Settings, Sources};
 use dpss_sync::fetch::{FetchError, Fetcher};
-use dpss_sync::state::{State, WindowKind};
+use dpss_sync::model::WindowKind;
+use dpss_sync::state::State;
 
 fn day_tokens(day: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("StatusDatetime".to_string(), day.to_string())])

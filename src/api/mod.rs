@@ -23,10 +23,11 @@ use url::Url;
 use uuid::Uuid;
 
 pub use auth::{Credentials, TokenProvider};
-pub use model::{BatchJob, JobPhase, OnDemandRow, TokenSpec};
+pub use model::{BatchJob, JobPhase, TokenSpec};
 
 use crate::config::{FileType, Settings};
 use crate::events::{InternalEvent, Retrying, VendorRequest};
+use crate::model::OnDemandRow;
 
 /// Longest `Retry-After` honoured; a server asking for more is treated as a failure.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);

@@ -4,9 +4,9 @@
 //! job states, so the models are read from a JSON object with case-insensitive key lookup, and
 //! the status is classified by what it contains rather than by an exhaustive enum.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Map, Value};
+
+use crate::model::{OnDemandRow, scalar_text};
 
 /// What a job status string means for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,29 +108,13 @@ impl TokenSpec {
     }
 }
 
-/// One row of an on-demand answer, as column name to text.
-pub type OnDemandRow = BTreeMap<String, Option<String>>;
-
-/// Keys are matched case-insensitively; values that are numbers or booleans become their text,
-/// and an empty object or array (the doc's `"Issueid": {}`) counts as no value.
+/// Keys are matched case-insensitively; values become text as [`scalar_text`] says.
 pub fn row_from_json(value: &Value) -> Result<OnDemandRow, String> {
     let obj = value.as_object().ok_or("a row is not a JSON object")?;
     Ok(obj
         .iter()
         .map(|(k, v)| (k.clone(), scalar_text(v)))
         .collect())
-}
-
-pub fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Object(o) if o.is_empty() => None,
-        Value::Array(a) if a.is_empty() => None,
-        other => Some(other.to_string()),
-    }
 }
 
 fn lookup<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {

@@ -215,7 +215,7 @@ impl<'de> Visitor<'de> for CellSeed {
 }
 
 fn container_text(v: Value) -> Option<Cow<'static, str>> {
-    crate::api::model::scalar_text(&v).map(Cow::Owned)
+    crate::model::scalar_text(&v).map(Cow::Owned)
 }
 
 /// Where the elements of a top-level array end: outside strings and nested values, at a comma

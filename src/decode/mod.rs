@@ -625,7 +625,7 @@ pub(crate) fn map_header(
 
 /// On-demand rows (column name to text) as one batch, keys matched like any header.
 pub fn rows_to_batch(
-    rows: &[crate::api::OnDemandRow],
+    rows: &[crate::model::OnDemandRow],
     source: &str,
 ) -> (RawBatch, BTreeSet<String>) {
     let mut out = RawBuilder::new(Arc::from(source));

@@ -33,6 +33,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 pub use store::open_store;
 
 use crate::config::LakeSettings;
+use crate::model::PartitionState;
 use crate::normalize::QuarantineRows;
 use crate::normalize::time::{day_of_micros, rows_per_day};
 use crate::product::Product;
@@ -79,22 +80,6 @@ fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Lak
     move |e| LakeError::Parquet {
         path: path.to_string(),
         detail: e.to_string(),
-    }
-}
-
-/// What one partition holds after a rewrite.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionState {
-    /// Rows per status day.
-    pub day_rows: BTreeMap<NaiveDate, u64>,
-    pub rows: u64,
-    pub objects: Vec<String>,
-    pub bytes: u64,
-}
-
-impl PartitionState {
-    pub fn status_days(&self) -> BTreeSet<NaiveDate> {
-        self.day_rows.keys().copied().collect()
     }
 }
 

@@ -22,6 +22,7 @@ pub use rows::{Rows, RowsError};
 pub use spill::SpillError;
 
 use crate::decode::{Cell, RawBatch};
+use crate::model::Counts;
 use crate::product::{Column, Product};
 
 /// `text` `n` times, as a lineage column is: built at its final size, where collecting from an
@@ -32,20 +33,6 @@ fn repeated(text: &str, n: usize) -> arrow::array::StringArray {
         text.repeat(n).into_bytes().into(),
         None,
     )
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Counts {
-    pub read: u64,
-    pub written: u64,
-    pub quarantined: u64,
-    pub duplicates: u64,
-}
-
-impl Counts {
-    pub fn reconciles(&self) -> bool {
-        self.read == self.written + self.quarantined + self.duplicates
-    }
 }
 
 /// Rows whose duplicate-filter blocks are fetched together: 16 KiB of blocks.

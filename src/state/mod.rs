@@ -20,7 +20,7 @@ use sqlx::{Row, SqlitePool};
 
 pub use lease::{Holder, LeaseRequest, WriterLease};
 
-use crate::normalize::Counts;
+use crate::model::{Counts, PartitionState, WindowKind};
 use crate::product::Product;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,13 +93,6 @@ impl Stage {
     pub fn has_job(self) -> bool {
         matches!(self, Stage::Submitted | Stage::Downloaded | Stage::Written)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WindowKind {
-    Day,
-    History,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -799,7 +792,7 @@ impl State {
     pub async fn commit_partitions(
         &self,
         product: Product,
-        written: &[(NaiveDate, crate::lake::PartitionState)],
+        written: &[(NaiveDate, PartitionState)],
         doomed: &[String],
         job_id: &str,
         window: Option<(i64, Counts)>,
@@ -1278,7 +1271,7 @@ mod tests {
             "generations never repeat"
         );
         assert_eq!(st.partition_days(p).await.unwrap()[&part].len(), 2);
-        let state = crate::lake::PartitionState {
+        let state = PartitionState {
             day_rows: BTreeMap::from([(d("2026-01-03"), 5)]),
             rows: 5,
             objects: vec!["t/new-0".into()],

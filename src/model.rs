@@ -1,0 +1,96 @@
+//! Value types every stage shares. This module imports nothing of the crate, so any stage may
+//! use it without tying itself to another stage: the floors of the house run one way, and these
+//! types sit at the bottom.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDate;
+use serde_json::Value;
+
+/// What became of a job's rows. Every row read is written, quarantined or a duplicate.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub read: u64,
+    pub written: u64,
+    pub quarantined: u64,
+    pub duplicates: u64,
+}
+
+impl Counts {
+    pub fn reconciles(&self) -> bool {
+        self.read == self.written + self.quarantined + self.duplicates
+    }
+}
+
+/// How a window asks the vendor for rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    /// One status day, filtered by the time tokens.
+    Day,
+    /// The unfiltered export: everything the vendor holds.
+    History,
+}
+
+/// What one lake partition holds after a rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Rows per status day.
+    pub day_rows: BTreeMap<NaiveDate, u64>,
+    pub rows: u64,
+    pub objects: Vec<String>,
+    pub bytes: u64,
+}
+
+impl PartitionState {
+    pub fn status_days(&self) -> BTreeSet<NaiveDate> {
+        self.day_rows.keys().copied().collect()
+    }
+}
+
+/// One row of an on-demand answer, as column name to text.
+pub type OnDemandRow = BTreeMap<String, Option<String>>;
+
+/// A JSON value as the text of one cell, the same way wherever the vendor's JSON is read (an
+/// on-demand answer, a JSON export): numbers and booleans become their text, and an empty object
+/// or array (the doc's `"Issueid": {}`) counts as no value.
+pub fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Object(o) if o.is_empty() => None,
+        Value::Array(a) if a.is_empty() => None,
+        other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn counts_reconcile_only_when_every_row_is_accounted_for() {
+        let mut c = Counts {
+            read: 10,
+            written: 7,
+            quarantined: 2,
+            duplicates: 1,
+        };
+        assert!(c.reconciles());
+        c.written -= 1;
+        assert!(!c.reconciles());
+    }
+
+    #[test]
+    fn scalars_become_cell_text() {
+        assert_eq!(scalar_text(&json!(1)), Some("1".into()));
+        assert_eq!(scalar_text(&json!(true)), Some("true".into()));
+        assert_eq!(scalar_text(&json!({})), None);
+        assert_eq!(scalar_text(&json!([])), None);
+        assert_eq!(scalar_text(&json!(null)), None);
+        assert_eq!(scalar_text(&json!({"a": 1})), Some(r#"{"a":1}"#.into()));
+    }
+}

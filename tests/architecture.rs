@@ -1,0 +1,129 @@
+//! The house's floors, checked: a module may use only modules on floors below its own, so no
+//! import runs back up and no circle can form; and a file stays short enough to read, or says at
+//! its top why it is not.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Each top-level module of `src/` and its floor. The data flows config -> plan -> fetch ->
+/// decode -> normalize -> lake -> state; the orchestrator (`sync`) and the command line stand on
+/// top, the shared value types at the bottom. The simulator stands beside the client, sharing
+/// only the configuration's wire-format names.
+const FLOORS: &[(&str, u32)] = &[
+    ("model", 0),
+    ("product", 0),
+    ("schedule", 0),
+    ("failpoint", 0),
+    ("alloc", 0),
+    ("events", 1),
+    ("config", 1),
+    ("state", 1),
+    ("plan", 2),
+    ("api", 2),
+    ("sim", 2),
+    ("fetch", 3),
+    ("decode", 3),
+    ("normalize", 4),
+    ("lake", 5),
+    ("sync", 6),
+    ("cli", 7),
+];
+
+/// Longer than this, a file must say at its top why it is one file.
+const MAX_LINES: usize = 600;
+const LONG_REASON: &str = "//! One file because";
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn sources() -> Vec<(String, PathBuf, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let rel = p.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let top = rel.split('/').next().unwrap().trim_end_matches(".rs");
+            (top != "lib" && top != "main").then(|| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                (top.to_string(), p, text)
+            })
+        })
+        .collect()
+}
+
+/// The top-level modules a file names through `crate::`.
+fn uses(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        out.push(name);
+    }
+    out
+}
+
+#[test]
+fn every_module_has_a_floor_and_uses_only_floors_below_it() {
+    let floors: BTreeMap<&str, u32> = FLOORS.iter().copied().collect();
+    let mut wrong = Vec::new();
+    for (module, path, text) in sources() {
+        let Some(&mine) = floors.get(module.as_str()) else {
+            wrong.push(format!(
+                "{module} ({}) has no floor in FLOORS",
+                path.display()
+            ));
+            continue;
+        };
+        for used in uses(&text) {
+            if used == module {
+                continue;
+            }
+            match floors.get(used.as_str()) {
+                Some(&theirs) if theirs < mine => {}
+                Some(&theirs) => wrong.push(format!(
+                    "{} uses crate::{used} (floor {theirs}) from {module} (floor {mine})",
+                    path.display()
+                )),
+                None => wrong.push(format!("{} uses unknown crate::{used}", path.display())),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn long_files_say_why_they_are_one_file() {
+    let long: Vec<String> = sources()
+        .into_iter()
+        .filter(|(_, _, text)| text.lines().count() > MAX_LINES && !text.contains(LONG_REASON))
+        .map(|(_, p, text)| format!("{} ({} lines)", p.display(), text.lines().count()))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "split these, or say at their top `{LONG_REASON} …`: {}",
+        long.join(", ")
+    );
+}
+
+#[test]
+fn the_check_sees_uses() {
+    assert_eq!(
+        uses("use crate::model::Counts;\nlet x = crate::lake::WRITERS;"),
+        ["model", "lake"]
+    );
+}
