@@ -130,7 +130,8 @@ impl Dataset {
         }
     }
 
-    /// The first day of the 13 months of availability ending `today`.
+    /// The vendor's page: "Data availability. Last 13 months", from the current UTC date back.
+    /// Stated here, not taken from the client's planner, so a wrong reading of the page fails a test.
     pub fn available_from(today: NaiveDate) -> NaiveDate {
         today - Months::new(13)
     }
