@@ -1,0 +1,330 @@
+//! The lake's ledger: what each partition holds, the rewrites begun and not yet committed, the
+//! objects a commit replaced and still has to delete, and the one transaction that commits a
+//! window's partitions with the window.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDate;
+use sqlx::Row;
+
+use super::{State, StateError, day, day_text, days_text, now, parse_days};
+use crate::model::{Counts, PartitionState};
+use crate::product::Product;
+
+/// A partition rewrite begun and not yet committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Also the generation in the names of the rewrite's objects.
+    pub id: i64,
+    pub event_date: NaiveDate,
+    /// The partition's objects before the rewrite began.
+    pub before: Vec<String>,
+}
+
+impl State {
+    /// What the state believes each partition holds: event_date -> status days (a superset).
+    pub async fn partition_days(
+        &self,
+        product: Product,
+    ) -> Result<BTreeMap<NaiveDate, BTreeSet<NaiveDate>>, StateError> {
+        let rows = sqlx::query("SELECT event_date, status_days FROM partitions WHERE product = ?")
+            .bind(product.config_name())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((day(r.get(0))?, parse_days(r.get(1))?)))
+            .collect()
+    }
+
+    /// Rows the lake holds per status day, summed over partitions; `None` for a day some
+    /// partition holds rows of without a count (written before counts were kept).
+    pub async fn status_day_rows(
+        &self,
+        product: Product,
+    ) -> Result<BTreeMap<NaiveDate, Option<u64>>, StateError> {
+        let rows = sqlx::query(
+            "SELECT status_days, day_rows FROM partitions WHERE product = ? AND rows > 0",
+        )
+        .bind(product.config_name())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: BTreeMap<NaiveDate, Option<u64>> = BTreeMap::new();
+        for r in rows {
+            let counts: Option<BTreeMap<NaiveDate, u64>> = r
+                .get::<Option<String>, _>(1)
+                .map(|t| {
+                    serde_json::from_str(&t)
+                        .map_err(|e| StateError::Corrupt(format!("partition day_rows: {e}")))
+                })
+                .transpose()?;
+            match counts {
+                Some(counts) => {
+                    for (d, n) in counts {
+                        let total = out.entry(d).or_insert(Some(0));
+                        *total = total.map(|t| t + n);
+                    }
+                }
+                None => {
+                    for d in parse_days(r.get(0))? {
+                        out.insert(d, None);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Before partitions are rewritten, in one transaction: each one's day set grows to include
+    /// the days about to land (a superset until the commit trims it, which is all a crash in
+    /// between needs), and each rewrite is recorded with the objects its partition has now, so
+    /// a crash before the commit can be repaired. Returns each rewrite's generation.
+    pub async fn begin_rewrites(
+        &self,
+        product: Product,
+        additions: &BTreeMap<NaiveDate, BTreeSet<NaiveDate>>,
+        before: &BTreeMap<NaiveDate, Vec<String>>,
+    ) -> Result<BTreeMap<NaiveDate, i64>, StateError> {
+        let mut known = self.partition_days(product).await?;
+        let t = now();
+        let mut tx = self.pool.begin().await?;
+        for (event_date, days) in additions {
+            let mut all = known.remove(event_date).unwrap_or_default();
+            all.extend(days.iter().copied());
+            sqlx::query(
+                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, updated_at)
+                 VALUES (?, ?, ?, '[]', 0, 0, ?)
+                 ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days, updated_at = excluded.updated_at",
+            )
+            .bind(product.config_name())
+            .bind(day_text(*event_date))
+            .bind(days_text(&all))
+            .bind(&t)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut generations = BTreeMap::new();
+        for (event_date, objects) in before {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO rewrites (product, event_date, before, started_at) VALUES (?, ?, ?, ?)
+                 RETURNING id",
+            )
+            .bind(product.config_name())
+            .bind(day_text(*event_date))
+            .bind(serde_json::to_string(objects).expect("strings serialize"))
+            .bind(&t)
+            .fetch_one(&mut *tx)
+            .await?;
+            generations.insert(*event_date, id);
+        }
+        tx.commit().await?;
+        Ok(generations)
+    }
+
+    /// Rewrites begun and not committed: what a crash (or a failed write) left.
+    pub async fn open_rewrites(&self, product: Product) -> Result<Vec<Rewrite>, StateError> {
+        sqlx::query("SELECT id, event_date, before FROM rewrites WHERE product = ? ORDER BY id")
+            .bind(product.config_name())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Rewrite {
+                    id: r.get(0),
+                    event_date: day(r.get(1))?,
+                    before: serde_json::from_str(r.get(2))
+                        .map_err(|e| StateError::Corrupt(format!("rewrite objects: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// A repaired rewrite is forgotten.
+    pub async fn end_rewrite(&self, id: i64) -> Result<(), StateError> {
+        sqlx::query("DELETE FROM rewrites WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Objects committed rewrites replaced and that are not yet known deleted.
+    pub async fn doomed_objects(&self, product: Product) -> Result<Vec<String>, StateError> {
+        Ok(
+            sqlx::query_scalar("SELECT path FROM doomed_objects WHERE product = ? ORDER BY path")
+                .bind(product.config_name())
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Doomed objects that are gone now.
+    pub async fn forget_doomed(&self, paths: &[String]) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        for p in paths {
+            sqlx::query("DELETE FROM doomed_objects WHERE path = ?")
+                .bind(p)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The commit of a write, in one transaction: exactly what each rewritten partition now
+    /// holds (or nothing), its rewrite closed, the objects it replaced marked for deletion, and
+    /// the window (if any) committed with its counts. A crash before it leaves the previous
+    /// record whole; after it, the new one.
+    pub async fn commit_partitions(
+        &self,
+        product: Product,
+        written: &[(NaiveDate, PartitionState)],
+        doomed: &[String],
+        job_id: &str,
+        window: Option<(i64, Counts)>,
+    ) -> Result<(), StateError> {
+        let t = now();
+        let mut tx = self.pool.begin().await?;
+        for (event_date, p) in written {
+            sqlx::query("DELETE FROM rewrites WHERE product = ? AND event_date = ?")
+                .bind(product.config_name())
+                .bind(day_text(*event_date))
+                .execute(&mut *tx)
+                .await?;
+            if p.rows == 0 {
+                sqlx::query("DELETE FROM partitions WHERE product = ? AND event_date = ?")
+                    .bind(product.config_name())
+                    .bind(day_text(*event_date))
+                    .execute(&mut *tx)
+                    .await?;
+                continue;
+            }
+            let day_rows: BTreeMap<String, u64> =
+                p.day_rows.iter().map(|(d, n)| (day_text(*d), *n)).collect();
+            sqlx::query(
+                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at, day_rows)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days,
+                   objects = excluded.objects, rows = excluded.rows, bytes = excluded.bytes,
+                   job_id = excluded.job_id, updated_at = excluded.updated_at, day_rows = excluded.day_rows",
+            )
+            .bind(product.config_name())
+            .bind(day_text(*event_date))
+            .bind(days_text(&p.status_days()))
+            .bind(serde_json::to_string(&p.objects).expect("strings serialize"))
+            .bind(p.rows as i64)
+            .bind(p.bytes as i64)
+            .bind(job_id)
+            .bind(&t)
+            .bind(serde_json::to_string(&day_rows).expect("a map serializes"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for path in doomed {
+            sqlx::query(
+                "INSERT INTO doomed_objects (path, product, decided_at) VALUES (?, ?, ?)
+                 ON CONFLICT (path) DO NOTHING",
+            )
+            .bind(path)
+            .bind(product.config_name())
+            .bind(&t)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((window_id, c)) = window {
+            sqlx::query(
+                "UPDATE windows SET stage = 'committed', rows_read = ?, rows_written = ?, rows_quarantined = ?,
+                   rows_duplicate = ?, error = NULL, failures = 0, next_attempt_at = NULL,
+                   committed_at = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(c.read as i64)
+            .bind(c.written as i64)
+            .bind(c.quarantined as i64)
+            .bind(c.duplicates as i64)
+            .bind(&t)
+            .bind(&t)
+            .bind(window_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The objects the state records for each partition (the manifest readers may trust).
+    pub async fn partition_objects(
+        &self,
+        product: Product,
+    ) -> Result<BTreeMap<NaiveDate, Vec<String>>, StateError> {
+        sqlx::query("SELECT event_date, objects FROM partitions WHERE product = ? AND rows > 0")
+            .bind(product.config_name())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    day(r.get(0))?,
+                    serde_json::from_str(r.get(1))
+                        .map_err(|e| StateError::Corrupt(format!("partition objects: {e}")))?,
+                ))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_support::{d, writer};
+
+    #[tokio::test]
+    async fn a_rewrite_is_recorded_before_and_closed_by_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = writer(&dir.path().join("state.db")).await;
+        let p = Product::HidWorkOrders;
+        let part = d("2026-01-01");
+        let add = |day: &str| BTreeMap::from([(part, BTreeSet::from([d(day)]))]);
+        let before = BTreeMap::from([(part, vec!["t/old-0".to_string(), "t/old-1".into()])]);
+        st.begin_rewrites(p, &add("2026-01-02"), &before)
+            .await
+            .unwrap();
+        let crashed = st.open_rewrites(p).await.unwrap();
+        assert_eq!(crashed.len(), 1);
+        assert_eq!(crashed[0].before, before[&part]);
+        st.end_rewrite(crashed[0].id).await.unwrap();
+        // A day count is unknown until a commit records it.
+        assert_eq!(
+            st.status_day_rows(p).await.unwrap().get(&d("2026-01-02")),
+            None
+        );
+        let generations = st
+            .begin_rewrites(p, &add("2026-01-03"), &before)
+            .await
+            .unwrap();
+        assert!(
+            generations[&part] > crashed[0].id,
+            "generations never repeat"
+        );
+        assert_eq!(st.partition_days(p).await.unwrap()[&part].len(), 2);
+        let state = PartitionState {
+            day_rows: BTreeMap::from([(d("2026-01-03"), 5)]),
+            rows: 5,
+            objects: vec!["t/new-0".into()],
+            bytes: 10,
+        };
+        st.commit_partitions(p, &[(part, state)], &before[&part], "j", None)
+            .await
+            .unwrap();
+        assert!(st.open_rewrites(p).await.unwrap().is_empty());
+        assert_eq!(
+            st.partition_days(p).await.unwrap()[&part],
+            BTreeSet::from([d("2026-01-03")])
+        );
+        assert_eq!(
+            st.status_day_rows(p).await.unwrap(),
+            BTreeMap::from([(d("2026-01-03"), Some(5))])
+        );
+        assert_eq!(st.doomed_objects(p).await.unwrap(), before[&part]);
+        st.forget_doomed(&before[&part]).await.unwrap();
+        assert!(st.doomed_objects(p).await.unwrap().is_empty());
+    }
+}
