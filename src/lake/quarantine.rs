@@ -1,0 +1,183 @@
+//! The quarantine: rows that failed validation, kept with their raw text under
+//! `_quarantine/<product>/status_date=YYYY-MM-DD/` (or `status_date=unknown/window=<window>/`) so
+//! nothing a vendor sent is lost. A day's quarantine mirrors the data: replaced with the day, or
+//! merged without copies of rows already there.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::compute::{concat_batches, filter_record_batch};
+use bytes::Bytes;
+use chrono::NaiveDate;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+
+use super::encode::Order;
+use super::{Lake, LakeError, WRITERS, store};
+use crate::normalize::QuarantineRows;
+use crate::product::Product;
+
+impl Lake {
+    /// The same for the product's quarantine.
+    pub fn remove_quarantine_staging(&self, product: Product) -> usize {
+        let Some(dir) = &self.local else {
+            return 0;
+        };
+        let rel = self.quarantine_root(product);
+        store::remove_staging_files(&dir.join(rel.as_ref()))
+    }
+
+    fn quarantine_root(&self, product: Product) -> Path {
+        self.root
+            .clone()
+            .join("_quarantine")
+            .join(product.config_name())
+    }
+
+    /// Puts `parts` under fixed names and then deletes the objects that were there and are not
+    /// among the new ones: the quarantine's layout, where a reader seeing a half-replaced day
+    /// for a moment costs nothing.
+    async fn replace_objects(
+        &self,
+        prefix: &Path,
+        existing: &[object_store::ObjectMeta],
+        parts: Vec<Bytes>,
+    ) -> Result<(), LakeError> {
+        let (written, _) = self.put_parts(prefix, None, parts).await?;
+        let stale: Vec<String> = existing
+            .iter()
+            .map(|m| m.location.to_string())
+            .filter(|l| !written.contains(l))
+            .collect();
+        self.delete_objects(&stale).await
+    }
+
+    /// Writes a job's quarantined rows under `status_date=YYYY-MM-DD` (the day their raw
+    /// StatusDatetime names, else `default_day`, the job's one day), mirroring the data: the
+    /// quarantine of a `replaced` day is replaced, other days gain the new rows without copies
+    /// of ones already there. Rows with no day go to `status_date=unknown/window=<window>`.
+    pub async fn write_quarantine(
+        &self,
+        product: Product,
+        window: &str,
+        rows: &QuarantineRows,
+        replaced: &BTreeSet<NaiveDate>,
+        default_day: Option<NaiveDate>,
+    ) -> Result<(), LakeError> {
+        let root = self.quarantine_root(product);
+        let mut existing: BTreeMap<String, Vec<object_store::ObjectMeta>> = BTreeMap::new();
+        for meta in self.list(&root).await? {
+            let dir = meta
+                .location
+                .prefix_match(&root)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let key = match dir.first().map(String::as_str) {
+                Some("status_date=unknown") => format!(
+                    "status_date=unknown/{}",
+                    dir.get(1).cloned().unwrap_or_default()
+                ),
+                Some(d) => d.to_string(),
+                None => continue,
+            };
+            existing.entry(key).or_default().push(meta);
+        }
+        // Where each day the rows name goes: rows that name none go to the job's day, if any.
+        let mut groups: BTreeMap<Option<NaiveDate>, Vec<Option<NaiveDate>>> = BTreeMap::new();
+        for day in rows.days() {
+            groups.entry(day.or(default_day)).or_default().push(day);
+        }
+        let schema = crate::normalize::quarantine_schema();
+        let mut dirs: BTreeSet<String> = replaced
+            .iter()
+            .map(|d| format!("status_date={d}"))
+            .filter(|k| existing.contains_key(k))
+            .collect();
+        dirs.extend(groups.keys().map(|d| match d {
+            Some(d) => format!("status_date={d}"),
+            None => format!("status_date=unknown/window={window}"),
+        }));
+        let jobs: Vec<_> = dirs
+            .into_iter()
+            .map(|dir| {
+                let day = dir_day(&dir);
+                let named = groups.remove(&day).unwrap_or_default();
+                let old = existing.remove(&dir).unwrap_or_default();
+                (dir, day, named, old)
+            })
+            .collect();
+        // Days at once, as partitions are: a day's write is mostly waiting on the store.
+        futures::stream::iter(jobs)
+            .map(|(dir, day, named, old)| {
+                let (root, schema) = (&root, &schema);
+                async move {
+                    let mut batches = Vec::new();
+                    for n in named {
+                        batches.extend(rows.load(n).await?);
+                    }
+                    let merge_old = day.is_some_and(|d| !replaced.contains(&d));
+                    if merge_old {
+                        let fresh: HashSet<String> = batches.iter().flat_map(raw_keys).collect();
+                        for b in self.read_objects(&old).await? {
+                            let keys = raw_keys(&b);
+                            let mask: arrow::array::BooleanArray =
+                                keys.iter().map(|k| Some(!fresh.contains(k))).collect();
+                            batches
+                                .push(filter_record_batch(&b, &mask).expect("mask length matches"));
+                        }
+                    }
+                    let rows =
+                        concat_batches(schema, &batches).map_err(|source| LakeError::Arrow {
+                            path: dir.clone(),
+                            source,
+                        })?;
+                    // One path part per segment: joining "a/b" whole would escape the slash.
+                    let prefix = dir.split('/').fold(root.clone(), |p, part| p.join(part));
+                    let parts = self.encode(&prefix, rows, Order::AsIs).await?;
+                    self.replace_objects(&prefix, &old, parts).await
+                }
+            })
+            .buffer_unordered(WRITERS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Every quarantined row of a product.
+    pub async fn read_quarantine(&self, product: Product) -> Result<Vec<RecordBatch>, LakeError> {
+        let prefix = self.quarantine_root(product);
+        let objects = self.list(&prefix).await?;
+        self.read_objects(&objects).await
+    }
+}
+
+/// The status day of a quarantine directory (`status_date=YYYY-MM-DD`), none for `unknown`.
+fn dir_day(dir: &str) -> Option<NaiveDate> {
+    dir.strip_prefix("status_date=")
+        .and_then(|d| d.parse::<NaiveDate>().ok())
+}
+
+/// A quarantined row's raw values as one key, to keep one copy of a row served twice.
+fn raw_keys(b: &RecordBatch) -> Vec<String> {
+    let cols: Vec<&StringArray> = b
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.name().starts_with('_') || f.name() == "_raw")
+        .map(|(i, _)| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("raw text columns")
+        })
+        .collect();
+    (0..b.num_rows())
+        .map(|i| {
+            cols.iter()
+                .map(|c| if c.is_null(i) { "\u{0}" } else { c.value(i) })
+                .collect::<Vec<_>>()
+                .join("\u{1f}")
+        })
+        .collect()
+}

@@ -1,0 +1,308 @@
+//! From an export to the lake: decode and normalize it on two threads, check the shrink guard,
+//! rewrite the partitions the lake selects, write the quarantine, and return what the commit
+//! records.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use chrono::{NaiveDate, Utc};
+use futures::{StreamExt, TryStreamExt};
+
+use super::cleanup::repair_lake;
+use super::{Pipeline, SyncError};
+use crate::decode::{self, DecodeError};
+use crate::events::{InternalEvent, ObjectsWritten, ShrinkRefused, UnknownColumns};
+use crate::lake::{Identity, Replace, Selection};
+use crate::model::{Counts, PartitionState};
+use crate::normalize::time::day_of_micros;
+use crate::normalize::{self, Normalized, Normalizer};
+use crate::product::Product;
+
+impl Pipeline {
+    /// Decoding and normalizing are CPU work: the decoder runs on its own thread, checks each
+    /// batch's rows and hands them through a short queue to the normalizer on another, so the
+    /// two overlap.
+    pub(super) async fn normalize_files(
+        &self,
+        product: Product,
+        job_id: &str,
+        files: Vec<PathBuf>,
+    ) -> Result<Normalized, SyncError> {
+        let job_id = job_id.to_string();
+        let scratch = self.work_dir();
+        let limit = self.settings.lake.max_uncompressed_size;
+        tokio::task::spawn_blocking(move || {
+            let expected = files.iter().map(|f| decode::estimated_rows(f)).sum();
+            let mut n = Normalizer::new(product, &job_id, Utc::now(), &scratch, expected);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<normalize::Checked>(4);
+            let decoder = {
+                let scratch = scratch.clone();
+                std::thread::spawn(move || {
+                    let mut unknown = BTreeSet::new();
+                    for f in &files {
+                        let summary = decode::decode_path(f, &scratch, limit, &mut |b| {
+                            tx.send(normalize::check(b))
+                                .map_err(|_| DecodeError::Sink("the normalizer stopped".into()))
+                        })?;
+                        unknown.extend(summary.unknown_columns);
+                    }
+                    Ok::<_, DecodeError>(unknown)
+                })
+            };
+            for checked in rx {
+                n.push(&checked);
+            }
+            let unknown = decoder
+                .join()
+                .map_err(|_| SyncError::Task("the decoder thread panicked".into()))??;
+            if !unknown.is_empty() {
+                let columns: Vec<String> = unknown.into_iter().collect();
+                UnknownColumns {
+                    product,
+                    job_id: &job_id,
+                    columns: &columns,
+                }
+                .emit();
+            }
+            Ok::<_, SyncError>(n.finish()?)
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))?
+    }
+
+    /// Rewrites every partition that holds a replaced day or receives new rows, then the
+    /// quarantine. Rows delivered for days the job does not replace whole (a vendor that serves
+    /// a row outside the asked-for day) replace only the rows with their identity. Partitions
+    /// are written [`crate::lake::WRITERS`] at a time. Unless `force`, a result that would
+    /// remove too many of a closed day's rows is refused before anything is written.
+    pub(super) async fn write(
+        &self,
+        product: Product,
+        window_key: &str,
+        normalized: Normalized,
+        replace: Replace,
+        force: bool,
+    ) -> Result<Written, SyncError> {
+        // A write that failed earlier in this process left its rewrites open: undo them first.
+        repair_lake(&self.state, &self.lake, product).await?;
+        let held = self.state.partition_days(product).await?;
+        let Selection {
+            replaced,
+            merged_days,
+            default_day,
+            partitions: touched,
+        } = replace.select(
+            &normalized.status_days,
+            normalized.rows.partitions.keys().copied(),
+            &held,
+        );
+        let normalized = Arc::new(normalized);
+        if !force {
+            self.check_shrink(product, window_key, &normalized, &replaced)
+                .await?;
+        }
+        let mut merged: HashSet<Identity> = HashSet::new();
+        for (date, p) in &normalized.rows.partitions {
+            if !p.status_days.is_disjoint(&merged_days)
+                && let Some((batch, _)) = load(&normalized, *date).await?
+            {
+                merged.extend(
+                    crate::lake::identities(&batch)
+                        .into_iter()
+                        .filter(|id| merged_days.contains(&day_of_micros(id.3))),
+                );
+            }
+        }
+        if !merged_days.is_empty() {
+            tracing::warn!(
+                window = window_key, rows = merged.len(), days = ?merged_days,
+                "the export holds rows of days it was not asked for; they are merged by identity"
+            );
+        }
+        let arriving: BTreeMap<NaiveDate, BTreeSet<NaiveDate>> = normalized
+            .rows
+            .partitions
+            .iter()
+            .map(|(date, p)| (*date, p.status_days.clone()))
+            .collect();
+        // What each partition holds now, recorded with the rewrite before anything is put.
+        let before: BTreeMap<NaiveDate, Vec<object_store::ObjectMeta>> =
+            futures::stream::iter(touched)
+                .map(|date| async move {
+                    Ok::<_, SyncError>((date, self.lake.list_partition(product, date).await?))
+                })
+                .buffer_unordered(LISTINGS)
+                .try_collect()
+                .await?;
+        let before_paths: BTreeMap<NaiveDate, Vec<String>> = before
+            .iter()
+            .map(|(d, objects)| (*d, objects.iter().map(|m| m.location.to_string()).collect()))
+            .collect();
+        let generations = self
+            .state
+            .begin_rewrites(product, &arriving, &before_paths)
+            .await?;
+        let (replaced, merged, before) = (Arc::new(replaced), Arc::new(merged), Arc::new(before));
+        let results: Vec<Result<Rewritten, SyncError>> = futures::stream::iter(generations)
+            .map(|(date, generation)| {
+                let (normalized, replaced, merged, before) = (
+                    normalized.clone(),
+                    replaced.clone(),
+                    merged.clone(),
+                    before.clone(),
+                );
+                async move {
+                    let new = load(&normalized, date).await?;
+                    let batch = new.as_ref().map(|(b, _)| b);
+                    let state = self
+                        .lake
+                        .rewrite_partition(
+                            product,
+                            date,
+                            &before[&date],
+                            generation,
+                            &replaced,
+                            &merged,
+                            batch,
+                        )
+                        .await?;
+                    ObjectsWritten {
+                        product,
+                        objects: state.objects.len(),
+                        bytes: state.bytes,
+                    }
+                    .emit();
+                    crate::failpoint::hit("mid-write");
+                    let added = new
+                        .map(|(b, dropped)| (b.num_rows() as u64, dropped))
+                        .unwrap_or((0, 0));
+                    Ok((date, state, added))
+                }
+            })
+            .buffer_unordered(crate::lake::WRITERS)
+            .collect()
+            .await;
+        let mut counts = normalized.counts;
+        let mut partitions = Vec::with_capacity(results.len());
+        let mut doomed = Vec::new();
+        for r in results {
+            let (date, state, (added, dropped)) = r?;
+            counts.written += added;
+            counts.duplicates += dropped;
+            doomed.extend(
+                before_paths[&date]
+                    .iter()
+                    .filter(|p| !state.objects.contains(p))
+                    .cloned(),
+            );
+            partitions.push((date, state));
+        }
+        self.lake
+            .write_quarantine(
+                product,
+                window_key,
+                &normalized.quarantine,
+                &replaced,
+                default_day,
+            )
+            .await?;
+        if !counts.reconciles() {
+            return Err(SyncError::Reconcile {
+                window: window_key.to_string(),
+                counts,
+            });
+        }
+        Ok(Written {
+            counts,
+            partitions,
+            doomed,
+        })
+    }
+
+    /// The shrink guard: for each closed status day this result replaces and the lake holds
+    /// rows of, the rows after de-duplication must not fall by more than `lake.max_shrink`, and
+    /// never to none. Only the partitions that hold such days are loaded to count them.
+    pub(super) async fn check_shrink(
+        &self,
+        product: Product,
+        window_key: &str,
+        normalized: &Arc<Normalized>,
+        replaced: &BTreeSet<NaiveDate>,
+    ) -> Result<(), SyncError> {
+        let today = Utc::now().date_naive();
+        let held = self.state.status_day_rows(product).await?;
+        let guarded: BTreeMap<NaiveDate, Option<u64>> = replaced
+            .iter()
+            .filter(|d| **d < today)
+            .filter_map(|d| held.get(d).map(|n| (*d, *n)))
+            .filter(|(_, n)| *n != Some(0))
+            .collect();
+        if guarded.is_empty() {
+            return Ok(());
+        }
+        let mut after: BTreeMap<NaiveDate, u64> = guarded.keys().map(|d| (*d, 0)).collect();
+        for (date, p) in &normalized.rows.partitions {
+            if p.status_days.iter().any(|d| after.contains_key(d))
+                && let Some((batch, _)) = load(normalized, *date).await?
+            {
+                for (d, n) in crate::lake::status_day_rows(&batch) {
+                    if let Some(total) = after.get_mut(&d) {
+                        *total += n;
+                    }
+                }
+            }
+        }
+        let max_shrink = self.settings.lake.max_shrink;
+        for (day, before) in guarded {
+            let after = after[&day];
+            let too_few = match before {
+                Some(b) => after == 0 || (b.saturating_sub(after) as f64) > b as f64 * max_shrink,
+                None => after == 0,
+            };
+            if too_few {
+                ShrinkRefused {
+                    product,
+                    window: window_key,
+                    day,
+                    before,
+                    after,
+                }
+                .emit();
+                return Err(SyncError::Shrink {
+                    day,
+                    before,
+                    after,
+                    max_shrink,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A rewritten partition, with the rows this job added to it and the superseded copies left out.
+type Rewritten = (NaiveDate, PartitionState, (u64, u64));
+
+/// What a write put in the lake, for its commit.
+pub(super) struct Written {
+    pub(super) counts: Counts,
+    pub(super) partitions: Vec<(NaiveDate, PartitionState)>,
+    /// Objects the rewritten partitions no longer use: deleted once the commit names the new ones.
+    pub(super) doomed: Vec<String>,
+}
+
+/// Partition listings under way at once before a write: each is a round trip to the store.
+const LISTINGS: usize = 8;
+
+/// Loading a partition reads spill files: blocking work, off the async threads.
+pub(super) async fn load(
+    normalized: &Arc<Normalized>,
+    date: NaiveDate,
+) -> Result<Option<(RecordBatch, u64)>, SyncError> {
+    let n = normalized.clone();
+    Ok(tokio::task::spawn_blocking(move || n.load(date))
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))??)
+}
