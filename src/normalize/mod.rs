@@ -3,6 +3,9 @@
 //! and the reason; nothing is dropped silently, and the counts always reconcile:
 //! read = written + quarantined + duplicates.
 
+mod bloom;
+mod buffer;
+mod dedupe;
 mod quarantine;
 mod rows;
 mod spill;
@@ -15,9 +18,10 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, Utc};
 
+use buffer::Row;
 use quarantine::Quarantine;
 pub use quarantine::{QuarantineRows, quarantine_schema};
-use rows::{Row, RowStore};
+use rows::RowStore;
 pub use rows::{Rows, RowsError};
 pub use spill::SpillError;
 
@@ -336,7 +340,7 @@ fn validate(cells: &[Option<Cell<'_>>; 8]) -> Result<Valid, String> {
         phase: phase as i8,
         ts,
         event_day,
-        hash: rows::identity_hash(
+        hash: bloom::identity_hash(
             raw(Column::WorkOrderId)?,
             raw(Column::IssueId)?,
             raw(Column::Status)?,
