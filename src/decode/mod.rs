@@ -56,8 +56,12 @@ pub enum DecodeError {
         "{file}: unsupported file type (expected .csv, .json, .parquet or .orc, or a .zip of them)"
     )]
     UnsupportedFile { file: String },
-    #[error("{0}")]
-    Io(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("stopped by the consumer: {0}")]
     Sink(String),
 }
@@ -285,18 +289,24 @@ struct Limited<R> {
     limit: u64,
 }
 
+impl<R> Limited<R> {
+    /// The limit was crossed: whatever error the decoder above made of the refused read, this
+    /// is its cause.
+    fn exceeded(&self) -> bool {
+        self.used > self.limit
+    }
+}
+
 impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.used += n as u64;
         if self.used > self.limit {
-            return Err(io::Error::other(LIMIT_MARKER));
+            return Err(io::Error::other("uncompressed size limit exceeded"));
         }
         Ok(n)
     }
 }
-
-const LIMIT_MARKER: &str = "uncompressed size limit exceeded";
 
 /// Decodes one local file: a zip of part files, or a single part file.
 pub fn decode_path(
@@ -307,10 +317,10 @@ pub fn decode_path(
 ) -> Result<DecodeSummary, DecodeError> {
     let name = path.display().to_string();
     let mut summary = DecodeSummary::default();
-    match sniff(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))? {
+    match sniff(path).map_err(|e| io_error(&name, e))? {
         Kind::Zip => decode_zip(path, scratch, max_uncompressed, &mut summary, sink)?,
         Kind::Part(part) => {
-            let file = File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
+            let file = File::open(path).map_err(|e| io_error(&name, e))?;
             let mut limited = Limited {
                 inner: file,
                 used: 0,
@@ -326,7 +336,7 @@ pub fn decode_path(
                 sink,
             );
             summary.uncompressed_bytes = limited.used;
-            over_limit(result, &name, max_uncompressed)?;
+            over_limit(result, limited.exceeded(), &name, max_uncompressed)?;
             summary.files.push(name);
         }
         Kind::Unknown => return Err(DecodeError::UnsupportedFile { file: name }),
@@ -441,7 +451,7 @@ fn decode_zip(
         file: name.clone(),
         detail,
     };
-    let file = File::open(path).map_err(|e| DecodeError::Io(format!("{name}: {e}")))?;
+    let file = File::open(path).map_err(|e| io_error(&name, e))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
     if archive.is_empty() {
         return Err(DecodeError::EmptyArchive { file: name });
@@ -487,7 +497,7 @@ fn decode_zip(
         );
         budget = budget.saturating_sub(limited.used);
         summary.uncompressed_bytes += limited.used;
-        over_limit(result, &name, max_uncompressed)?;
+        over_limit(result, limited.exceeded(), &name, max_uncompressed)?;
         summary.files.push(label);
         parts += 1;
     }
@@ -529,35 +539,34 @@ fn decode_part(
             let mut tmp = tempfile::Builder::new()
                 .prefix(SCRATCH_PREFIX)
                 .tempfile_in(scratch)
-                .map_err(|e| {
-                    DecodeError::Io(format!("scratch file in {}: {e}", scratch.display()))
-                })?;
+                .map_err(|e| io_error(&format!("scratch file in {}", scratch.display()), e))?;
             io::copy(&mut reader, tmp.as_file_mut()).map_err(|e| io_error(label, e))?;
             decode_columnar(part.format, label, tmp.path(), summary, sink)
         }
     }
 }
 
-/// The uncompressed-size limit surfaces from deep inside a decoder as an I/O error carrying
-/// [`LIMIT_MARKER`]; this names it for what it is.
-fn over_limit(result: Result<(), DecodeError>, file: &str, limit: u64) -> Result<(), DecodeError> {
+/// The uncompressed-size limit surfaces from deep inside a decoder as whatever error it made of
+/// the refused read; the reader knows the cause, and this names it for what it is.
+fn over_limit(
+    result: Result<(), DecodeError>,
+    exceeded: bool,
+    file: &str,
+    limit: u64,
+) -> Result<(), DecodeError> {
     match result {
-        Err(DecodeError::Malformed { detail, .. } | DecodeError::Io(detail))
-            if detail.contains(LIMIT_MARKER) =>
-        {
-            Err(DecodeError::TooLarge {
-                file: file.to_string(),
-                limit,
-            })
-        }
+        Err(_) if exceeded => Err(DecodeError::TooLarge {
+            file: file.to_string(),
+            limit,
+        }),
         other => other,
     }
 }
 
-fn io_error(file: &str, e: io::Error) -> DecodeError {
-    DecodeError::Malformed {
-        file: file.to_string(),
-        detail: format!("read failed: {e}"),
+fn io_error(path: &str, source: io::Error) -> DecodeError {
+    DecodeError::Io {
+        path: path.to_string(),
+        source,
     }
 }
 
@@ -586,7 +595,7 @@ fn decode_columnar(
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
     let label: Arc<str> = Arc::from(label);
-    let file = File::open(path).map_err(|e| DecodeError::Io(format!("{label}: {e}")))?;
+    let file = File::open(path).map_err(|e| io_error(&label, e))?;
     if ft == FileType::Parquet {
         columnar::decode_parquet(file, label, summary, sink)
     } else {
@@ -771,5 +780,32 @@ mod tests {
         std::fs::write(&empty, "").unwrap();
         let err = decode_path(&empty, dir.path(), u64::MAX, &mut |_| Ok(())).unwrap_err();
         assert!(matches!(err, DecodeError::BadZip { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_uncompressed_limit_is_named_in_a_loose_part_and_in_a_zip() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: String = (0..20_000)
+            .map(|i| format!("1,1,2,New,2024-06-15T00:00:00Z,reason {i},2024-06-15,{i}\n"))
+            .collect();
+        let big = format!("{}{rows}", CSV.lines().next().unwrap().to_owned() + "\n");
+        let limit = 64 << 10;
+        let loose = dir.path().join("export.csv.gz");
+        std::fs::write(&loose, gzip(big.as_bytes())).unwrap();
+        let z = dir.path().join("job.zip");
+        zip_of(&z, &[("part-00000.csv.gz", &gzip(big.as_bytes()))]);
+        for path in [&loose, &z] {
+            let err = decode_path(path, dir.path(), limit, &mut |_| Ok(())).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::TooLarge { limit: 65536, .. }),
+                "{}: {err}",
+                path.display()
+            );
+        }
+        let err = rows_of(&dir.path().join("missing.csv"), dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound),
+            "{err}"
+        );
     }
 }
