@@ -65,14 +65,14 @@ impl State {
             return Ok(None);
         };
         Ok(Some(JobRow {
-            job_id: r.get("job_id"),
-            window_key: r.get("window_key"),
-            file_type: r.get("file_type"),
-            tokens: r.get("tokens"),
-            status: r.get("status"),
-            polls: r.get("polls"),
-            created_at: r.get("created_at"),
-            deadline: DateTime::parse_from_rfc3339(r.get("deadline"))
+            job_id: r.try_get("job_id")?,
+            window_key: r.try_get("window_key")?,
+            file_type: r.try_get("file_type")?,
+            tokens: r.try_get("tokens")?,
+            status: r.try_get("status")?,
+            polls: r.try_get("polls")?,
+            created_at: r.try_get("created_at")?,
+            deadline: DateTime::parse_from_rfc3339(r.try_get("deadline")?)
                 .map_err(|_| StateError::Corrupt("job deadline".into()))?
                 .with_timezone(&Utc),
         }))
@@ -84,7 +84,7 @@ impl State {
         product: Product,
         key: &str,
     ) -> Result<Vec<String>, StateError> {
-        Ok(sqlx::query(
+        sqlx::query(
             "SELECT job_id FROM jobs WHERE product = ? AND window_key = ? ORDER BY created_at",
         )
         .bind(product.config_name())
@@ -92,8 +92,8 @@ impl State {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| r.get(0))
-        .collect())
+        .map(|r| r.try_get(0).map_err(StateError::from))
+        .collect()
     }
 
     pub async fn record_poll(

@@ -32,7 +32,7 @@ impl State {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((day(r.get(0))?, parse_days(r.get(1))?)))
+            .map(|r| Ok((day(r.try_get(0)?)?, parse_days(r.try_get(1)?)?)))
             .collect()
     }
 
@@ -65,7 +65,7 @@ impl State {
                     }
                 }
                 None => {
-                    for d in parse_days(r.get(0))? {
+                    for d in parse_days(r.try_get(0)?)? {
                         out.insert(d, None);
                     }
                 }
@@ -129,9 +129,9 @@ impl State {
             .iter()
             .map(|r| {
                 Ok(Rewrite {
-                    id: r.get(0),
-                    event_date: day(r.get(1))?,
-                    before: serde_json::from_str(r.get(2))
+                    id: r.try_get(0)?,
+                    event_date: day(r.try_get(1)?)?,
+                    before: serde_json::from_str(r.try_get(2)?)
                         .map_err(|e| StateError::Corrupt(format!("rewrite objects: {e}")))?,
                 })
             })
@@ -262,8 +262,8 @@ impl State {
             .iter()
             .map(|r| {
                 Ok((
-                    day(r.get(0))?,
-                    serde_json::from_str(r.get(1))
+                    day(r.try_get(0)?)?,
+                    serde_json::from_str(r.try_get(1)?)
                         .map_err(|e| StateError::Corrupt(format!("partition objects: {e}")))?,
                 ))
             })

@@ -80,9 +80,12 @@ impl State {
         let cutoff = recent.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
         let mut since = None;
         for r in rows {
-            let same = r.get::<&str, _>(0) == command
-                && (r.get::<Option<String>, _>(1), r.get::<Option<String>, _>(2)) == want;
-            let finished: Option<String> = r.get(3);
+            let same = r.try_get::<&str, _>(0)? == command
+                && (
+                    r.try_get::<Option<String>, _>(1)?,
+                    r.try_get::<Option<String>, _>(2)?,
+                ) == want;
+            let finished: Option<String> = r.try_get(3)?;
             let resumable = match finished.as_deref() {
                 None => true,
                 Some(at) => cutoff.is_some_and(|c| {
@@ -92,7 +95,7 @@ impl State {
             if !same || !resumable {
                 break;
             }
-            since = Some(r.get::<String, _>(4));
+            since = Some(r.try_get::<String, _>(4)?);
         }
         Ok(since)
     }
@@ -132,23 +135,24 @@ impl State {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| RunRow {
-                id: r.get("id"),
-                command: r.get("command"),
-                product: r.get("product"),
-                started_at: r.get("started_at"),
-                finished_at: r.get("finished_at"),
-                outcome: r.get("outcome"),
-                windows_committed: r.get("windows_committed"),
-                windows_failed: r.get("windows_failed"),
-                rows_read: r.get("rows_read"),
-                rows_written: r.get("rows_written"),
-                rows_quarantined: r.get("rows_quarantined"),
-                rows_duplicate: r.get("rows_duplicate"),
-                error: r.get("error"),
+        rows.iter()
+            .map(|r| {
+                Ok(RunRow {
+                    id: r.try_get("id")?,
+                    command: r.try_get("command")?,
+                    product: r.try_get("product")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    outcome: r.try_get("outcome")?,
+                    windows_committed: r.try_get("windows_committed")?,
+                    windows_failed: r.try_get("windows_failed")?,
+                    rows_read: r.try_get("rows_read")?,
+                    rows_written: r.try_get("rows_written")?,
+                    rows_quarantined: r.try_get("rows_quarantined")?,
+                    rows_duplicate: r.try_get("rows_duplicate")?,
+                    error: r.try_get("error")?,
+                })
             })
-            .collect())
+            .collect()
     }
 }

@@ -78,7 +78,7 @@ impl State {
             .bind(product.config_name())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| day(r.get::<&str, _>(0))).transpose()
+        row.map(|r| day(r.try_get::<&str, _>(0)?)).transpose()
     }
 
     /// Moves the watermark forward only; a lower value is ignored.
@@ -101,31 +101,37 @@ impl State {
     }
 
     fn window_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<WindowRow, StateError> {
-        let read: Option<i64> = r.get("rows_read");
-        let counts = read.map(|read| Counts {
-            read: read as u64,
-            written: r.get::<Option<i64>, _>("rows_written").unwrap_or(0) as u64,
-            quarantined: r.get::<Option<i64>, _>("rows_quarantined").unwrap_or(0) as u64,
-            duplicates: r.get::<Option<i64>, _>("rows_duplicate").unwrap_or(0) as u64,
-        });
+        let read: Option<i64> = r.try_get("rows_read")?;
+        let count = |column: &str| -> Result<u64, StateError> {
+            Ok(r.try_get::<Option<i64>, _>(column)?.unwrap_or(0) as u64)
+        };
+        let counts = match read {
+            Some(read) => Some(Counts {
+                read: read as u64,
+                written: count("rows_written")?,
+                quarantined: count("rows_quarantined")?,
+                duplicates: count("rows_duplicate")?,
+            }),
+            None => None,
+        };
         Ok(WindowRow {
-            id: r.get("id"),
-            product: r.get("product"),
-            key: r.get("window_key"),
-            kind: match r.get::<&str, _>("kind") {
+            id: r.try_get("id")?,
+            product: r.try_get("product")?,
+            key: r.try_get("window_key")?,
+            kind: match r.try_get::<&str, _>("kind")? {
                 "day" => WindowKind::Day,
                 _ => WindowKind::History,
             },
-            from: day(r.get("day_from"))?,
-            to: day(r.get("day_to"))?,
-            stage: Stage::parse(r.get("stage"))?,
-            job_id: r.get("job_id"),
-            attempts: r.get("attempts"),
+            from: day(r.try_get("day_from")?)?,
+            to: day(r.try_get("day_to")?)?,
+            stage: Stage::parse(r.try_get("stage")?)?,
+            job_id: r.try_get("job_id")?,
+            attempts: r.try_get("attempts")?,
             counts,
-            error: r.get("error"),
-            updated_at: r.get("updated_at"),
-            committed_at: r.get("committed_at"),
-            failures: r.get("failures"),
+            error: r.try_get("error")?,
+            updated_at: r.try_get("updated_at")?,
+            committed_at: r.try_get("committed_at")?,
+            failures: r.try_get("failures")?,
             next_attempt_at: r
                 .get::<Option<String>, _>("next_attempt_at")
                 .map(|t| {
@@ -397,5 +403,31 @@ mod tests {
             st.jobs_for_window(p, "2026-01-02").await.unwrap(),
             vec!["job-1"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_value_of_the_wrong_type_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = writer(&dir.path().join("state.db")).await;
+        let p = Product::HidWorkOrders;
+        let run = st.start_run("sync", Some(p)).await.unwrap();
+        st.plan_window(
+            p,
+            "2026-01-01",
+            WindowKind::Day,
+            d("2026-01-01"),
+            d("2026-01-01"),
+            run,
+        )
+        .await
+        .unwrap();
+        // SQLite keeps whatever it is given; an edit by hand or a future schema could do this.
+        sqlx::query("UPDATE windows SET rows_read = 'many'")
+            .execute(&st.pool)
+            .await
+            .unwrap();
+        let err = st.windows(p).await.unwrap_err();
+        assert!(matches!(err, StateError::Query(_)), "{err}");
+        assert!(err.to_string().contains("rows_read"), "{err}");
     }
 }
