@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 kills=${1:-100}
 python3 -c 'import duckdb' 2>/dev/null || python3 -m pip install --quiet 'duckdb==1.4.4'
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet --features failpoints
 out=docs/reliability.md
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -15,9 +15,9 @@ trap 'rm -rf "$tmp"' EXIT
 echo "crash harness: $kills kills..." >&2
 python3 scripts/crash-test.py --kills "$kills" --days 20 --rows-per-day 200 >"$tmp/crash.json" || true
 echo "fault matrix and corpus tests..." >&2
-cargo test --locked --test faults --test corpus -- --test-threads=2 >"$tmp/tests.txt" 2>&1 || true
+cargo test --locked --features failpoints --test faults --test corpus -- --test-threads=2 >"$tmp/tests.txt" 2>&1 || true
 echo "commit-safety and daemon tests..." >&2
-cargo test --locked --test commit_safety --test daemon -- --test-threads=2 >"$tmp/trust.txt" 2>&1 || true
+cargo test --locked --features failpoints --test commit_safety --test daemon -- --test-threads=2 >"$tmp/trust.txt" 2>&1 || true
 openssl=$(cargo tree --locked -i openssl-sys 2>&1 | head -1 || true)
 if cargo audit --version >/dev/null 2>&1; then
   audit=$(cargo audit 2>&1 | tail -5)

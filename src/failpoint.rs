@@ -1,7 +1,8 @@
 //! Crash points for the crash-consistency tests: with `DPSS_SYNC_FAILPOINT=<name>[:<action>]` set,
 //! the process acts when it reaches that point: `abort` (the default; as abrupt as SIGKILL: no
 //! destructors, no flush), `panic` (unwinds, as a bug would) or `hang` (the thread never returns,
-//! as a stuck call would). Unset, each check is one load of a cached value.
+//! as a stuck call would). Unset, each check is one load of a cached value. Compiled only with
+//! the `failpoints` feature (`scripts/test` turns it on); see [`crate::fail_point!`].
 
 use std::sync::OnceLock;
 

@@ -110,7 +110,7 @@ impl Fetcher<'_> {
             job_id: &job.job_id,
         }
         .emit();
-        crate::failpoint::hit("after-submit");
+        crate::fail_point!("after-submit");
         Ok(job.job_id)
     }
 
@@ -139,7 +139,7 @@ impl Fetcher<'_> {
                     self.state
                         .set_stage(window.id, Stage::Downloaded, None)
                         .await?;
-                    crate::failpoint::hit("after-download");
+                    crate::fail_point!("after-download");
                     return Ok(Fetched {
                         job_id: job_id.to_string(),
                         path,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod events;
+#[cfg(feature = "failpoints")]
 pub mod failpoint;
 pub mod fetch;
 pub mod lake;
@@ -21,3 +22,14 @@ pub mod schedule;
 pub mod sim;
 pub mod state;
 pub mod sync;
+
+/// A crash point for the crash-consistency tests: `fail_point!("after-commit")`. Without the
+/// `failpoints` feature it expands to nothing, so a production build has no way to be told to
+/// stop mid-write.
+macro_rules! fail_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        $crate::failpoint::hit($name);
+    };
+}
+pub(crate) use fail_point;

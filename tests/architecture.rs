@@ -72,7 +72,10 @@ fn uses(text: &str) -> Vec<String> {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        out.push(name);
+        // `crate::fail_point!` is a macro of the crate root, not a module.
+        if !rest[name.len()..].starts_with('!') {
+            out.push(name);
+        }
     }
     out
 }
@@ -123,7 +126,7 @@ fn long_files_say_why_they_are_one_file() {
 #[test]
 fn the_check_sees_uses() {
     assert_eq!(
-        uses("use crate::model::Counts;\nlet x = crate::lake::WRITERS;"),
+        uses("use crate::model::Counts;\nlet x = crate::lake::WRITERS; crate::fail_point!(\"x\");"),
         ["model", "lake"]
     );
 }

@@ -328,6 +328,7 @@ async fn a_second_writer_beside_the_daemon_is_refused_or_waits() {
 }
 
 /// A live daemon with one configuration line replaced (`edit`: from, to) and `failpoint` armed.
+#[cfg(feature = "failpoints")]
 async fn daemon_at_failpoint(
     sim: &dpss_sync::sim::SimHandle,
     dir: &Path,
@@ -347,6 +348,7 @@ async fn daemon_at_failpoint(
 
 /// A cycle that panics is counted and ends; the next tick runs (the flag is cleared) and the
 /// daemon stays alive.
+#[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_cycle_does_not_wedge_the_daemon() {
     let sim = sim_with(20, "").await;
@@ -374,6 +376,7 @@ async fn a_panicking_cycle_does_not_wedge_the_daemon() {
 }
 
 /// A cycle stuck far past api.job_timeout turns /healthz to 503, so a supervisor restarts it.
+#[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_cycle_turns_healthz_unavailable() {
     let sim = sim_with(20, "").await;

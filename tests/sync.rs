@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
+#[cfg(feature = "failpoints")]
 use dpss_sync::failpoint::POINTS;
 use dpss_sync::plan::available_from;
 use dpss_sync::sim::SimConfig;
@@ -297,7 +298,8 @@ async fn recorded_jobs(state_path: &Path, keys: &[String]) -> BTreeMap<String, V
 /// no missing row, and no second job for a window whose job id was recorded. Run twice: with
 /// one-object partitions, and with a target file size so small that every partition has several
 /// objects, which adds a crash between two objects' puts; after the repair, the lake holds
-/// exactly the objects the state records.
+/// exactly the objects the state records. Needs the crash points: `--features failpoints`.
+#[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_stage_boundary_is_repaired() {
     let sim = start(SimConfig {
@@ -385,6 +387,7 @@ async fn crash_at_every_stage_boundary_is_repaired() {
 
 /// The objects the state records for the partitions, and every object (staging files included)
 /// under the lake's table.
+#[cfg(feature = "failpoints")]
 async fn manifest_and_objects(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let st = State::open_reader(&dir.join("state/state.db"))
         .await

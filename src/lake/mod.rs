@@ -366,7 +366,7 @@ impl Lake {
             })?;
             written.push(path.to_string());
             if n + 1 < count {
-                crate::failpoint::hit("between-puts");
+                crate::fail_point!("between-puts");
             }
         }
         Ok((written, bytes))

@@ -197,7 +197,7 @@ impl Pipeline {
             // The stage DESIGN.md records: objects are in the lake, the commit is next.
             self.state.set_stage(id, Stage::Written, None).await?;
         }
-        crate::failpoint::hit("after-write");
+        crate::fail_point!("after-write");
         self.state
             .commit_partitions(
                 product,
@@ -207,7 +207,7 @@ impl Pipeline {
                 window.map(|id| (id, written.counts)),
             )
             .await?;
-        crate::failpoint::hit("after-commit");
+        crate::fail_point!("after-commit");
         match self.lake.delete_objects(&written.doomed).await {
             Ok(()) => self.state.forget_doomed(&written.doomed).await?,
             Err(e) => tracing::warn!(

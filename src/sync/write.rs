@@ -174,7 +174,7 @@ impl Pipeline {
                         bytes: state.bytes,
                     }
                     .emit();
-                    crate::failpoint::hit("mid-write");
+                    crate::fail_point!("mid-write");
                     let added = new
                         .map(|(b, dropped)| (b.num_rows() as u64, dropped))
                         .unwrap_or((0, 0));
