@@ -6,19 +6,22 @@
 //! [`RowError`]s, so the normalizer quarantines those too. A file without a required column
 //! fails the whole job: nothing in it could be trusted to line up.
 
+mod archive;
 mod columnar;
 mod csv;
 mod json;
+mod raw;
+
+use archive::{Kind, Limited, decode_zip, over_limit, sniff};
+pub use archive::{PartType, file_type_of};
+pub(crate) use raw::RawBuilder;
+pub use raw::{Cell, RawBatch, RawColumn, RowError, rows_to_batch};
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
-
-use arrow::array::{
-    Array, Date32Array, Int64Array, StringArray, StringBuilder, TimestampMicrosecondArray,
-};
 
 use crate::config::FileType;
 use crate::product::Column;
@@ -66,170 +69,6 @@ pub enum DecodeError {
     Sink(String),
 }
 
-/// A row that could not be read into columns, with why.
-#[derive(Debug, Clone)]
-pub struct RowError {
-    pub row: usize,
-    pub reason: String,
-    pub raw: Option<String>,
-}
-
-/// One column of a [`RawBatch`]: text as served, or the typed values a Parquet or ORC file
-/// already holds for a time, date or number column. Formatting those as text only for the
-/// normalizer to parse them back cost a third of a Parquet decode.
-#[derive(Debug, Clone)]
-pub enum RawColumn {
-    Text(StringArray),
-    /// A timestamp as microseconds since the epoch, UTC.
-    Micros(TimestampMicrosecondArray),
-    /// A date as days since the epoch.
-    Days(Date32Array),
-    Int(Int64Array),
-}
-
-/// One value of a [`RawColumn`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Cell<'a> {
-    Text(&'a str),
-    Micros(i64),
-    Days(i32),
-    Int(i64),
-}
-
-impl RawColumn {
-    pub fn len(&self) -> usize {
-        self.array().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn array(&self) -> &dyn Array {
-        match self {
-            Self::Text(a) => a,
-            Self::Micros(a) => a,
-            Self::Days(a) => a,
-            Self::Int(a) => a,
-        }
-    }
-
-    /// The value at `row`, `None` when null. Runs for every cell: each arm checks its own
-    /// array's nulls, which inlines, where `array().is_null` was a call through a vtable. Left
-    /// to the compiler it stayed a call, whose result went through memory to be copied into
-    /// the row's cells; inlined, the per-row normalizing samples of a Parquet import fell by 28%.
-    #[inline(always)]
-    pub fn cell(&self, row: usize) -> Option<Cell<'_>> {
-        match self {
-            Self::Text(a) => a.is_valid(row).then(|| Cell::Text(a.value(row))),
-            Self::Micros(a) => a.is_valid(row).then(|| Cell::Micros(a.value(row))),
-            Self::Days(a) => a.is_valid(row).then(|| Cell::Days(a.value(row))),
-            Self::Int(a) => a.is_valid(row).then(|| Cell::Int(a.value(row))),
-        }
-    }
-}
-
-/// As the quarantine keeps a typed value: the text a CSV export would have held.
-impl std::fmt::Display for Cell<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Text(t) => f.write_str(t),
-            Self::Micros(us) => match chrono::DateTime::from_timestamp_micros(*us) {
-                Some(t) => f.write_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
-                None => write!(f, "{us} µs since the epoch"),
-            },
-            Self::Days(d) => match arrow::temporal_conversions::date32_to_datetime(*d) {
-                Some(t) => write!(f, "{}", t.date()),
-                None => write!(f, "{d} days since the epoch"),
-            },
-            Self::Int(n) => write!(f, "{n}"),
-        }
-    }
-}
-
-/// Up to [`BATCH_ROWS`] rows of one source file, each column null where absent.
-#[derive(Debug, Clone)]
-pub struct RawBatch {
-    pub columns: [RawColumn; 8],
-    pub errors: Vec<RowError>,
-    pub source: Arc<str>,
-    /// The 1-based row number of the first row within its source file.
-    pub first_row: u64,
-}
-
-impl RawBatch {
-    pub fn num_rows(&self) -> usize {
-        self.columns[0].len()
-    }
-}
-
-/// Builds a [`RawBatch`] row by row; shared by the text decoders.
-pub(crate) struct RawBuilder {
-    cols: [StringBuilder; 8],
-    errors: Vec<RowError>,
-    rows: usize,
-    source: Arc<str>,
-    next_row: u64,
-}
-
-impl RawBuilder {
-    pub fn new(source: Arc<str>) -> Self {
-        Self {
-            cols: std::array::from_fn(|_| {
-                StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16)
-            }),
-            errors: Vec::new(),
-            rows: 0,
-            source,
-            next_row: 1,
-        }
-    }
-
-    pub fn set(&mut self, col: Column, value: Option<&str>) {
-        match value {
-            Some(v) => self.cols[col.index()].append_value(v),
-            None => self.cols[col.index()].append_null(),
-        }
-    }
-
-    /// Ends the current row; `set` must have been called once per column.
-    pub fn end_row(&mut self) {
-        self.rows += 1;
-    }
-
-    /// A row that could not be read: all columns null, the reason kept.
-    pub fn error_row(&mut self, reason: String, raw: Option<String>) {
-        for c in &mut self.cols {
-            c.append_null();
-        }
-        self.errors.push(RowError {
-            row: self.rows,
-            reason,
-            raw,
-        });
-        self.rows += 1;
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.rows >= BATCH_ROWS
-    }
-
-    pub fn take(&mut self) -> Option<RawBatch> {
-        if self.rows == 0 {
-            return None;
-        }
-        let batch = RawBatch {
-            columns: std::array::from_fn(|i| RawColumn::Text(self.cols[i].finish())),
-            errors: std::mem::take(&mut self.errors),
-            source: self.source.clone(),
-            first_row: self.next_row,
-        };
-        self.next_row += self.rows as u64;
-        self.rows = 0;
-        Some(batch)
-    }
-}
-
 /// What a decode saw besides rows: which files, and columns it did not know.
 #[derive(Debug, Default, Clone)]
 pub struct DecodeSummary {
@@ -239,74 +78,6 @@ pub struct DecodeSummary {
 }
 
 pub type Sink<'a> = dyn FnMut(RawBatch) -> Result<(), DecodeError> + 'a;
-
-/// A data part: its format, and whether it is gzip-compressed (`part-00000.csv.gz`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartType {
-    pub format: FileType,
-    pub gzip: bool,
-}
-
-/// The format of a part file from its name, or `None` for anything else.
-pub fn file_type_of(name: &str) -> Option<PartType> {
-    if is_side_file(name) {
-        return None;
-    }
-    let base = name.rsplit('/').next().unwrap_or(name);
-    let (stem, ext) = base.rsplit_once('.')?;
-    let ext = ext.to_ascii_lowercase();
-    if ext == "gz" || ext == "gzip" {
-        let inner = stem.rsplit_once('.')?.1.to_ascii_lowercase();
-        return format_of_extension(&inner).map(|format| PartType { format, gzip: true });
-    }
-    format_of_extension(&ext).map(|format| PartType {
-        format,
-        gzip: false,
-    })
-}
-
-fn format_of_extension(ext: &str) -> Option<FileType> {
-    match ext {
-        "csv" | "txt" => Some(FileType::Csv),
-        "json" | "jsonl" | "ndjson" => Some(FileType::Json),
-        "parquet" | "parq" => Some(FileType::Parquet),
-        "orc" => Some(FileType::Orc),
-        _ => None,
-    }
-}
-
-/// Files a Spark-style writer leaves beside its parts: `_SUCCESS`, `_committed_…`, hidden files
-/// and checksums (`.part-00000.csv.crc`, `part-00000.csv.crc`).
-fn is_side_file(name: &str) -> bool {
-    let base = name.rsplit('/').next().unwrap_or(name);
-    base.starts_with('_') || base.starts_with('.') || base.to_ascii_lowercase().ends_with(".crc")
-}
-
-/// Counts bytes and stops at the limit, so a zip bomb fails instead of filling the disk.
-struct Limited<R> {
-    inner: R,
-    used: u64,
-    limit: u64,
-}
-
-impl<R> Limited<R> {
-    /// The limit was crossed: whatever error the decoder above made of the refused read, this
-    /// is its cause.
-    fn exceeded(&self) -> bool {
-        self.used > self.limit
-    }
-}
-
-impl<R: Read> Read for Limited<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.used += n as u64;
-        if self.used > self.limit {
-            return Err(io::Error::other("uncompressed size limit exceeded"));
-        }
-        Ok(n)
-    }
-}
 
 /// Decodes one local file: a zip of part files, or a single part file.
 pub fn decode_path(
@@ -381,143 +152,10 @@ pub fn estimated_rows(path: &Path) -> u64 {
     }
 }
 
-enum Kind {
-    Zip,
-    Part(PartType),
-    Unknown,
-}
-
-fn plain(format: FileType) -> Kind {
-    Kind::Part(PartType {
-        format,
-        gzip: false,
-    })
-}
-
-/// What a file is, by its first bytes before its name: a download saved as `<job>.zip` may be a
-/// bare part file if the vendor skipped the zip. An empty or unrecognisable `.zip` is a broken
-/// zip, never zero rows.
-fn sniff(path: &Path) -> io::Result<Kind> {
-    let mut head = [0u8; 64];
-    let n = File::open(path)?.read(&mut head)?;
-    let head = &head[..n];
-    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        return Ok(Kind::Zip);
-    }
-    if head.starts_with(b"PAR1") {
-        return Ok(plain(FileType::Parquet));
-    }
-    if head.starts_with(b"ORC") {
-        return Ok(plain(FileType::Orc));
-    }
-    let name = path.to_string_lossy();
-    if let Some(part) = file_type_of(&name) {
-        // A gzip stream's magic number decides, whatever the name says.
-        let gzip = head.starts_with(&[0x1f, 0x8b]);
-        return Ok(Kind::Part(PartType { gzip, ..part }));
-    }
-    let is_zip_name = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
-    let text = head.strip_prefix("\u{feff}".as_bytes()).unwrap_or(head);
-    let first = text.iter().find(|b| !b.is_ascii_whitespace());
-    Ok(match first {
-        None if is_zip_name => Kind::Zip,
-        Some(b'[' | b'{') => plain(FileType::Json),
-        Some(_)
-            if is_zip_name
-                && Column::ALL.iter().any(|c| {
-                    String::from_utf8_lossy(text)
-                        .to_ascii_lowercase()
-                        .contains(&c.vendor_name().to_ascii_lowercase())
-                }) =>
-        {
-            plain(FileType::Csv)
-        }
-        _ if is_zip_name => Kind::Zip,
-        _ => Kind::Unknown,
-    })
-}
-
-fn decode_zip(
-    path: &Path,
-    scratch: &Path,
-    max_uncompressed: u64,
-    summary: &mut DecodeSummary,
-    sink: &mut Sink<'_>,
-) -> Result<(), DecodeError> {
-    let name = path.display().to_string();
-    let bad = |detail: String| DecodeError::BadZip {
-        file: name.clone(),
-        detail,
-    };
-    let file = File::open(path).map_err(|e| io_error(&name, e))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
-    if archive.is_empty() {
-        return Err(DecodeError::EmptyArchive { file: name });
-    }
-    let declared: u64 = (0..archive.len())
-        .filter_map(|i| archive.by_index_raw(i).ok().map(|e| e.size()))
-        .sum();
-    if declared > max_uncompressed {
-        return Err(DecodeError::TooLarge {
-            file: name,
-            limit: max_uncompressed,
-        });
-    }
-    let mut budget = max_uncompressed;
-    let mut csv_header = None;
-    let mut ignored = Vec::new();
-    let mut parts = 0;
-    for i in 0..archive.len() {
-        let entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
-        if entry.is_dir() {
-            continue;
-        }
-        let entry_name = entry.name().map_err(|e| bad(e.to_string()))?.to_string();
-        let Some(part) = file_type_of(&entry_name) else {
-            tracing::debug!(archive = %name, entry = %entry_name, "ignoring a file that is not a data part");
-            ignored.push(entry_name);
-            continue;
-        };
-        let label = format!("{name}!{entry_name}");
-        let mut limited = Limited {
-            inner: entry,
-            used: 0,
-            limit: budget,
-        };
-        let result = decode_part(
-            part,
-            &label,
-            &mut limited,
-            scratch,
-            &mut csv_header,
-            summary,
-            sink,
-        );
-        budget = budget.saturating_sub(limited.used);
-        summary.uncompressed_bytes += limited.used;
-        over_limit(result, limited.exceeded(), &name, max_uncompressed)?;
-        summary.files.push(label);
-        parts += 1;
-    }
-    if parts == 0 {
-        return Err(DecodeError::NoDataParts {
-            file: name,
-            entries: ignored.join(", "),
-        });
-    }
-    let unknown: Vec<&String> = ignored.iter().filter(|e| !is_side_file(e)).collect();
-    if !unknown.is_empty() {
-        tracing::warn!(archive = %name, entries = ?unknown, "the export holds files that are not data parts; they were not read");
-    }
-    Ok(())
-}
-
 /// One data part from `reader`: text formats stream (through gunzip if compressed); Parquet and
 /// ORC need random access, so they are copied (and decompressed) to a scratch file first.
 #[allow(clippy::too_many_arguments)]
-fn decode_part(
+pub(super) fn decode_part(
     part: PartType,
     label: &str,
     reader: &mut dyn Read,
@@ -546,24 +184,7 @@ fn decode_part(
     }
 }
 
-/// The uncompressed-size limit surfaces from deep inside a decoder as whatever error it made of
-/// the refused read; the reader knows the cause, and this names it for what it is.
-fn over_limit(
-    result: Result<(), DecodeError>,
-    exceeded: bool,
-    file: &str,
-    limit: u64,
-) -> Result<(), DecodeError> {
-    match result {
-        Err(_) if exceeded => Err(DecodeError::TooLarge {
-            file: file.to_string(),
-            limit,
-        }),
-        other => other,
-    }
-}
-
-fn io_error(path: &str, source: io::Error) -> DecodeError {
+pub(super) fn io_error(path: &str, source: io::Error) -> DecodeError {
     DecodeError::Io {
         path: path.to_string(),
         source,
@@ -630,39 +251,6 @@ pub(crate) fn map_header(
         }
     }
     Ok(mapping)
-}
-
-/// On-demand rows (column name to text) as one batch, keys matched like any header.
-pub fn rows_to_batch(
-    rows: &[crate::model::OnDemandRow],
-    source: &str,
-) -> (RawBatch, BTreeSet<String>) {
-    let mut out = RawBuilder::new(Arc::from(source));
-    let mut unknown = BTreeSet::new();
-    for row in rows {
-        let mut cells: [Option<&str>; 8] = [None; 8];
-        for (k, v) in row {
-            match Column::from_header(k) {
-                Some(c) => cells[c.index()] = v.as_deref(),
-                None => {
-                    unknown.insert(k.clone());
-                }
-            }
-        }
-        for c in Column::ALL {
-            out.set(c, cells[c.index()]);
-        }
-        out.end_row();
-    }
-    let batch = out.take().unwrap_or_else(|| RawBatch {
-        columns: std::array::from_fn(|_| {
-            RawColumn::Text(StringArray::from(Vec::<Option<&str>>::new()))
-        }),
-        errors: Vec::new(),
-        source: Arc::from(source),
-        first_row: 1,
-    });
-    (batch, unknown)
 }
 
 #[cfg(test)]
