@@ -230,6 +230,23 @@ file_type = "csv"
     return r
 
 
+KEPT = "## Why the engine is shaped as it is"
+
+
+def kept_section(path):
+    """The hand-kept section of the document: the A/B figures behind the code's choices, which a
+    benchmark rerun does not measure and so must not erase."""
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return []
+    if KEPT not in text:
+        return []
+    section = text[text.index(KEPT):]
+    end = section.find("\nRaw runs:")
+    return (section[:end] if end >= 0 else section).rstrip("\n").split("\n") + [""]
+
+
 def report(results, path):
     def best(rows, fmt, tool):
         xs = [r for r in results if r["rows"] == rows and r["format"] == fmt and r["tool"] == tool]
@@ -280,7 +297,9 @@ def report(results, path):
               "vendor's export job (the simulator building the zip while sync polls, taken from sync's own",
               "`vendor job finished` log line), so download, unzip, import and the state's bookkeeping;",
               "`sync / import` compares it with the best `import` of the same size and format.", "",
-              "Raw runs:", "", "```", json.dumps(results, indent=1), "```", ""]
+              ""]
+    lines += kept_section(path)
+    lines += ["Raw runs:", "", "```", json.dumps(results, indent=1), "```", ""]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -15,8 +15,9 @@ pub fn limit_arenas() {
 }
 
 /// Returns freed pages to the system: after a spill, as the decoder's batches and the spill's
-/// own gathering and encoding leave holes that later allocations never fill exactly (without
-/// it, a 10M-row JSON import's free heap crept to 18–25 MiB over its 30 spills); when a job's
+/// own gathering and encoding leave holes that later allocations never fill exactly, so free
+/// heap creeps up spill after spill (docs/performance.md, "Why the engine is shaped as it is,"
+/// has the figure); when a job's
 /// rows are all in, as the buffers' vectors are let go; and after a daemon cycle, which is
 /// followed by minutes or hours of idling.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

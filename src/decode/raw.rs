@@ -62,7 +62,8 @@ impl RawColumn {
     /// The value at `row`, `None` when null. Runs for every cell: each arm checks its own
     /// array's nulls, which inlines, where `array().is_null` was a call through a vtable. Left
     /// to the compiler it stayed a call, whose result went through memory to be copied into
-    /// the row's cells; inlined, the per-row normalizing samples of a Parquet import fell by 28%.
+    /// the row's cells; forced inline, the per-row normalizing work of a Parquet import drops
+    /// markedly (docs/performance.md).
     #[inline(always)]
     pub fn cell(&self, row: usize) -> Option<Cell<'_>> {
         match self {

@@ -41,10 +41,10 @@ use crate::model::PartitionState;
 use crate::normalize::time::{day_of_micros, rows_per_day};
 use crate::product::Product;
 
-/// Objects written at once. Two leave a core idle about a quarter of the write phase, while a
-/// partition waits on the store (creating its directory and file); three took a 10M-row Parquet
-/// import from 7.1-7.5 s to 6.6-7.0 s, but a 10M-row JSON import's peak from ~90 to ~114 MiB,
-/// which made memory grow with the export again. Two it is.
+/// Objects written at once. Two leave a core idle part of the write phase, while a partition
+/// waits on the store (creating its directory and file); three were a little faster but made
+/// peak memory grow with the export again, which the memory bound forbids. Two it is
+/// (docs/performance.md has the figures).
 pub const WRITERS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]

@@ -62,12 +62,11 @@ pub(super) struct Row<'a> {
 /// Rows as they arrive, in one set of column vectors: appending to one place keeps the hot loop
 /// in cache, where a builder per partition scattered every row across ~400 of them.
 ///
-/// A spilled chunk's vectors come back to the store for a later chunk. A 10M-row import spills
-/// ~30 times; freeing each spill's buffer and allocating the next one's faulted ~1 GB of fresh
-/// pages in, and the trim that gave the freed pages back cost a second of system time. Reused,
-/// the two buffers' worth the budget provides for stay resident, so memory is the same
-/// whatever the export's size (1M- and 10M-row JSON imports peaked at 70 and 90 MiB, and now
-/// at 107 and 118), and a 10M-row Parquet import took 7.0 s where it took 7.6.
+/// A spilled chunk's vectors come back to the store for a later chunk. A large import spills
+/// dozens of times; freeing each spill's buffer and allocating the next one's faults fresh
+/// pages in, and the trim that gives the freed pages back costs system time. Reused, the two
+/// buffers' worth the budget provides for stay resident, so memory is the same whatever the
+/// export's size, and the import is faster (docs/performance.md has the figures).
 pub(super) struct Buffer {
     pub(super) sp: Text,
     pub(super) phase: Vec<i8>,

@@ -6,8 +6,8 @@ use crate::decode::{Cell, RawBatch};
 use crate::product::Column;
 
 /// A decoded batch with every row's verdict. Checking a row needs nothing but the row, so it
-/// runs on the decoder's thread, which a Parquet export left 60% idle while the
-/// normalizer's thread, doing the rest, bounded the whole decode; the normalizer keeps only
+/// runs on the decoder's thread, which a Parquet export otherwise leaves mostly idle while the
+/// normalizer's thread, doing the rest, bounds the whole decode; the normalizer keeps only
 /// what must run in order (the duplicate filter, buffering, spilling).
 pub struct Checked {
     pub(super) batch: RawBatch,
