@@ -53,12 +53,20 @@ pub(super) fn is_side_file(name: &str) -> bool {
 
 /// Counts bytes and stops at the limit, so a zip bomb fails instead of filling the disk.
 pub(super) struct Limited<R> {
-    pub(super) inner: R,
+    inner: R,
     pub(super) used: u64,
-    pub(super) limit: u64,
+    limit: u64,
 }
 
 impl<R> Limited<R> {
+    pub(super) fn new(inner: R, limit: u64) -> Self {
+        Self {
+            inner,
+            used: 0,
+            limit,
+        }
+    }
+
     /// The limit was crossed: whatever error the decoder above made of the refused read, this
     /// is its cause.
     pub(super) fn exceeded(&self) -> bool {
@@ -177,11 +185,7 @@ pub(super) fn decode_zip(
             continue;
         };
         let label = format!("{name}!{entry_name}");
-        let mut limited = Limited {
-            inner: entry,
-            used: 0,
-            limit: budget,
-        };
+        let mut limited = Limited::new(entry, budget);
         let result = decode_part(
             part,
             &label,

@@ -92,11 +92,7 @@ pub fn decode_path(
         Kind::Zip => decode_zip(path, scratch, max_uncompressed, &mut summary, sink)?,
         Kind::Part(part) => {
             let file = File::open(path).map_err(|e| io_error(&name, e))?;
-            let mut limited = Limited {
-                inner: file,
-                used: 0,
-                limit: max_uncompressed,
-            };
+            let mut limited = Limited::new(file, max_uncompressed);
             let result = decode_part(
                 part,
                 &name,

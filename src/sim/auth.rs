@@ -67,7 +67,7 @@ pub(super) async fn token(
 /// The checks every DPSS call passes through, in the order a gateway and the service would
 /// apply them: throttling and outages first, then the bearer, the headers and the subscription.
 /// `Some` is the refusal to send instead of serving the call.
-pub(super) fn guard(s: &SimState, headers: &HeaderMap, sub: &str) -> Option<Response> {
+fn guard(s: &SimState, headers: &HeaderMap, sub: &str) -> Option<Response> {
     let n = {
         let mut c = s.counters.lock().expect("counters");
         c.dpss_requests += 1;
@@ -152,4 +152,19 @@ pub(super) fn guard(s: &SimState, headers: &HeaderMap, sub: &str) -> Option<Resp
         );
     }
     None
+}
+
+/// Serves one DPSS call: the gate's refusal, or what `serve` answers; recorded either way, under
+/// the job id `job_id` finds in the answer, if any.
+pub(super) fn gated(
+    s: &SimState,
+    headers: &HeaderMap,
+    sub: &str,
+    endpoint: &'static str,
+    job_id: impl FnOnce(&Response) -> Option<String>,
+    serve: impl FnOnce() -> Response,
+) -> Response {
+    let resp = guard(s, headers, sub).unwrap_or_else(serve);
+    s.record(endpoint, resp.status(), headers, job_id(&resp));
+    resp
 }

@@ -12,7 +12,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::auth::guard;
+use super::auth::gated;
 use super::blob::download_link;
 use super::export::{Filter, Layout};
 use super::faults::fires;
@@ -25,21 +25,23 @@ pub(super) async fn parameters(
     Path(sub): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let resp = match guard(&s, &headers, &sub) {
-        Some(refusal) => refusal,
-        None => {
+    gated(
+        &s,
+        &headers,
+        &sub,
+        "batch-request-parameters",
+        |_| None,
+        || {
             let tokens: Vec<Value> = TOKENS
                 .iter()
                 .map(|(name, kind, list)| {
                     json!({"name": name, "type": kind, "isList": list,
-                           "default": "__REMOVEIFNOTSUPPLIED__", "description": null})
+                       "default": "__REMOVEIFNOTSUPPLIED__", "description": null})
                 })
                 .collect();
             axum::Json(json!({ "tokens": tokens })).into_response()
-        }
-    };
-    s.record("batch-request-parameters", resp.status(), &headers, None);
-    resp
+        },
+    )
 }
 
 pub(super) async fn create_job(
@@ -48,13 +50,10 @@ pub(super) async fn create_job(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let resp = match guard(&s, &headers, &sub) {
-        Some(refusal) => refusal,
-        None => create_job_inner(&s, &body),
-    };
-    let job_id = (resp.status().is_success()).then(|| "created".to_string());
-    s.record("batch-request", resp.status(), &headers, job_id);
-    resp
+    let created = |r: &Response| r.status().is_success().then(|| "created".to_string());
+    gated(&s, &headers, &sub, "batch-request", created, || {
+        create_job_inner(&s, &body)
+    })
 }
 
 pub(super) fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
@@ -187,12 +186,15 @@ pub(super) async fn job_status(
     Path((sub, job_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let resp = match guard(&s, &headers, &sub) {
-        Some(refusal) => refusal,
-        None => job_status_inner(&s, &job_id),
-    };
-    s.record("job-status", resp.status(), &headers, Some(job_id));
-    resp
+    let named = Some(job_id.clone());
+    gated(
+        &s,
+        &headers,
+        &sub,
+        "job-status",
+        |_| named,
+        || job_status_inner(&s, &job_id),
+    )
 }
 
 pub(super) fn job_status_inner(s: &SimState, job_id: &str) -> Response {

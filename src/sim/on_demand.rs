@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::auth::guard;
+use super::auth::gated;
 use super::filter::{lookup, parse_filter};
 use super::{ON_DEMAND_MAX_ROWS, Shared, SimState, problem};
 
@@ -16,12 +16,14 @@ pub(super) async fn on_demand(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let resp = match guard(&s, &headers, &sub) {
-        Some(refusal) => refusal,
-        None => on_demand_inner(&s, &body),
-    };
-    s.record("on-demand", resp.status(), &headers, None);
-    resp
+    gated(
+        &s,
+        &headers,
+        &sub,
+        "on-demand",
+        |_| None,
+        || on_demand_inner(&s, &body),
+    )
 }
 
 pub(super) fn on_demand_inner(s: &SimState, body: &str) -> Response {
