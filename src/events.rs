@@ -369,3 +369,167 @@ impl InternalEvent for LastCommit {
             .set(self.at.timestamp() as f64);
     }
 }
+
+/// This daemon took the writer lease: it is the one process syncing. The gauge stays 0 in a
+/// process that waits for the lease, so `max(dpss_sync_writer_lease_held) < 1` across replicas
+/// means nobody syncs.
+pub struct WriterLeaseTaken<'a> {
+    pub holder: &'a str,
+}
+
+impl InternalEvent for WriterLeaseTaken<'_> {
+    fn emit(self) {
+        tracing::info!(holder = self.holder, "holding the writer lease");
+        gauge!("dpss_sync_writer_lease_held").set(1.0);
+    }
+}
+
+/// The vendor endpoints the client calls, as `endpoint` labels.
+pub const ENDPOINTS: [&str; 6] = [
+    "token",
+    "batch-request-parameters",
+    "batch-request",
+    "job-status",
+    "download",
+    "on-demand",
+];
+
+/// Creates every counter and gauge at zero, with its help text, before anything happens: a
+/// dashboard then shows 0 rather than "no data", and `increase()` in an alert sees the first
+/// event (a series that appears at 1 has no increase to show).
+pub fn register_metrics(products: &[Product]) {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "dpss_sync_rows_read_total",
+        "Rows read from exports, per committed window"
+    );
+    describe_counter!("dpss_sync_rows_written_total", "Rows written to the lake");
+    describe_counter!(
+        "dpss_sync_rows_quarantined_total",
+        "Rows sent to the quarantine"
+    );
+    describe_counter!(
+        "dpss_sync_rows_duplicate_total",
+        "Superseded copies left out"
+    );
+    describe_counter!("dpss_sync_windows_total", "Windows committed or failed");
+    describe_counter!("dpss_sync_cycles_total", "Scheduled cycles by outcome");
+    describe_histogram!(
+        "dpss_sync_cycle_duration_seconds",
+        "Scheduled cycle duration"
+    );
+    describe_counter!(
+        "dpss_sync_skipped_ticks_total",
+        "Ticks skipped while a cycle ran"
+    );
+    describe_counter!("dpss_sync_cycle_panics_total", "Cycles that panicked");
+    describe_counter!("dpss_sync_vendor_requests_total", "Calls to the vendor");
+    describe_histogram!(
+        "dpss_sync_vendor_request_duration_seconds",
+        "Vendor call duration"
+    );
+    describe_counter!("dpss_sync_retries_total", "Vendor calls retried");
+    describe_counter!(
+        "dpss_sync_retry_after_waits_total",
+        "Waits a vendor asked for"
+    );
+    describe_counter!(
+        "dpss_sync_retry_after_wait_seconds_total",
+        "Seconds waited on Retry-After"
+    );
+    describe_counter!(
+        "dpss_sync_jobs_submitted_total",
+        "Vendor export jobs submitted"
+    );
+    describe_counter!(
+        "dpss_sync_jobs_finished_total",
+        "Vendor export jobs by outcome"
+    );
+    describe_histogram!(
+        "dpss_sync_job_duration_seconds",
+        "Vendor export job duration"
+    );
+    describe_gauge!(
+        "dpss_sync_jobs_in_flight",
+        "Vendor export jobs being waited on"
+    );
+    describe_counter!("dpss_sync_downloaded_bytes_total", "Bytes downloaded");
+    describe_counter!("dpss_sync_written_bytes_total", "Bytes written to the lake");
+    describe_counter!(
+        "dpss_sync_objects_written_total",
+        "Objects written to the lake"
+    );
+    describe_counter!(
+        "dpss_sync_unknown_columns_total",
+        "Export columns the product does not know"
+    );
+    describe_gauge!(
+        "dpss_sync_watermark_age_seconds",
+        "Age of the newest closed day synced"
+    );
+    describe_gauge!(
+        "dpss_sync_last_commit_timestamp_seconds",
+        "Time of the last commit"
+    );
+    describe_counter!(
+        "dpss_sync_shrink_refused_total",
+        "Windows the shrink guard refused"
+    );
+    describe_counter!(
+        "dpss_sync_repaired_objects_total",
+        "Objects a writer's repair removed"
+    );
+    describe_counter!(
+        "dpss_sync_submissions_unknown_total",
+        "Batch requests of unknown outcome"
+    );
+    describe_gauge!(
+        "dpss_sync_writer_lease_held",
+        "1 while this process holds the writer lease"
+    );
+    counter!("dpss_sync_downloaded_bytes_total").absolute(0);
+    gauge!("dpss_sync_writer_lease_held").set(0.0);
+    for endpoint in ENDPOINTS {
+        for name in [
+            "dpss_sync_retries_total",
+            "dpss_sync_retry_after_waits_total",
+            "dpss_sync_retry_after_wait_seconds_total",
+        ] {
+            counter!(name, "endpoint" => endpoint).absolute(0);
+        }
+    }
+    for product in products {
+        let p = product.config_name();
+        for name in [
+            "dpss_sync_rows_read_total",
+            "dpss_sync_rows_written_total",
+            "dpss_sync_rows_quarantined_total",
+            "dpss_sync_rows_duplicate_total",
+            "dpss_sync_skipped_ticks_total",
+            "dpss_sync_cycle_panics_total",
+            "dpss_sync_jobs_submitted_total",
+            "dpss_sync_written_bytes_total",
+            "dpss_sync_objects_written_total",
+            "dpss_sync_unknown_columns_total",
+            "dpss_sync_shrink_refused_total",
+            "dpss_sync_submissions_unknown_total",
+        ] {
+            counter!(name, "product" => p).absolute(0);
+        }
+        for outcome in ["committed", "failed"] {
+            counter!("dpss_sync_windows_total", "product" => p, "outcome" => outcome).absolute(0);
+        }
+        for outcome in ["ok", "failed", "error", "panicked"] {
+            counter!("dpss_sync_cycles_total", "product" => p, "outcome" => outcome).absolute(0);
+        }
+        for outcome in ["succeeded", "failed", "gone", "timed_out"] {
+            counter!("dpss_sync_jobs_finished_total", "product" => p, "outcome" => outcome)
+                .absolute(0);
+        }
+        for kind in ["orphan", "replaced"] {
+            counter!("dpss_sync_repaired_objects_total", "product" => p, "kind" => kind)
+                .absolute(0);
+        }
+        gauge!("dpss_sync_jobs_in_flight", "product" => p).set(0.0);
+    }
+}

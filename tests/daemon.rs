@@ -60,6 +60,90 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// The metric names a PromQL expression uses (the exporter's own; `up` and the like are
+/// Prometheus's).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("dpss_sync_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        out.push(name);
+    }
+    out
+}
+
+/// Every expression of the shipped alert rules (`expr:` lines, folded `>` ones included).
+fn alert_expressions(yaml: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some((indent, value)) = line.split_once("expr:") else {
+            continue;
+        };
+        let value = value.trim();
+        if value == ">" || value == "|" {
+            let deeper = indent.len() + 2;
+            let body: Vec<&str> = lines[i + 1..]
+                .iter()
+                .take_while(|l| l.len() - l.trim_start().len() >= deeper)
+                .map(|l| l.trim())
+                .collect();
+            out.push(body.join(" "));
+        } else {
+            out.push(value.to_string());
+        }
+    }
+    out
+}
+
+/// The shipped Grafana dashboard and Prometheus rules use only metrics a running daemon exports.
+fn dashboards_name_only_exported_metrics(scrape: &str) {
+    let exported: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/dpss-sync.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let rules = std::fs::read_to_string(root.join("prometheus/alerts.yaml")).unwrap();
+    let alerts = alert_expressions(&rules);
+    assert_eq!(
+        alerts.len(),
+        rules.matches("- alert:").count(),
+        "every rule has one expression"
+    );
+    exprs.extend(alerts);
+    let mut used = 0;
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            assert!(
+                exported.contains(name.as_str()),
+                "`{name}` in `{expr}` is not exported"
+            );
+            used += 1;
+        }
+    }
+    assert!(
+        used >= exprs.len() - 1,
+        "expressions that name no dpss_sync metric: {exprs:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
     let sim = sim_with(20, "").await;
@@ -118,6 +202,33 @@ async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
     assert!(metrics.contains("dpss_sync_watermark_age_seconds"));
     assert!(metrics.contains("dpss_sync_last_commit_timestamp_seconds"));
     assert!(metrics.contains("dpss_sync_job_duration_seconds"));
+    // Durations are histograms with buckets fit for them, which Prometheus can aggregate.
+    assert!(
+        metrics.contains(
+            "dpss_sync_vendor_request_duration_seconds_bucket{endpoint=\"job-status\",le=\"0.05\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "dpss_sync_job_duration_seconds_bucket{product=\"hid_work_orders\",le=\"7200\"}"
+    ));
+    // Counters a dashboard or alert divides by exist from the start, at zero.
+    assert_eq!(
+        metric(&metrics, "dpss_sync_shrink_refused_total", &[p]),
+        0.0
+    );
+    assert_eq!(metric(&metrics, "dpss_sync_writer_lease_held", &[]), 1.0);
+    // The cycle's own histogram is recorded as the run ends, just after the watermark moves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = wait_for(port, "/metrics", 200, Duration::from_secs(5)).await;
+        if m.contains("dpss_sync_cycle_duration_seconds_bucket") {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no cycle finished: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    dashboards_name_only_exported_metrics(&metrics);
     sigterm(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");

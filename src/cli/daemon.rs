@@ -19,13 +19,14 @@ use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::CliError;
 use crate::config::Settings;
 use crate::events::{
     CycleFinished, CyclePanicked, InternalEvent, LastCommit, TickSkipped, WatermarkAge,
+    WriterLeaseTaken,
 };
 use crate::product::Product;
 use crate::sync::{Access, Pipeline};
@@ -97,11 +98,11 @@ fn lock(m: &Mutex<CycleClock>) -> std::sync::MutexGuard<'_, CycleClock> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn schedule_period(expr: &str) -> chrono::Duration {
+fn schedule_period(expr: &str, tz: chrono_tz::Tz) -> chrono::Duration {
     let Ok(cron) = crate::schedule::parse_cron(expr) else {
         return chrono::Duration::hours(1);
     };
-    let now = Utc::now();
+    let now = Utc::now().with_timezone(&tz);
     match cron
         .find_next_occurrence(&now, false)
         .and_then(|a| cron.find_next_occurrence(&a, false).map(|b| b - a))
@@ -109,6 +110,37 @@ fn schedule_period(expr: &str) -> chrono::Duration {
         Ok(d) => d,
         Err(_) => chrono::Duration::hours(1),
     }
+}
+
+/// Vendor calls take tens of milliseconds to a minute; cycles and export jobs seconds to hours.
+const VENDOR_CALL_BUCKETS: [f64; 11] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
+const LONG_WORK_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+];
+
+/// The Prometheus recorder, with histogram buckets for every duration metric: histograms (not
+/// the exporter's default summaries) are what Prometheus can aggregate across replicas.
+fn recorder() -> Result<PrometheusHandle, CliError> {
+    let failed = |e: BuildError| CliError::Failed(format!("metrics recorder: {e}"));
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("dpss_sync_vendor_request_duration_seconds".into()),
+            &VENDOR_CALL_BUCKETS,
+        )
+        .map_err(failed)?
+        .set_buckets_for_metric(
+            Matcher::Full("dpss_sync_job_duration_seconds".into()),
+            &LONG_WORK_BUCKETS,
+        )
+        .map_err(failed)?
+        .set_buckets_for_metric(
+            Matcher::Full("dpss_sync_cycle_duration_seconds".into()),
+            &LONG_WORK_BUCKETS,
+        )
+        .map_err(failed)?
+        .install_recorder()
+        .map_err(failed)
 }
 
 async fn cycle(shared: Arc<Shared>, product: Product) {
@@ -245,43 +277,48 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
     settings.require_api()?;
     let max_cycle = chrono::Duration::from_std(settings.api.job_timeout * 2)
         .unwrap_or(chrono::Duration::hours(4));
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| CliError::Failed(format!("metrics recorder: {e}")))?;
+    let metrics = recorder()?;
+    crate::events::register_metrics(&settings.products.keys().copied().collect::<Vec<_>>());
     let listen = settings.server.listen;
     let grace = settings.server.shutdown_grace;
-    let schedules: Vec<(Product, String)> = settings
+    let schedules: Vec<(Product, String, chrono_tz::Tz)> = settings
         .products
         .iter()
-        .map(|(p, s)| (*p, s.schedule.clone()))
+        .map(|(p, s)| (*p, s.schedule.clone(), s.schedule_timezone))
         .collect();
     let pipeline = Pipeline::open(settings, true, access).await?;
+    if let Some(holder) = pipeline.state.lease() {
+        WriterLeaseTaken {
+            holder: &holder.to_string(),
+        }
+        .emit();
+    }
     let shared = Arc::new(Shared {
         pipeline,
         metrics,
         draining: AtomicBool::new(false),
         clocks: schedules
             .iter()
-            .map(|(p, _)| (*p, Mutex::default()))
+            .map(|(p, _, _)| (*p, Mutex::default()))
             .collect(),
         limits: schedules
             .iter()
-            .map(|(p, s)| {
+            .map(|(p, s, tz)| {
                 (
                     *p,
                     Limits {
                         max_cycle,
-                        max_idle: (schedule_period(s) * 3).max(chrono::Duration::minutes(1)),
+                        max_idle: (schedule_period(s, *tz) * 3).max(chrono::Duration::minutes(1)),
                     },
                 )
             })
             .collect(),
         max_commit_age: schedules
             .iter()
-            .map(|(p, s)| {
+            .map(|(p, s, tz)| {
                 (
                     *p,
-                    (schedule_period(s) * 3).max(chrono::Duration::minutes(5)),
+                    (schedule_period(s, *tz) * 3).max(chrono::Duration::minutes(5)),
                 )
             })
             .collect(),
@@ -305,10 +342,10 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
     let mut scheduler = JobScheduler::new()
         .await
         .map_err(|e| CliError::Failed(format!("scheduler: {e}")))?;
-    for (product, schedule) in &schedules {
+    for (product, schedule, tz) in &schedules {
         let shared = shared.clone();
         let product = *product;
-        let job = Job::new_async(schedule.as_str(), move |_, _| {
+        let job = Job::new_async_tz(schedule.as_str(), *tz, move |_, _| {
             Box::pin(cycle(shared.clone(), product))
         })
         .map_err(|e| {
@@ -327,7 +364,7 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
         .start()
         .await
         .map_err(|e| CliError::Failed(format!("scheduler: {e}")))?;
-    for (product, _) in &schedules {
+    for (product, _, _) in &schedules {
         if let Some(at) = shared.pipeline.state.last_commit(*product).await? {
             LastCommit {
                 product: *product,
@@ -338,7 +375,7 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
     }
     tracing::info!(%listen, "daemon started: /healthz /readyz /metrics");
     // A first cycle right away, so a fresh deployment does not idle until the first tick.
-    for (product, _) in &schedules {
+    for (product, _, _) in &schedules {
         tokio::spawn(cycle(shared.clone(), *product));
     }
     shutdown_signal().await;

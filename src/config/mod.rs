@@ -151,6 +151,8 @@ pub struct ProductSettings {
     pub subscription_id: Option<String>,
     pub file_type: FileType,
     pub schedule: String,
+    /// The zone the schedule's fields are read in; UTC unless `schedule_timezone` says otherwise.
+    pub schedule_timezone: chrono_tz::Tz,
     pub lookback_days: u32,
 }
 
@@ -276,6 +278,17 @@ impl Settings {
                     )
                 })?,
                 schedule: p.cron("schedule", "0 */15 * * * *")?,
+                schedule_timezone: {
+                    let zone = p.string("schedule_timezone", "UTC")?;
+                    zone.parse().map_err(|_| {
+                        p.invalid(
+                            "schedule_timezone",
+                            format!(
+                                "`{zone}` is not an IANA time zone (e.g. UTC, America/Chicago)"
+                            ),
+                        )
+                    })?
+                },
                 lookback_days: p.integer("lookback_days", 2, 0, 366)? as u32,
             };
             p.finish()?;
@@ -402,10 +415,29 @@ mod tests {
                 "products.hid_work_orders.file_type",
             ),
             ("[log]\nformat = \"yaml\"\n", "log.format"),
+            (
+                "[products.hid_work_orders]\nschedule_timezone = \"Mars/Olympus\"\n",
+                "products.hid_work_orders.schedule_timezone",
+            ),
         ] {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn schedules_are_read_in_utc_unless_a_zone_is_named() {
+        let s = load("[products.hid_work_orders]\n").unwrap();
+        assert_eq!(
+            s.products[&Product::HidWorkOrders].schedule_timezone,
+            chrono_tz::UTC
+        );
+        let s =
+            load("[products.hid_work_orders]\nschedule_timezone = \"America/Chicago\"\n").unwrap();
+        assert_eq!(
+            s.products[&Product::HidWorkOrders].schedule_timezone,
+            chrono_tz::America::Chicago
+        );
     }
 
     #[test]
