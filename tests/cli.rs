@@ -601,3 +601,69 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
     );
     sim.shutdown().await;
 }
+
+/// Completion scripts and the manual come from the same definitions the binary parses with: the
+/// bash script is valid bash and completes every command; the manual names them all.
+#[test]
+fn completions_and_the_manual_cover_every_command() {
+    let commands = [
+        "run",
+        "sync",
+        "backfill",
+        "plan",
+        "status",
+        "check-config",
+        "query",
+        "import",
+        "simulate",
+        "demo",
+        "completions",
+        "man",
+    ];
+    let bash = bin().args(["completions", "bash"]).output().unwrap();
+    let (script, err) = text(&bash);
+    assert!(bash.status.success(), "{err}");
+    for c in commands {
+        assert!(script.contains(c), "bash completion lacks `{c}`");
+    }
+    assert!(script.contains("--wait") && script.contains("--product"));
+    let mut check = Command::new("bash")
+        .args(["-n", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(
+        check.wait().unwrap().success(),
+        "bash -n rejects the script"
+    );
+    for (shell, marker) in [
+        ("zsh", "#compdef dpss-sync"),
+        ("fish", "complete -c dpss-sync"),
+    ] {
+        let o = bin().args(["completions", shell]).output().unwrap();
+        assert!(text(&o).0.contains(marker), "{shell}");
+    }
+    let refused = bin().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let man = bin().arg("man").output().unwrap();
+    let (page, _) = text(&man);
+    assert!(page.contains(".TH dpss-sync 1"), "{page}");
+    for c in commands {
+        // roff writes a hyphen as `\-`.
+        let escaped = c.replace('-', "\\-");
+        assert!(page.contains(&escaped), "the manual lacks `{c}`");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .arg("man")
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    for c in commands {
+        let page = dir.path().join(format!("dpss-sync-{c}.1"));
+        assert!(page.exists(), "{}", page.display());
+    }
+}

@@ -6,6 +6,7 @@ mod daemon;
 mod demo;
 mod query;
 mod report;
+mod shell;
 mod simulate;
 
 use std::path::PathBuf;
@@ -128,6 +129,20 @@ pub enum Command {
         #[command(flatten)]
         format: JsonArg,
     },
+    /// A shell completion script on stdout, e.g. `dpss-sync completions bash >
+    /// /etc/bash_completion.d/dpss-sync`.
+    #[command(after_help = EXIT_CODES)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout, e.g. `dpss-sync man | man -l -`; with --dir, one page
+    /// per command written there.
+    #[command(after_help = EXIT_CODES)]
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// For commands that report: text for people, or one JSON document for scripts.
@@ -234,7 +249,13 @@ fn products(settings: &Settings, only: Option<Product>) -> Result<Vec<Product>, 
 impl Command {
     /// `simulate` and `demo` run on their own embedded defaults.
     pub fn needs_config(&self) -> bool {
-        !matches!(self, Command::Simulate(_) | Command::Demo { .. })
+        !matches!(
+            self,
+            Command::Simulate(_)
+                | Command::Demo { .. }
+                | Command::Completions { .. }
+                | Command::Man { .. }
+        )
     }
 }
 
@@ -338,5 +359,7 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
         }
         Command::Simulate(args) => simulate::run(args).await,
         Command::Demo { format } => demo::run(format.output(quiet)).await,
+        Command::Completions { shell } => Ok(shell::completions(shell, &mut std::io::stdout())),
+        Command::Man { dir } => shell::manual(dir.as_deref(), &mut std::io::stdout()),
     }
 }
