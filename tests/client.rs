@@ -193,7 +193,7 @@ async fn wrong_credentials_fail_with_the_oauth_error() {
         dpss_sync::api::Credentials {
             token_url: sim.token_url().parse().unwrap(),
             client_id: cfg.client_id.clone(),
-            client_secret: dpss_sync::config::Secret::new("not-the-secret"),
+            client_secret: dpss_sync::config::Secret::new("not-the-secret").into(),
             scope: "DPSSSubscriberApi".into(),
         },
     )
@@ -201,6 +201,56 @@ async fn wrong_credentials_fail_with_the_oauth_error() {
     let err = c.parameters(&cfg.subscription_id).await.unwrap_err();
     assert!(
         matches!(&err, ApiError::Auth { status: 400, detail, .. } if detail == "invalid_client"),
+        "{err}"
+    );
+    sim.shutdown().await;
+}
+
+/// A secret mounted as a file is read again at each token refresh: a rotation takes effect
+/// without a restart, and a file gone bad fails the refresh naming the file.
+#[tokio::test]
+async fn a_secret_file_is_reread_at_each_token_refresh() {
+    let sim = start(dpss_sync::sim::SimConfig {
+        token_ttl: Duration::from_secs(1),
+        ..quick_sim("")
+    })
+    .await;
+    let cfg = sim.state.config().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client_secret");
+    std::fs::write(&file, format!("{}\n", cfg.client_secret)).unwrap();
+    let c = dpss_sync::api::DpssClient::new(
+        dpss_sync::api::ClientSettings {
+            base_url: sim.base_url().parse().unwrap(),
+            subscriber_id: cfg.subscriber_id.clone(),
+            request_timeout: Duration::from_secs(5),
+            max_attempts: 2,
+            retry_base: Duration::from_millis(10),
+            retry_cap: Duration::from_millis(10),
+        },
+        dpss_sync::api::Credentials {
+            token_url: sim.token_url().parse().unwrap(),
+            client_id: cfg.client_id.clone(),
+            client_secret: dpss_sync::config::SecretSource::File(file.clone()),
+            scope: "DPSSSubscriberApi".into(),
+        },
+    )
+    .unwrap();
+    c.parameters(&cfg.subscription_id).await.unwrap();
+    std::fs::write(&file, "revoked").unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let err = c.parameters(&cfg.subscription_id).await.unwrap_err();
+    assert!(
+        matches!(&err, ApiError::Auth { detail, .. } if detail == "invalid_client"),
+        "the refresh used the file's new content: {err}"
+    );
+    std::fs::write(&file, &cfg.client_secret).unwrap();
+    c.parameters(&cfg.subscription_id).await.unwrap();
+    std::fs::remove_file(&file).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let err = c.parameters(&cfg.subscription_id).await.unwrap_err();
+    assert!(
+        matches!(err, ApiError::Secret(_)) && err.to_string().contains("client_secret"),
         "{err}"
     );
     sim.shutdown().await;
@@ -519,7 +569,7 @@ fn client_at(base: &str, timeout: Duration) -> DpssClient {
                 .parse()
                 .unwrap(),
             client_id: "c".into(),
-            client_secret: dpss_sync::config::Secret::new("s"),
+            client_secret: dpss_sync::config::Secret::new("s").into(),
             scope: "DPSSSubscriberApi".into(),
         },
     )

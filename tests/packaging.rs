@@ -69,6 +69,9 @@ fn kubernetes_manifest_keeps_one_writer_and_probes() {
         "path: /readyz",
         "prometheus.io/scrape: \"true\"",
         "runAsNonRoot: true",
+        "client_secret_file = \"/run/secrets/dpss-sync/client_secret\"",
+        "mountPath: /run/secrets/dpss-sync",
+        "defaultMode: 0400",
     ] {
         assert!(k.contains(needle), "missing {needle}");
     }

@@ -7,7 +7,7 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::ApiError;
-use crate::config::Secret;
+use crate::config::{Secret, SecretSource};
 use crate::events::{InternalEvent, VendorRequest};
 
 /// Refresh this long before the token's stated expiry, so a request never leaves with a token
@@ -18,7 +18,7 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 pub struct Credentials {
     pub token_url: Url,
     pub client_id: String,
-    pub client_secret: Secret,
+    pub client_secret: SecretSource,
     pub scope: String,
 }
 
@@ -75,10 +75,12 @@ impl TokenProvider {
     async fn fetch(&self) -> Result<Cached, ApiError> {
         let started = Instant::now();
         let at = super::place(&self.creds.token_url);
+        // Read at every fetch: a mounted secret rotated in place is picked up at the next refresh.
+        let secret = self.creds.client_secret.read()?;
         let form = [
             ("grant_type", "client_credentials"),
             ("client_id", self.creds.client_id.as_str()),
-            ("client_secret", self.creds.client_secret.expose()),
+            ("client_secret", secret.expose()),
             ("scope", self.creds.scope.as_str()),
         ];
         let resp = self

@@ -85,6 +85,8 @@ pub enum ApiError {
     },
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
+    #[error(transparent)]
+    Secret(#[from] crate::config::SecretFileError),
     #[error("download link {url} was refused (HTTP {status}); it has probably expired")]
     LinkRejected { url: String, status: u16 },
     #[error("download from {url} failed: {detail}")]
@@ -180,6 +182,9 @@ impl DpssClient {
     /// The client the configuration describes; fails on missing credentials.
     pub fn from_settings(s: &Settings) -> Result<Self, crate::config::ConfigError> {
         s.require_api()?;
+        if let Some(warning) = s.auth.client_secret.as_ref().and_then(|c| c.exposure()) {
+            tracing::warn!("{warning}");
+        }
         Self::new(
             ClientSettings {
                 base_url: s.api.base_url.clone(),

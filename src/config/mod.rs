@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fields::Table;
-pub use secret::Secret;
+pub use secret::{Secret, SecretFileError, SecretSource};
 use url::Url;
 
 use crate::product::Product;
@@ -75,7 +75,8 @@ pub struct ApiSettings {
 pub struct AuthSettings {
     pub token_url: Url,
     pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
+    /// `client_secret`, or `client_secret_file` (read again at each token refresh).
+    pub client_secret: Option<SecretSource>,
     pub scope: String,
 }
 
@@ -216,7 +217,22 @@ impl Settings {
                     "https://idenserver.itrontotal.com/connect/token",
                 )?,
                 client_id: auth.opt_string("client_id")?,
-                client_secret: auth.opt_string("client_secret")?.map(Secret::new),
+                client_secret: {
+                    let value = auth.opt_string("client_secret")?;
+                    let file = auth.opt_string("client_secret_file")?;
+                    match (value, file) {
+                        (Some(_), Some(_)) => {
+                            return Err(auth.invalid(
+                                "client_secret_file",
+                                "set either auth.client_secret or auth.client_secret_file, not both"
+                                    .into(),
+                            ));
+                        }
+                        (Some(v), None) => Some(SecretSource::Value(Secret::new(v))),
+                        (None, Some(f)) => Some(SecretSource::File(f.into())),
+                        (None, None) => None,
+                    }
+                },
                 scope: auth.string("scope", "DPSSSubscriberApi")?,
             },
             lake: LakeSettings {
@@ -315,7 +331,10 @@ impl Settings {
         if self.auth.client_secret.is_none() {
             return Err(ConfigError::Missing {
                 key: "auth.client_secret".into(),
-                hint: hint("DPSS_SYNC__AUTH__CLIENT_SECRET"),
+                hint: format!(
+                    "{} (or name a file holding it in auth.client_secret_file)",
+                    hint("DPSS_SYNC__AUTH__CLIENT_SECRET")
+                ),
             });
         }
         if self.products.is_empty() {
@@ -457,8 +476,24 @@ mod tests {
         let debug = format!("{s:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert_eq!(
-            s.auth.client_secret.unwrap().expose(),
+            s.auth.client_secret.unwrap().read().unwrap().expose(),
             "hunter2-very-secret"
+        );
+    }
+
+    #[test]
+    fn a_secret_comes_from_the_configuration_or_a_file_not_both() {
+        let s = load("[auth]\nclient_secret_file = \"/run/secrets/dpss\"\n").unwrap();
+        assert_eq!(
+            s.auth.client_secret,
+            Some(SecretSource::File("/run/secrets/dpss".into()))
+        );
+        let err = load("[auth]\nclient_secret = \"x\"\nclient_secret_file = \"/f\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`auth.client_secret_file`") && err.contains("not both"),
+            "{err}"
         );
     }
 

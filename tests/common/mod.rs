@@ -71,7 +71,7 @@ pub fn client(sim: &SimHandle) -> DpssClient {
         Credentials {
             token_url: sim.token_url().parse().unwrap(),
             client_id: cfg.client_id.clone(),
-            client_secret: Secret::new(cfg.client_secret.clone()),
+            client_secret: Secret::new(cfg.client_secret.clone()).into(),
             scope: "DPSSSubscriberApi".into(),
         },
     )
