@@ -384,6 +384,28 @@ impl InternalEvent for WriterLeaseTaken<'_> {
     }
 }
 
+/// Old history left the state (`state.history_retention`).
+pub struct HistoryPruned {
+    pub pruned: crate::model::Pruned,
+}
+
+impl InternalEvent for HistoryPruned {
+    fn emit(self) {
+        let p = self.pruned;
+        if p.total() > 0 {
+            tracing::info!(
+                runs = p.runs,
+                jobs = p.jobs,
+                windows = p.windows,
+                "pruned old history from the state"
+            );
+        }
+        for (table, n) in [("runs", p.runs), ("jobs", p.jobs), ("windows", p.windows)] {
+            counter!("dpss_sync_history_pruned_total", "table" => table).increment(n);
+        }
+    }
+}
+
 /// The vendor endpoints the client calls, as `endpoint` labels.
 pub const ENDPOINTS: [&str; 6] = [
     "token",

@@ -48,6 +48,20 @@ impl PartitionState {
     }
 }
 
+/// Rows a prune of the state's history deleted, per table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    pub runs: u64,
+    pub jobs: u64,
+    pub windows: u64,
+}
+
+impl Pruned {
+    pub fn total(&self) -> u64 {
+        self.runs + self.jobs + self.windows
+    }
+}
+
 /// One row of an on-demand answer, as column name to text.
 pub type OnDemandRow = BTreeMap<String, Option<String>>;
 

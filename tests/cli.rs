@@ -544,6 +544,7 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
     assert_eq!(keys(&check["online"]), ["checks", "failures"]);
 
     let status = json_of(&run(&["status", "--json"]), "status");
+    assert!(status["state_bytes"].as_u64().unwrap() > 0, "{status}");
     assert_eq!(
         keys(&status),
         [
@@ -551,6 +552,7 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
             "products",
             "runs",
             "state",
+            "state_bytes",
             "state_exists",
             "writer"
         ]

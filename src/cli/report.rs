@@ -252,6 +252,7 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
         "lake": p.lake.location(),
         "state": db,
         "state_exists": !p.state.is_missing(),
+        "state_bytes": p.state.size_bytes(),
         "writer": writer,
         "products": products,
         "runs": runs,
@@ -261,15 +262,19 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!("lake:  {}", p.lake.location());
-    println!(
-        "state: {}{}",
-        db.display(),
-        if p.state.is_missing() {
-            " (does not exist yet: nothing has run)"
-        } else {
-            ""
-        }
-    );
+    if p.state.is_missing() {
+        println!(
+            "state: {} (does not exist yet: nothing has run)",
+            db.display()
+        );
+    } else {
+        println!(
+            "state: {} ({:.1} MiB; history older than {} is pruned)",
+            db.display(),
+            p.state.size_bytes() as f64 / (1u64 << 20) as f64,
+            humantime::format_duration(p.settings.state.history_retention)
+        );
+    }
     match &writer {
         Some(h) => println!("writer: {h} holds the writer lease"),
         None => println!("writer: none running"),

@@ -92,6 +92,8 @@ pub struct LakeSettings {
 #[derive(Debug, Clone)]
 pub struct StateSettings {
     pub path: PathBuf,
+    /// Finished runs, jobs and settled windows older than this are pruned after each cycle.
+    pub history_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +245,7 @@ impl Settings {
             },
             state: StateSettings {
                 path: state.sqlite_path("url", "sqlite:///var/lib/dpss-sync/state.db")?,
+                history_retention: state.duration("history_retention", "90days")?,
             },
             server: ServerSettings {
                 listen: server.socket_addr("listen", "127.0.0.1:9464")?,

@@ -9,6 +9,7 @@
 //! This file opens the database; each table's queries live with it: [`windows`] (and the
 //! watermark), [`jobs`], [`partitions`] (the lake's ledger and its rewrites) and [`runs`].
 
+mod history;
 mod jobs;
 pub mod lease;
 mod partitions;

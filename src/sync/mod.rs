@@ -22,7 +22,7 @@ use tokio::sync::{Mutex, Semaphore};
 use crate::api::{ApiError, DpssClient};
 use crate::config::{ConfigError, Settings};
 use crate::decode::DecodeError;
-use crate::events::{InternalEvent, WindowFailed};
+use crate::events::{HistoryPruned, InternalEvent, WindowFailed};
 use crate::fetch::FetchError;
 use crate::lake::{Lake, LakeError};
 use crate::model::{Counts, WindowKind};
@@ -323,15 +323,31 @@ impl Pipeline {
             .windows
             .iter()
             .any(|w| w.key == "history" && w.refused);
-        if !history_refused {
-            return Ok(report);
-        }
-        // A vendor that will not export without a time filter: load the history day by day.
-        let note = "the vendor refused the unfiltered history export; loading the 13 months day by day instead".to_string();
-        let days = plan::plan_backfill(product, plan::available_from(today), today, today)
-            .map_err(SyncError::Usage)?
-            .0;
-        self.run(Ask::sync(), product, days, vec![note]).await
+        let report = if history_refused {
+            // A vendor that will not export without a time filter: load the history day by day.
+            let note = "the vendor refused the unfiltered history export; loading the 13 months day by day instead".to_string();
+            let days = plan::plan_backfill(product, plan::available_from(today), today, today)
+                .map_err(SyncError::Usage)?
+                .0;
+            self.run(Ask::sync(), product, days, vec![note]).await?
+        } else {
+            report
+        };
+        self.prune_history().await?;
+        Ok(report)
+    }
+
+    /// Deletes history older than `state.history_retention`: once per cycle keeps the state's
+    /// size flat however long the daemon runs.
+    async fn prune_history(&self) -> Result<(), SyncError> {
+        let retention = chrono::Duration::from_std(self.settings.state.history_retention)
+            .unwrap_or(chrono::Duration::MAX);
+        let before = Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        let pruned = self.state.prune_history(before).await?;
+        HistoryPruned { pruned }.emit();
+        Ok(())
     }
 
     /// Explicit days, clamped to the availability; the watermark never moves backwards.
