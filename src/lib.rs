@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod disk;
 pub mod events;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;

@@ -15,6 +15,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("schedule", 0),
     ("failpoint", 0),
     ("alloc", 0),
+    ("disk", 0),
     ("events", 1),
     ("config", 1),
     ("state", 1),

@@ -229,6 +229,27 @@ async fn slow_jobs_past_the_timeout_fail_the_window() {
     sim.shutdown().await;
 }
 
+/// A download that would not fit in the work directory is refused from its Content-Length,
+/// before a byte is written, naming the directory (here `work.dir`, away from the state).
+#[tokio::test]
+async fn a_download_that_would_not_fit_fails_the_window_before_writing() {
+    let sim = start(quick_sim("huge-downloads")).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().display().to_string();
+    let sim = fails_cleanly(
+        sim,
+        |t| t.replace("[lake]\n", &format!("[work]\ndir = \"{dir}\"\n[lake]\n")),
+        &format!("not enough free space in {dir}"),
+    )
+    .await;
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing is written: {left:?}");
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn jobs_that_always_fail_are_reported_with_their_id() {
     let sim = start(quick_sim("failed-jobs=1")).await;

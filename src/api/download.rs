@@ -25,7 +25,11 @@ impl DpssClient {
             attempt += 1;
             match self.download_once(url, &shown, dest, max_bytes).await {
                 Ok(n) => return Ok(n),
-                Err(e @ (ApiError::LinkRejected { .. } | ApiError::TooLarge { .. })) => {
+                Err(
+                    e @ (ApiError::LinkRejected { .. }
+                    | ApiError::TooLarge { .. }
+                    | ApiError::Disk(_)),
+                ) => {
                     return Err(e);
                 }
                 Err(e) if attempt >= self.settings.max_attempts => return Err(e),
@@ -93,6 +97,10 @@ impl DpssClient {
                 url: shown.to_string(),
                 limit: max_bytes,
             });
+        }
+        if let Some(n) = expected {
+            let dir = dest.parent().unwrap_or(Path::new("."));
+            crate::disk::ensure_room(dir, n, &format!("the {n}-byte download"))?;
         }
         let part = dest.with_extension("part");
         let mut file = tokio::fs::File::create(&part)

@@ -87,6 +87,8 @@ pub enum ApiError {
     Setup(String),
     #[error(transparent)]
     Secret(#[from] crate::config::SecretFileError),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
     #[error("download link {url} was refused (HTTP {status}); it has probably expired")]
     LinkRejected { url: String, status: u16 },
     #[error("download from {url} failed: {detail}")]

@@ -54,6 +54,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub lake: LakeSettings,
     pub state: StateSettings,
+    /// `work.dir`: downloads, scratch copies and spills; `downloads/` beside the state unless set.
+    pub work_dir: Option<PathBuf>,
     pub server: ServerSettings,
     pub log: LogSettings,
     pub products: BTreeMap<Product, ProductSettings>,
@@ -198,6 +200,7 @@ impl Settings {
         let mut auth = root.table("auth")?;
         let mut lake = root.table("lake")?;
         let mut state = root.table("state")?;
+        let mut work = root.table("work")?;
         let mut server = root.table("server")?;
         let mut log = root.table("log")?;
         let mut products_table = root.table("products")?;
@@ -247,6 +250,7 @@ impl Settings {
                 path: state.sqlite_path("url", "sqlite:///var/lib/dpss-sync/state.db")?,
                 history_retention: state.duration("history_retention", "90days")?,
             },
+            work_dir: work.opt_string("dir")?.map(PathBuf::from),
             server: ServerSettings {
                 listen: server.socket_addr("listen", "127.0.0.1:9464")?,
                 shutdown_grace: server.duration("shutdown_grace", "30s")?,
@@ -271,7 +275,17 @@ impl Settings {
                 "must not be shorter than api.poll_interval".into(),
             ));
         }
-        for table in [api, auth, lake, state, server, log, products_table, root] {
+        for table in [
+            api,
+            auth,
+            lake,
+            state,
+            work,
+            server,
+            log,
+            products_table,
+            root,
+        ] {
             table.finish()?;
         }
         Ok(settings)
@@ -371,13 +385,17 @@ impl Settings {
             })
     }
 
-    /// Downloads land next to the state database, on the volume the operator already keeps.
+    /// Where downloads, scratch copies and spills go: `work.dir`, else next to the state
+    /// database, on the volume the operator already keeps. A separate volume keeps a large
+    /// export from filling the one the state lives on.
     pub fn work_dir(&self) -> PathBuf {
-        self.state
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("downloads")
+        self.work_dir.clone().unwrap_or_else(|| {
+            self.state
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("downloads")
+        })
     }
 }
 

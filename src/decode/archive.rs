@@ -169,6 +169,9 @@ pub(super) fn decode_zip(
             limit: max_uncompressed,
         });
     }
+    // Columnar parts are unpacked to scratch files and rows past the memory budget spill there:
+    // at most about the archive's uncompressed size.
+    crate::disk::ensure_room(scratch, declared, &format!("unpacking {name}"))?;
     let mut budget = max_uncompressed;
     let mut csv_header = None;
     let mut ignored = Vec::new();

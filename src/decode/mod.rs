@@ -65,6 +65,8 @@ pub enum DecodeError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
     #[error("stopped by the consumer: {0}")]
     Sink(String),
 }
@@ -92,6 +94,8 @@ pub fn decode_path(
         Kind::Zip => decode_zip(path, scratch, max_uncompressed, &mut summary, sink)?,
         Kind::Part(part) => {
             let file = File::open(path).map_err(|e| io_error(&name, e))?;
+            let size = file.metadata().map_err(|e| io_error(&name, e))?.len();
+            crate::disk::ensure_room(scratch, size, &format!("reading {name}"))?;
             let mut limited = Limited::new(file, max_uncompressed);
             let result = decode_part(
                 part,

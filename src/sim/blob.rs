@@ -165,10 +165,15 @@ pub(super) async fn download_inner(
     } else {
         Body::from_stream(stream)
     };
+    let announced = if s.cfg.faults.huge_downloads {
+        100u64 << 40
+    } else {
+        len
+    };
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-zip-compressed")
-        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_LENGTH, announced)
         .header("x-ms-blob-type", "BlockBlob")
         .header("x-ms-version", "2018-03-28")
         .body(body)

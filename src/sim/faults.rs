@@ -38,6 +38,9 @@ pub struct Faults {
     /// Every Nth batch request creates its job, then the connection breaks before the answer:
     /// the client cannot know the job exists.
     pub lost_responses: Option<u64>,
+    /// Every download announces a Content-Length of 100 TiB (no disk here has room for it) and
+    /// then breaks off: a client must refuse it from the header, before writing anything.
+    pub huge_downloads: bool,
     /// How exports pack their parts (`gzip-parts`, `bz2-parts`, `empty-exports`); the test can
     /// change it while the simulator runs, as a vendor changes its export job.
     pub packaging: super::export::Packaging,
@@ -68,6 +71,7 @@ impl Faults {
                 "truncated" => f.truncated_downloads = every(2)?,
                 "expired-links" => f.expired_links = every(2)?,
                 "stray-rows" => f.stray_rows = true,
+                "huge-downloads" => f.huge_downloads = true,
                 "no-history" => f.no_history = true,
                 "lost-jobs" => f.lost_jobs = every(2)?,
                 "reset" => f.resets = every(3)?,
@@ -90,7 +94,7 @@ impl Faults {
                 }
                 other => {
                     return Err(format!(
-                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows, no-history, lost-jobs, reset, corrupt-zips, fail-day, lost-responses, gzip-parts, bz2-parts, empty-exports)"
+                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows, no-history, lost-jobs, reset, corrupt-zips, fail-day, lost-responses, huge-downloads, gzip-parts, bz2-parts, empty-exports)"
                     ));
                 }
             }
