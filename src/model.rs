@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use serde_json::Value;
 
 /// What became of a job's rows. Every row read is written, quarantined or a duplicate.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub read: u64,
     pub written: u64,

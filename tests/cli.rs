@@ -619,6 +619,7 @@ fn completions_and_the_manual_cover_every_command() {
         "import",
         "simulate",
         "demo",
+        "trigger",
         "completions",
         "man",
     ];

@@ -504,3 +504,71 @@ async fn a_hung_cycle_turns_healthz_unavailable() {
     daemon.wait().unwrap();
     sim.shutdown().await;
 }
+
+/// `trigger` asks the running daemon (which holds the writer lease, so no second process may
+/// sync) to sync or backfill now; it waits for the run and prints its report as `sync` would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_runs_a_sync_or_backfill_in_the_daemon_and_reports_it() {
+    let sim = sim_with(20, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = daemon_config(&sim, dir.path(), port);
+    let trigger = |args: &[&str]| {
+        Command::new(bin())
+            .env("RUST_LOG", "warn")
+            .arg("--config")
+            .arg(&config)
+            .arg("trigger")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let absent = trigger(&["sync"]);
+    assert_eq!(absent.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&absent.stderr);
+    assert!(err.contains("no daemon answers"), "{err}");
+
+    let mut child = spawn_daemon(&config);
+    wait_for(port, "/readyz", 200, Duration::from_secs(60)).await;
+    let jobs_before = sim.state.jobs_created();
+    let synced = trigger(&["sync", "--json"]);
+    let out = String::from_utf8_lossy(&synced.stdout);
+    assert!(
+        synced.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["command"], "sync");
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["products"][0]["product"], "hid_work_orders");
+    assert!(
+        sim.state.jobs_created() > jobs_before,
+        "the daemon ran a cycle"
+    );
+
+    let day = days_before_today(5)[0].to_string();
+    let backfilled = trigger(&["backfill", "--from", &day, "--to", &day, "--force"]);
+    let text = String::from_utf8_lossy(&backfilled.stdout);
+    assert!(backfilled.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("{day}")) && text.contains("committed"),
+        "the report names the day's window: {text}"
+    );
+    let named = trigger(&[
+        "backfill",
+        "--from",
+        &day,
+        "--to",
+        &day,
+        "--product",
+        "hid_work_orders",
+    ]);
+    assert!(
+        refused.status.success(),
+        "a product the daemon has is accepted"
+    );
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    sim.shutdown().await;
+}

@@ -15,11 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State as AxState;
+use axum::extract::{ConnectInfo, Path as AxPath, Query, State as AxState};
 use axum::http::StatusCode;
-use axum::routing::get;
-use chrono::{DateTime, Utc};
+use axum::routing::{get, post};
+use chrono::{DateTime, NaiveDate, Utc};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use std::net::SocketAddr;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::CliError;
@@ -29,13 +31,15 @@ use crate::events::{
     WriterLeaseTaken,
 };
 use crate::product::Product;
-use crate::sync::{Access, Pipeline};
+use crate::sync::{Access, Pipeline, RunReport};
 
 struct Shared {
     pipeline: Pipeline,
     metrics: PrometheusHandle,
     draining: AtomicBool,
     clocks: BTreeMap<Product, Mutex<CycleClock>>,
+    /// One cycle per product at a time: a tick finding it taken is skipped, a trigger waits.
+    turns: BTreeMap<Product, Arc<tokio::sync::Mutex<()>>>,
     /// Readiness demands a commit younger than this, per product (a few schedule periods).
     max_commit_age: BTreeMap<Product, chrono::Duration>,
     /// Liveness: how long a cycle may run, and how long the scheduler may go without starting
@@ -143,20 +147,41 @@ fn recorder() -> Result<PrometheusHandle, CliError> {
         .map_err(failed)
 }
 
+/// What a cycle does: the scheduled sync, or what an operator triggered.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    Sync,
+    Backfill {
+        from: NaiveDate,
+        to: NaiveDate,
+        force: bool,
+    },
+}
+
+/// A scheduled tick: skipped while the product's last cycle (or a triggered one) still runs.
 async fn cycle(shared: Arc<Shared>, product: Product) {
     if shared.draining.load(Ordering::SeqCst) {
         return;
     }
+    let Ok(turn) = shared.turns[&product].clone().try_lock_owned() else {
+        TickSkipped(product).emit();
+        return;
+    };
+    let _ = run_turn(&shared, product, Work::Sync, turn).await;
+}
+
+/// Runs `work` for `product` holding its turn, on a task of its own so that a panic is counted
+/// and reported instead of wedging the daemon; the clock tells liveness how long it runs.
+async fn run_turn(
+    shared: &Arc<Shared>,
+    product: Product,
+    work: Work,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+) -> Result<RunReport, String> {
     let clock = &shared.clocks[&product];
     {
-        let mut c = lock(clock);
-        if c.running_since.is_some() {
-            drop(c);
-            TickSkipped(product).emit();
-            return;
-        }
         let now = Utc::now();
-        *c = CycleClock {
+        *lock(clock) = CycleClock {
             running_since: Some(now),
             last_started: Some(now),
         };
@@ -164,14 +189,16 @@ async fn cycle(shared: Arc<Shared>, product: Product) {
     let _running = Running(clock);
     let started = std::time::Instant::now();
     let pipeline = shared.pipeline.clone();
-    let task = tokio::spawn(async move { pipeline.sync(product).await });
-    let (outcome, error) = match task.await {
-        Ok(Ok(report)) if report.ok() => ("ok", None),
-        Ok(Ok(report)) => (
-            "failed",
-            report.windows.iter().find_map(|w| w.error.clone()),
-        ),
-        Ok(Err(e)) => ("error", Some(e.to_string())),
+    let task = tokio::spawn(async move {
+        match work {
+            Work::Sync => pipeline.sync(product).await,
+            Work::Backfill { from, to, force } => pipeline.backfill(product, from, to, force).await,
+        }
+    });
+    let (outcome, result) = match task.await {
+        Ok(Ok(report)) if report.ok() => ("ok", Ok(report)),
+        Ok(Ok(report)) => ("failed", Ok(report)),
+        Ok(Err(e)) => ("error", Err(e.to_string())),
         Err(e) => {
             let panic = match e.try_into_panic() {
                 Ok(payload) => payload
@@ -186,8 +213,12 @@ async fn cycle(shared: Arc<Shared>, product: Product) {
                 panic: &panic,
             }
             .emit();
-            ("panicked", Some(panic))
+            ("panicked", Err(panic))
         }
+    };
+    let error = match &result {
+        Ok(report) => report.windows.iter().find_map(|w| w.error.clone()),
+        Err(e) => Some(e.clone()),
     };
     CycleFinished {
         product,
@@ -197,6 +228,92 @@ async fn cycle(shared: Arc<Shared>, product: Product) {
     }
     .emit();
     crate::alloc::release_freed();
+    result
+}
+
+/// `POST /admin/trigger/{sync|backfill}?product=…&from=…&to=…&force=…`.
+#[derive(Debug, serde::Deserialize)]
+struct TriggerQuery {
+    product: Option<String>,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// What a trigger ran, per product; the `trigger` command prints it as `sync` or `backfill` would.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Triggered {
+    /// Product (its configuration name) and run.
+    pub runs: Vec<(String, RunReport)>,
+}
+
+/// Runs a sync or a backfill now, for `trigger`: it waits for the product's turn (a scheduled
+/// cycle in flight finishes first) and answers with the run reports. Answers loopback callers
+/// only, whatever `server.listen` is: the metrics port may face a network, this must not.
+async fn trigger(
+    AxState(shared): AxState<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    AxPath(what): AxPath<String>,
+    Query(q): Query<TriggerQuery>,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let refuse =
+        |status: StatusCode, error: String| (status, axum::Json(json!({ "error": error })));
+    if !peer.ip().is_loopback() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!("the admin endpoint answers callers on this host only, not {peer}"),
+        );
+    }
+    if shared.draining.load(Ordering::SeqCst) {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down".into(),
+        );
+    }
+    let work = match (what.as_str(), q.from, q.to) {
+        ("sync", _, _) => Work::Sync,
+        ("backfill", Some(from), Some(to)) => Work::Backfill {
+            from,
+            to,
+            force: q.force,
+        },
+        ("backfill", _, _) => {
+            return refuse(StatusCode::BAD_REQUEST, "backfill needs from and to".into());
+        }
+        (other, _, _) => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("`{other}` is not something to trigger (sync, backfill)"),
+            );
+        }
+    };
+    let products: Vec<Product> = match q.product.as_deref() {
+        None => shared.turns.keys().copied().collect(),
+        Some(name) => {
+            match Product::from_config_name(name).filter(|p| shared.turns.contains_key(p)) {
+                Some(p) => vec![p],
+                None => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("product `{name}` is not configured in this daemon"),
+                    );
+                }
+            }
+        }
+    };
+    let mut runs = Vec::new();
+    for product in products {
+        let turn = shared.turns[&product].clone().lock_owned().await;
+        match run_turn(&shared, product, work, turn).await {
+            Ok(report) => runs.push((product.config_name().to_string(), report)),
+            Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{product}: {e}")),
+        }
+    }
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::to_value(Triggered { runs }).expect("serializable")),
+    )
 }
 
 async fn healthz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
@@ -301,6 +418,10 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
             .iter()
             .map(|(p, _, _)| (*p, Mutex::default()))
             .collect(),
+        turns: schedules
+            .iter()
+            .map(|(p, _, _)| (*p, Arc::default()))
+            .collect(),
         limits: schedules
             .iter()
             .map(|(p, s, tz)| {
@@ -330,14 +451,18 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .route("/admin/trigger/{what}", post(trigger))
         .with_state(shared.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .await;
     });
     let mut scheduler = JobScheduler::new()
         .await

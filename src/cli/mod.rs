@@ -8,6 +8,7 @@ mod query;
 mod report;
 mod shell;
 mod simulate;
+mod trigger;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,6 +129,13 @@ pub enum Command {
     Demo {
         #[command(flatten)]
         format: JsonArg,
+    },
+    /// Ask the running daemon to sync or backfill now, wait for it, and print its report (the
+    /// daemon holds the writer lease, so a second process could not).
+    #[command(after_help = EXIT_CODES)]
+    Trigger {
+        #[command(subcommand)]
+        what: trigger::TriggerWhat,
     },
     /// A shell completion script on stdout, e.g. `dpss-sync completions bash >
     /// /etc/bash_completion.d/dpss-sync`.
@@ -359,6 +367,7 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
         }
         Command::Simulate(args) => simulate::run(args).await,
         Command::Demo { format } => demo::run(format.output(quiet)).await,
+        Command::Trigger { what } => trigger::run(&need()?, what, quiet).await,
         Command::Completions { shell } => Ok(shell::completions(shell, &mut std::io::stdout())),
         Command::Man { dir } => shell::manual(dir.as_deref(), &mut std::io::stdout()),
     }

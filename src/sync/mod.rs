@@ -101,7 +101,7 @@ impl SyncError {
 }
 
 /// How one window ended in a run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WindowReport {
     pub key: String,
     pub job_id: Option<String>,
@@ -112,7 +112,7 @@ pub struct WindowReport {
     pub refused: bool,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunReport {
     pub run_id: i64,
     pub notes: Vec<String>,
