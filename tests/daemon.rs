@@ -565,7 +565,7 @@ async fn trigger_runs_a_sync_or_backfill_in_the_daemon_and_reports_it() {
         "hid_work_orders",
     ]);
     assert!(
-        refused.status.success(),
+        named.status.success(),
         "a product the daemon has is accepted"
     );
     sigterm(&child);
