@@ -552,7 +552,7 @@ async fn trigger_runs_a_sync_or_backfill_in_the_daemon_and_reports_it() {
     let text = String::from_utf8_lossy(&backfilled.stdout);
     assert!(backfilled.status.success(), "{text}");
     assert!(
-        text.contains(&format!("{day}")) && text.contains("committed"),
+        text.contains(&day) && text.contains("committed"),
         "the report names the day's window: {text}"
     );
     let named = trigger(&[
