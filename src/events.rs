@@ -40,8 +40,9 @@ impl InternalEvent for VendorRequest<'_> {
     fn emit(self) {
         let class = status_class(self.status);
         let ms = self.duration.as_millis() as u64;
+        // Every call at debug (a sync makes hundreds); failures at warn.
         match self.error {
-            None => tracing::info!(
+            None => tracing::debug!(
                 correlation_id = self.correlation_id,
                 endpoint = self.endpoint,
                 method = self.method,
@@ -152,6 +153,7 @@ pub struct JobsInFlight(pub Product, pub i64);
 
 impl InternalEvent for JobsInFlight {
     fn emit(self) {
+        crate::progress::jobs_in_flight(self.1);
         gauge!("dpss_sync_jobs_in_flight", "product" => self.0.config_name())
             .increment(self.1 as f64);
     }
@@ -181,6 +183,7 @@ pub struct ObjectsWritten {
 
 impl InternalEvent for ObjectsWritten {
     fn emit(self) {
+        crate::progress::partition_written();
         counter!("dpss_sync_objects_written_total", "product" => self.product.config_name())
             .increment(self.objects as u64);
         counter!("dpss_sync_written_bytes_total", "product" => self.product.config_name())

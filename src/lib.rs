@@ -19,6 +19,7 @@ pub mod model;
 pub mod normalize;
 pub mod plan;
 pub mod product;
+pub mod progress;
 pub mod schedule;
 pub mod sim;
 pub mod state;

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use dpss_sync::cli::{Cli, Command, execute, load_settings};
 use dpss_sync::config::{LogFormat, LogSettings};
+use dpss_sync::progress;
 
 /// `--quiet` leaves errors only, whatever RUST_LOG says; otherwise RUST_LOG, when set, decides.
-fn init_logging(log: Option<&LogSettings>, quiet: bool) {
+/// With `progress`, log lines print above the progress line instead of through it.
+fn init_logging(log: Option<&LogSettings>, quiet: bool, progress: bool) {
     let level = log.map(|l| l.level.as_str()).unwrap_or("info");
     let filter = if quiet {
         tracing_subscriber::EnvFilter::new("error")
@@ -22,12 +24,16 @@ fn init_logging(log: Option<&LogSettings>, quiet: bool) {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    if log.is_some_and(|l| l.format == LogFormat::Json) {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
+        .with_ansi(colour);
+    let json = log.is_some_and(|l| l.format == LogFormat::Json);
+    match (json, progress) {
+        (true, _) => builder
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .init(),
+        (false, true) => builder.with_writer(progress::LogWriter::new).init(),
+        (false, false) => builder.with_writer(std::io::stderr).init(),
     }
 }
 
@@ -59,7 +65,16 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    init_logging(settings.as_ref().map(|s| &s.log), cli.quiet);
+    let log = settings.as_ref().map(|s| &s.log);
+    // A progress line for a person at a terminal; never in JSON logs or for scripts.
+    let progress = cli.command.shows_progress()
+        && !cli.quiet
+        && std::io::stderr().is_terminal()
+        && !log.is_some_and(|l| l.format == LogFormat::Json);
+    if progress {
+        progress::enable();
+    }
+    init_logging(log, cli.quiet, progress);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,7 +86,9 @@ fn main() -> ExitCode {
         }
     };
     let outcome: anyhow::Result<ExitCode> = runtime.block_on(async {
-        match execute(cli, settings).await {
+        let result = execute(cli, settings).await;
+        progress::finish();
+        match result {
             Ok(code) => Ok(code),
             Err(e) => {
                 eprintln!("error: {e}");

@@ -16,6 +16,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("failpoint", 0),
     ("alloc", 0),
     ("disk", 0),
+    ("progress", 0),
     ("events", 1),
     ("config", 1),
     ("state", 1),

@@ -290,6 +290,79 @@ fn demo_runs_on_embedded_defaults() {
     assert!(out.contains("duckdb -c"));
     assert!(dir.path().join("lake/hid_work_orders").is_dir());
     assert!(dir.path().join("state/state.db").is_file());
+    // Standard error is a pipe here: logs only, no progress line, no per-request lines.
+    assert!(
+        !err.contains("normalizing:") && !err.contains("\r"),
+        "{err}"
+    );
+    assert!(!err.contains("vendor request"), "{err}");
+}
+
+/// Standard error on a pseudo-terminal: the progress line is drawn through every phase, and log
+/// lines still arrive whole.
+#[test]
+fn demo_on_a_terminal_draws_progress() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, slave) = {
+        let (mut m, mut s) = (0, 0);
+        // SAFETY: openpty fills two descriptors this test then owns.
+        let rc = unsafe {
+            libc::openpty(
+                &mut m,
+                &mut s,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        unsafe { (std::fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .arg("demo")
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    // Drained as it comes: a full terminal buffer would stall the child.
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once the child (the last holder of the terminal) has exited.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{out}");
+    let terminal = reader.join().unwrap();
+    for phase in [
+        "waiting for the vendor's export job",
+        "downloading:",
+        "normalizing:",
+        "writing partitions",
+    ] {
+        assert!(terminal.contains(phase), "no `{phase}` in: {terminal}");
+    }
+    assert!(
+        terminal.contains("vendor job finished"),
+        "log lines still print"
+    );
+    assert!(out.contains("1 window(s) committed"), "{out}");
 }
 
 #[test]

@@ -102,6 +102,7 @@ impl DpssClient {
             let dir = dest.parent().unwrap_or(Path::new("."));
             crate::disk::ensure_room(dir, n, &format!("the {n}-byte download"))?;
         }
+        crate::progress::download_started(expected);
         let part = dest.with_extension("part");
         let mut file = tokio::fs::File::create(&part)
             .await
@@ -121,6 +122,7 @@ impl DpssClient {
                 }
             };
             written += chunk.len() as u64;
+            crate::progress::downloaded(chunk.len() as u64);
             if written > max_bytes {
                 drop(file);
                 let _ = tokio::fs::remove_file(&part).await;

@@ -24,10 +24,10 @@ pub async fn run(output: Output) -> Result<ExitCode, CliError> {
         .await
         .map_err(|e| CliError::Failed(format!("cannot start the simulator: {e}")))?;
     if output == Output::Text {
-        println!(
+        crate::progress::println(&format!(
             "simulator on {} (seed 42, ~300 rows/day, 13 months)",
             handle.base_url()
-        );
+        ));
     }
     let overrides = format!(
         "[api]\nbase_url = \"{}\"\n[auth]\ntoken_url = \"{}\"\n",
@@ -44,6 +44,7 @@ pub async fn run(output: Output) -> Result<ExitCode, CliError> {
     let lease = Access::Write(LeaseRequest::new("demo", None));
     let pipeline = Pipeline::open(settings, true, lease).await?;
     let report = pipeline.sync(product).await?;
+    crate::progress::finish();
     if output == Output::Text {
         super::report::print_run(product, &report);
     }

@@ -256,6 +256,17 @@ fn products(settings: &Settings, only: Option<Product>) -> Result<Vec<Product>, 
 
 impl Command {
     /// `simulate` and `demo` run on their own embedded defaults.
+    /// Long work whose report goes to a person: worth a progress line on a terminal.
+    pub fn shows_progress(&self) -> bool {
+        match self {
+            Command::Sync { format, .. }
+            | Command::Backfill { format, .. }
+            | Command::Import { format, .. }
+            | Command::Demo { format } => !format.json,
+            _ => false,
+        }
+    }
+
     pub fn needs_config(&self) -> bool {
         !matches!(
             self,

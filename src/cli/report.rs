@@ -66,6 +66,7 @@ pub enum Output {
 /// The reports of `sync`, `backfill` and `import`: per product in text, or one document
 /// `{"command", "ok", "products": [...]}`.
 pub fn print_runs(command: &str, runs: &[(Product, RunReport)], output: Output) {
+    crate::progress::finish();
     match output {
         Output::Quiet => {}
         Output::Json => {

@@ -22,6 +22,13 @@ pub(super) struct Rejected {
     pub(super) error: Option<usize>,
 }
 
+impl Checked {
+    /// Rows of the batch, valid or not.
+    pub fn rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+}
+
 /// Checks and types every row of `batch`.
 pub fn check(batch: RawBatch) -> Checked {
     let mut accepted = Vec::with_capacity(batch.num_rows());

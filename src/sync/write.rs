@@ -53,6 +53,7 @@ impl Pipeline {
             };
             for checked in rx {
                 n.push(&checked);
+                crate::progress::rows(checked.rows() as u64);
             }
             let unknown = decoder
                 .join()
@@ -145,6 +146,7 @@ impl Pipeline {
             .begin_rewrites(product, &arriving, &before_paths)
             .await?;
         let (replaced, merged, before) = (Arc::new(replaced), Arc::new(merged), Arc::new(before));
+        crate::progress::writing(generations.len() as u64);
         let results: Vec<Result<Rewritten, SyncError>> = futures::stream::iter(generations)
             .map(|(date, generation)| {
                 let (normalized, replaced, merged, before) = (
