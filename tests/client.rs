@@ -177,12 +177,14 @@ async fn expired_token_leads_to_exactly_one_refresh() {
     sim.shutdown().await;
 }
 
-#[tokio::test]
-async fn wrong_credentials_fail_with_the_oauth_error() {
-    let sim = start(quick_sim("")).await;
+/// A client of `sim` with `secret` and few, quick retries.
+fn client_with_secret(
+    sim: &dpss_sync::sim::SimHandle,
+    secret: dpss_sync::config::SecretSource,
+) -> DpssClient {
     let cfg = sim.state.config();
-    let c = dpss_sync::api::DpssClient::new(
-        dpss_sync::api::ClientSettings {
+    DpssClient::new(
+        ClientSettings {
             base_url: sim.base_url().parse().unwrap(),
             subscriber_id: cfg.subscriber_id.clone(),
             request_timeout: Duration::from_secs(5),
@@ -190,14 +192,24 @@ async fn wrong_credentials_fail_with_the_oauth_error() {
             retry_base: Duration::from_millis(10),
             retry_cap: Duration::from_millis(10),
         },
-        dpss_sync::api::Credentials {
+        Credentials {
             token_url: sim.token_url().parse().unwrap(),
             client_id: cfg.client_id.clone(),
-            client_secret: dpss_sync::config::Secret::new("not-the-secret").into(),
+            client_secret: secret,
             scope: "DPSSSubscriberApi".into(),
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_with_the_oauth_error() {
+    let sim = start(quick_sim("")).await;
+    let cfg = sim.state.config();
+    let c = client_with_secret(
+        &sim,
+        dpss_sync::config::Secret::new("not-the-secret").into(),
+    );
     let err = c.parameters(&cfg.subscription_id).await.unwrap_err();
     assert!(
         matches!(&err, ApiError::Auth { status: 400, detail, .. } if detail == "invalid_client"),
@@ -219,23 +231,7 @@ async fn a_secret_file_is_reread_at_each_token_refresh() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("client_secret");
     std::fs::write(&file, format!("{}\n", cfg.client_secret)).unwrap();
-    let c = dpss_sync::api::DpssClient::new(
-        dpss_sync::api::ClientSettings {
-            base_url: sim.base_url().parse().unwrap(),
-            subscriber_id: cfg.subscriber_id.clone(),
-            request_timeout: Duration::from_secs(5),
-            max_attempts: 2,
-            retry_base: Duration::from_millis(10),
-            retry_cap: Duration::from_millis(10),
-        },
-        dpss_sync::api::Credentials {
-            token_url: sim.token_url().parse().unwrap(),
-            client_id: cfg.client_id.clone(),
-            client_secret: dpss_sync::config::SecretSource::File(file.clone()),
-            scope: "DPSSSubscriberApi".into(),
-        },
-    )
-    .unwrap();
+    let c = client_with_secret(&sim, dpss_sync::config::SecretSource::File(file.clone()));
     c.parameters(&cfg.subscription_id).await.unwrap();
     std::fs::write(&file, "revoked").unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -62,17 +62,8 @@ pub enum Command {
     /// (Re)load a range of days; clamps to the 13-month availability and says so.
     #[command(after_help = EXIT_CODES)]
     Backfill {
-        /// First UTC day, YYYY-MM-DD.
-        #[arg(long)]
-        from: NaiveDate,
-        /// Last UTC day, YYYY-MM-DD (inclusive).
-        #[arg(long)]
-        to: NaiveDate,
-        /// Reload every day even if the same backfill finished in the last 10 minutes (a re-run
-        /// that soon otherwise resumes it, as after a crash), and replace days even where the
-        /// result holds far fewer rows than the lake (lake.max_shrink).
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        days: BackfillArgs,
         #[command(flatten)]
         product: ProductArg,
         #[command(flatten)]
@@ -185,6 +176,22 @@ impl WaitArg {
     fn lease(&self, command: &str) -> Access {
         Access::Write(LeaseRequest::new(command, self.wait))
     }
+}
+
+/// The days a backfill reloads, the same for `backfill` and `trigger backfill`.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// First UTC day, YYYY-MM-DD.
+    #[arg(long)]
+    pub from: NaiveDate,
+    /// Last UTC day, YYYY-MM-DD (inclusive).
+    #[arg(long)]
+    pub to: NaiveDate,
+    /// Reload every day even if the same backfill finished in the last 10 minutes (a re-run
+    /// that soon otherwise resumes it, as after a crash), and replace days even where the
+    /// result holds far fewer rows than the lake (lake.max_shrink).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -315,9 +322,7 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             Ok(outcome(&runs))
         }
         Command::Backfill {
-            from,
-            to,
-            force,
+            days: BackfillArgs { from, to, force },
             product,
             wait,
             format,

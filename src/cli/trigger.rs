@@ -4,12 +4,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
-use chrono::NaiveDate;
 use clap::Subcommand;
 
 use super::daemon::Triggered;
 use super::report;
-use super::{CliError, JsonArg, ProductArg, outcome};
+use super::{BackfillArgs, CliError, JsonArg, ProductArg, outcome};
 use crate::config::Settings;
 use crate::product::Product;
 
@@ -24,15 +23,8 @@ pub enum TriggerWhat {
     },
     /// Reload a range of days now, as `backfill` would.
     Backfill {
-        /// First UTC day, YYYY-MM-DD.
-        #[arg(long)]
-        from: NaiveDate,
-        /// Last UTC day, YYYY-MM-DD (inclusive).
-        #[arg(long)]
-        to: NaiveDate,
-        /// As `backfill --force`.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        days: BackfillArgs,
         #[command(flatten)]
         product: ProductArg,
         #[command(flatten)]
@@ -58,9 +50,7 @@ pub async fn run(
     let (command, mut query, product, json) = match what {
         TriggerWhat::Sync { product, format } => ("sync", Vec::new(), product.product, format),
         TriggerWhat::Backfill {
-            from,
-            to,
-            force,
+            days: BackfillArgs { from, to, force },
             product,
             format,
         } => (
