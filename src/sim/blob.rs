@@ -162,6 +162,11 @@ pub(super) async fn download_inner(
                 ))
             }));
         Body::from_stream(s)
+    } else if s.cfg.faults.huge_downloads {
+        // The real bytes, then a body that never ends (and never closes the connection, which
+        // could discard the headers before the client reads them): only a client that judges
+        // the announced length and hangs up finishes.
+        Body::from_stream(stream.chain(futures::stream::pending()))
     } else {
         Body::from_stream(stream)
     };

@@ -39,7 +39,8 @@ pub struct Faults {
     /// the client cannot know the job exists.
     pub lost_responses: Option<u64>,
     /// Every download announces a Content-Length of 100 TiB (no disk here has room for it) and
-    /// then breaks off: a client must refuse it from the header, before writing anything.
+    /// then stalls after the real bytes: a client must refuse it from the header, before
+    /// writing anything.
     pub huge_downloads: bool,
     /// How exports pack their parts (`gzip-parts`, `bz2-parts`, `empty-exports`); the test can
     /// change it while the simulator runs, as a vendor changes its export job.
