@@ -87,6 +87,9 @@ impl Fetcher<'_> {
         if let Some(id) = window.job_id.as_ref().filter(|_| window.stage.has_job()) {
             return Ok(id.clone());
         }
+        // A replica that lost the writer lease while paused must not ask for a job the new
+        // leader may already have asked for.
+        self.state.ensure_writer()?;
         let job = self
             .client
             .create_batch(subscription_id, file_type, tokens)

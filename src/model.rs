@@ -108,3 +108,65 @@ mod tests {
         assert_eq!(scalar_text(&json!({"a": 1})), Some(r#"{"a":1}"#.into()));
     }
 }
+
+/// Where the state lives (`state.url`): a SQLite file for one machine, or a PostgreSQL database
+/// that several replicas share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateUrl {
+    Sqlite(std::path::PathBuf),
+    Postgres {
+        /// As configured; printed only through [`StateUrl`]'s `Display`, which hides a password.
+        url: url::Url,
+        /// `state.password_file`, read at each connection (a mounted secret may rotate).
+        password_file: Option<std::path::PathBuf>,
+    },
+}
+
+impl std::fmt::Display for StateUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateUrl::Sqlite(path) => write!(f, "{}", path.display()),
+            StateUrl::Postgres { url, .. } => {
+                let mut shown = url.clone();
+                if shown.password().is_some() {
+                    let _ = shown.set_password(Some("***"));
+                }
+                write!(f, "{shown}")
+            }
+        }
+    }
+}
+
+/// Who holds (or asks for) the lease.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    pub command: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` (pid {} on {}) since {}",
+            self.command,
+            self.pid,
+            self.host,
+            self.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+/// Where this process stands with the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Another process holds it (named when known); this one takes it when it comes free.
+    Standby { holder: Option<Holder> },
+    /// This process holds it; writes carry `epoch`.
+    Held { epoch: i64 },
+    /// This process held it and lost it; nothing more is written under that epoch.
+    Lost { epoch: i64, reason: String },
+}
+

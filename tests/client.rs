@@ -420,7 +420,7 @@ impl FetchSetup {
         })
         .unwrap();
         let state = State::open_writer(
-            &settings.state.path,
+            &settings.state.url,
             &dpss_sync::state::LeaseRequest::new("test", None),
         )
         .await

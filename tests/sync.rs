@@ -15,6 +15,7 @@ use common::*;
 use dpss_sync::failpoint::POINTS;
 use dpss_sync::plan::available_from;
 use dpss_sync::sim::SimConfig;
+use dpss_sync::model::StateUrl;
 use dpss_sync::state::{Stage, State};
 use dpss_sync::sync::Pipeline;
 
@@ -285,7 +286,7 @@ async fn backfill_clamps_and_keeps_the_watermark() {
 }
 
 async fn recorded_jobs(state_path: &Path, keys: &[String]) -> BTreeMap<String, Vec<String>> {
-    let st = State::open_reader(state_path).await.unwrap();
+    let st = State::open_reader(&StateUrl::Sqlite(state_path.to_path_buf())).await.unwrap();
     let mut out = BTreeMap::new();
     for k in keys {
         out.insert(k.clone(), st.jobs_for_window(P, k).await.unwrap());
@@ -389,7 +390,7 @@ async fn crash_at_every_stage_boundary_is_repaired() {
 /// under the lake's table.
 #[cfg(feature = "failpoints")]
 async fn manifest_and_objects(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
-    let st = State::open_reader(&dir.join("state/state.db"))
+    let st = State::open_reader(&StateUrl::Sqlite(dir.join("state/state.db")))
         .await
         .unwrap();
     let recorded = st

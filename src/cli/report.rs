@@ -245,16 +245,17 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
         }));
     }
     let runs = p.state.recent_runs(5).await?;
-    let db = &p.settings.state.path;
-    let writer = crate::state::lease::is_held(db)
-        .then(|| crate::state::lease::last_holder(db))
-        .flatten();
+    let db = p.settings.state.url.to_string();
+    let lease = p.state.writer().await?;
+    let writer = lease.as_ref().filter(|l| l.held).map(|l| l.holder.clone());
+    let state_bytes = p.state.size_bytes().await?;
     let doc = json!({
         "lake": p.lake.location(),
         "state": db,
         "state_exists": !p.state.is_missing(),
-        "state_bytes": p.state.size_bytes(),
+        "state_bytes": state_bytes,
         "writer": writer,
+        "lease": lease,
         "products": products,
         "runs": runs,
     });
@@ -265,20 +266,21 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
     println!("lake:  {}", p.lake.location());
     if p.state.is_missing() {
         println!(
-            "state: {} (does not exist yet: nothing has run)",
-            db.display()
+            "state: {db} (does not exist yet: nothing has run)"
         );
     } else {
         println!(
-            "state: {} ({:.1} MiB; history older than {} is pruned)",
-            db.display(),
-            p.state.size_bytes() as f64 / (1u64 << 20) as f64,
+            "state: {db} ({:.1} MiB; history older than {} is pruned)",
+            state_bytes as f64 / (1u64 << 20) as f64,
             humantime::format_duration(p.settings.state.history_retention)
         );
     }
-    match &writer {
-        Some(h) => println!("writer: {h} holds the writer lease"),
-        None => println!("writer: none running"),
+    match (&writer, lease.as_ref().and_then(|l| l.epoch.zip(l.renewed_secs_ago))) {
+        (Some(h), Some((epoch, age))) => println!(
+            "writer: {h} holds the writer lease (epoch {epoch}, renewed {age:.1} s ago)"
+        ),
+        (Some(h), None) => println!("writer: {h} holds the writer lease"),
+        (None, _) => println!("writer: none running"),
     }
     for prod in doc["products"].as_array().expect("array") {
         println!(
@@ -360,7 +362,7 @@ pub async fn check_config(
     output: Output,
 ) -> Result<ExitCode, CliError> {
     // Read-only, as every reader: it migrates nothing and works beside a running daemon.
-    let state = match crate::state::State::open_reader(&settings.state.path).await {
+    let state = match crate::state::State::open_reader(&settings.state.url).await {
         Ok(st) if st.is_missing() => "does not exist yet (the first writer command creates it)",
         Ok(_) => "readable, schema current",
         Err(e) => return Err(CliError::Failed(e.to_string())),
@@ -382,7 +384,7 @@ pub async fn check_config(
         "api_base_url": settings.api.base_url.as_str(),
         "token_url": settings.auth.token_url.as_str(),
         "lake_url": settings.lake.url.as_str(),
-        "state_path": settings.state.path,
+        "state_path": settings.state.url.to_string(),
         "products": products,
     });
     if output == Output::Text {
@@ -390,7 +392,7 @@ pub async fn check_config(
         println!("  api.base_url   {}", settings.api.base_url);
         println!("  auth.token_url {}", settings.auth.token_url);
         println!("  lake.url       {}", settings.lake.url);
-        println!("  state          {}", settings.state.path.display());
+        println!("  state          {}", settings.state.url);
         for (p, s) in &settings.products {
             println!(
                 "  products.{p} (data product {}): file_type {}, schedule \"{}\", lookback {} day(s)",

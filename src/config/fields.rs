@@ -12,6 +12,7 @@ use config::{Value, ValueKind};
 use url::Url;
 
 use super::ConfigError;
+use crate::model::StateUrl;
 
 pub struct Table {
     path: String,
@@ -154,19 +155,31 @@ impl Table {
         })
     }
 
-    pub fn sqlite_path(&mut self, name: &str, default: &str) -> Result<PathBuf, ConfigError> {
+    /// `state.url`: `sqlite://PATH` (or `sqlite:PATH`), or `postgres://…`/`postgresql://…`.
+    pub fn state_url(&mut self, name: &str, default: &str) -> Result<StateUrl, ConfigError> {
         self.parsed(name, default, |s| {
-            let rest = s
-                .strip_prefix("sqlite://")
-                .or_else(|| s.strip_prefix("sqlite:"))
-                .ok_or_else(|| {
-                    format!("`{s}` is not a sqlite:// URL (only SQLite is supported)")
-                })?;
-            let rest = rest.split('?').next().unwrap_or_default();
-            if rest.is_empty() {
-                return Err("the sqlite:// URL has no file path".into());
+            if let Some(rest) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:")) {
+                let rest = rest.split('?').next().unwrap_or_default();
+                if rest.is_empty() {
+                    return Err("the sqlite:// URL has no file path".into());
+                }
+                return Ok(StateUrl::Sqlite(PathBuf::from(rest)));
             }
-            Ok(PathBuf::from(rest))
+            // The text is not echoed: it may carry a password.
+            let url = Url::parse(s)
+                .map_err(|e| format!("not a sqlite:// or postgres:// URL ({e})"))?;
+            match url.scheme() {
+                "postgres" | "postgresql" if url.host_str().is_some_and(|h| !h.is_empty()) => {
+                    Ok(StateUrl::Postgres {
+                        url,
+                        password_file: None,
+                    })
+                }
+                "postgres" | "postgresql" => Err("the postgres:// URL names no host".into()),
+                other => Err(format!(
+                    "scheme `{other}` is not sqlite:// (one machine) or postgres:// (replicas)"
+                )),
+            }
         })
     }
 

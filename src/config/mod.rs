@@ -17,6 +17,7 @@ use fields::Table;
 pub use secret::{Secret, SecretFileError, SecretSource};
 use url::Url;
 
+use crate::model::StateUrl;
 use crate::product::Product;
 
 /// The defaults a `demo` run uses: the embedded simulator, a lake and a state under `./`.
@@ -93,7 +94,10 @@ pub struct LakeSettings {
 
 #[derive(Debug, Clone)]
 pub struct StateSettings {
-    pub path: PathBuf,
+    pub url: StateUrl,
+    /// With PostgreSQL: how long the writer lease outlives its holder's last renewal, so how
+    /// long a standby waits for a leader that stopped answering.
+    pub lease_ttl: Duration,
     /// Finished runs, jobs and settled windows older than this are pruned after each cycle.
     pub history_retention: Duration,
 }
@@ -247,7 +251,14 @@ impl Settings {
                 max_shrink: lake.fraction("max_shrink", "0.5")?,
             },
             state: StateSettings {
-                path: state.sqlite_path("url", "sqlite:///var/lib/dpss-sync/state.db")?,
+                url: match state.state_url("url", "sqlite:///var/lib/dpss-sync/state.db")? {
+                    StateUrl::Postgres { url, .. } => StateUrl::Postgres {
+                        url,
+                        password_file: state.opt_string("password_file")?.map(PathBuf::from),
+                    },
+                    sqlite => sqlite,
+                },
+                lease_ttl: state.duration("lease_ttl", "15s")?,
                 history_retention: state.duration("history_retention", "90days")?,
             },
             work_dir: work.opt_string("dir")?.map(PathBuf::from),
@@ -385,16 +396,13 @@ impl Settings {
             })
     }
 
-    /// Where downloads, scratch copies and spills go: `work.dir`, else next to the state
-    /// database, on the volume the operator already keeps. A separate volume keeps a large
-    /// export from filling the one the state lives on.
+    /// Where downloads, scratch copies and spills go: `work.dir`, else next to a SQLite state,
+    /// on the volume the operator already keeps (with PostgreSQL, the system's temporary
+    /// directory). A separate volume keeps a large export from filling the one the state uses.
     pub fn work_dir(&self) -> PathBuf {
-        self.work_dir.clone().unwrap_or_else(|| {
-            self.state
-                .path
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("downloads")
+        self.work_dir.clone().unwrap_or_else(|| match &self.state.url {
+            StateUrl::Sqlite(path) => path.parent().unwrap_or(Path::new(".")).join("downloads"),
+            StateUrl::Postgres { .. } => std::env::temp_dir().join("dpss-sync"),
         })
     }
 }
@@ -416,7 +424,10 @@ mod tests {
         assert_eq!(s.api.poll_interval, Duration::from_secs(30));
         assert_eq!(s.api.job_timeout, Duration::from_secs(7200));
         assert_eq!(s.lake.target_file_size, 256 * 1024 * 1024);
-        assert_eq!(s.state.path, PathBuf::from("/var/lib/dpss-sync/state.db"));
+        assert_eq!(
+            s.state.url,
+            StateUrl::Sqlite(PathBuf::from("/var/lib/dpss-sync/state.db"))
+        );
         assert!(s.require_api().is_err());
     }
 
@@ -445,7 +456,8 @@ mod tests {
                 "[lake]\ntarget_file_size = \"12 parsecs\"\n",
                 "lake.target_file_size",
             ),
-            ("[state]\nurl = \"postgres://x\"\n", "state.url"),
+            ("[state]\nurl = \"mysql://x\"\n", "state.url"),
+            ("[state]\nurl = \"postgres:///db\"\n", "state.url"),
             (
                 "[products.hid_work_orders]\nschedule = \"every day\"\n",
                 "products.hid_work_orders.schedule",
@@ -485,9 +497,24 @@ mod tests {
         let s = load("[lake]\nurl = \"/data/lake\"\n[state]\nurl = \"sqlite:/data/state.db\"\n")
             .unwrap();
         assert_eq!(s.lake.url.as_str(), "file:///data/lake/");
-        assert_eq!(s.state.path, PathBuf::from("/data/state.db"));
+        assert_eq!(s.state.url, StateUrl::Sqlite(PathBuf::from("/data/state.db")));
         let s = load("[state]\nurl = \"sqlite://relative/state.db\"\n").unwrap();
-        assert_eq!(s.state.path, PathBuf::from("relative/state.db"));
+        assert_eq!(
+            s.state.url,
+            StateUrl::Sqlite(PathBuf::from("relative/state.db"))
+        );
+        let s = load(
+            "[state]\nurl = \"postgres://dpss:hunter2@db.internal:5432/dpss?sslmode=require\"\npassword_file = \"/run/secrets/pg\"\n",
+        )
+        .unwrap();
+        let StateUrl::Postgres { url, password_file } = &s.state.url else {
+            panic!("{:?}", s.state.url)
+        };
+        assert_eq!(url.host_str(), Some("db.internal"));
+        assert_eq!(password_file.as_deref(), Some(Path::new("/run/secrets/pg")));
+        // A password in the URL never reaches a log line or `status`.
+        assert!(!s.state.url.to_string().contains("hunter2"), "{}", s.state.url);
+        assert_eq!(s.work_dir(), std::env::temp_dir().join("dpss-sync"));
     }
 
     #[test]

@@ -5,15 +5,15 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::{State, StateError};
+use super::{State, StateError, in_tx};
 use crate::model::Pruned;
 
 impl State {
     /// Deletes history last touched before `before`, in one transaction.
     pub async fn prune_history(&self, before: DateTime<Utc>) -> Result<Pruned, StateError> {
         let cutoff = before.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let mut tx = self.pool.begin().await?;
-        let runs = sqlx::query("DELETE FROM runs WHERE finished_at IS NOT NULL AND started_at < ?")
+        in_tx!(self, |tx| {
+        let runs = sqlx::query("DELETE FROM runs WHERE finished_at IS NOT NULL AND started_at < $1")
             .bind(&cutoff)
             .execute(&mut *tx)
             .await?
@@ -22,7 +22,7 @@ impl State {
         // never looks at it again. One with a live job, or after the watermark, stays.
         let windows = sqlx::query(
             "DELETE FROM windows
-             WHERE stage IN ('committed', 'failed') AND updated_at < ?
+             WHERE stage IN ('committed', 'failed') AND updated_at < $1
                AND day_to < (SELECT last_day FROM watermarks w WHERE w.product = windows.product)",
         )
         .bind(&cutoff)
@@ -32,30 +32,19 @@ impl State {
         // A job no remaining window points at is finished business.
         let jobs = sqlx::query(
             "DELETE FROM jobs
-             WHERE created_at < ?
+             WHERE created_at < $1
                AND job_id NOT IN (SELECT job_id FROM windows WHERE job_id IS NOT NULL)",
         )
         .bind(&cutoff)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        tx.commit().await?;
         Ok(Pruned {
             runs,
             jobs,
             windows,
         })
-    }
-
-    /// Bytes the database takes on disk, its write-ahead log included.
-    pub fn size_bytes(&self) -> u64 {
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        [self.path.as_os_str(), wal.as_os_str()]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
+        })
     }
 }
 
@@ -64,13 +53,20 @@ mod tests {
     use super::*;
     use crate::model::{Counts, WindowKind};
     use crate::product::Product;
-    use crate::state::test_support::{d, writer};
+    use crate::model::StateUrl;
+    use crate::state::test_support::{backends, d, writer_at};
     use crate::state::{RunTotals, Stage};
 
     #[tokio::test]
     async fn settled_history_goes_and_what_resume_and_planning_need_stays() {
         let dir = tempfile::tempdir().unwrap();
-        let st = writer(&dir.path().join("state.db")).await;
+        for url in backends(dir.path()).await {
+            prune_cycle(&url).await;
+        }
+    }
+
+    async fn prune_cycle(url: &StateUrl) {
+        let st = writer_at(url).await;
         let p = Product::HidWorkOrders;
         let run = st.start_run("sync", Some(p)).await.unwrap();
         let mut windows = Vec::new();
@@ -132,6 +128,6 @@ mod tests {
         assert_eq!(runs.len(), 1, "the unfinished run stays");
         assert_eq!(runs[0].id, open);
         assert_eq!(st.watermark(p).await.unwrap(), Some(d("2026-01-04")));
-        assert!(st.size_bytes() > 0);
+        assert!(st.size_bytes().await.unwrap() > 0);
     }
 }

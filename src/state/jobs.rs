@@ -2,9 +2,7 @@
 //! so a killed process resumes the job instead of requesting a second one.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-
-use super::{State, StateError, WindowRow, now};
+use super::{Fields, State, StateError, WindowRow, in_tx, now, on_db};
 use crate::product::Product;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -29,11 +27,11 @@ impl State {
         tokens: &str,
         deadline: DateTime<Utc>,
     ) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
         let t = now();
+        in_tx!(self, |tx| {
         sqlx::query(
             "INSERT INTO jobs (job_id, product, window_key, file_type, tokens, status, created_at, deadline)
-             VALUES (?, ?, ?, ?, ?, 'New', ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, 'New', $6, $7)",
         )
         .bind(job_id)
         .bind(&window.product)
@@ -45,37 +43,41 @@ impl State {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE windows SET stage = 'submitted', job_id = ?, attempts = attempts + 1, error = NULL, updated_at = ? WHERE id = ?",
+            "UPDATE windows SET stage = 'submitted', job_id = $1, attempts = attempts + 1, error = NULL, updated_at = $2 WHERE id = $3",
         )
         .bind(job_id)
         .bind(&t)
         .bind(window.id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        });
         Ok(())
     }
 
     pub async fn job(&self, job_id: &str) -> Result<Option<JobRow>, StateError> {
-        let Some(r) = sqlx::query("SELECT * FROM jobs WHERE job_id = ?")
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(JobRow {
-            job_id: r.try_get("job_id")?,
-            window_key: r.try_get("window_key")?,
-            file_type: r.try_get("file_type")?,
-            tokens: r.try_get("tokens")?,
-            status: r.try_get("status")?,
-            polls: r.try_get("polls")?,
-            created_at: r.try_get("created_at")?,
-            deadline: DateTime::parse_from_rfc3339(r.try_get("deadline")?)
+        on_db!(self, |pool| {
+            sqlx::query("SELECT * FROM jobs WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| Self::job_from_row(&r))
+                .transpose()
+        })
+    }
+
+    fn job_from_row(r: &impl Fields) -> Result<JobRow, StateError> {
+        Ok(JobRow {
+            job_id: r.col("job_id")?,
+            window_key: r.col("window_key")?,
+            file_type: r.col("file_type")?,
+            tokens: r.col("tokens")?,
+            status: r.col("status")?,
+            polls: r.col("polls")?,
+            created_at: r.col("created_at")?,
+            deadline: DateTime::parse_from_rfc3339(&r.col::<String>("deadline")?)
                 .map_err(|_| StateError::Corrupt("job deadline".into()))?
                 .with_timezone(&Utc),
-        }))
+        })
     }
 
     /// Every job recorded for a window (tests prove no window was submitted twice).
@@ -84,16 +86,15 @@ impl State {
         product: Product,
         key: &str,
     ) -> Result<Vec<String>, StateError> {
-        sqlx::query(
-            "SELECT job_id FROM jobs WHERE product = ? AND window_key = ? ORDER BY created_at",
-        )
-        .bind(product.config_name())
-        .bind(key)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0).map_err(StateError::from))
-        .collect()
+        Ok(on_db!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT job_id FROM jobs WHERE product = $1 AND window_key = $2 ORDER BY created_at",
+            )
+            .bind(product.config_name())
+            .bind(key)
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     pub async fn record_poll(
@@ -103,17 +104,19 @@ impl State {
         error: Option<&str>,
         finished: bool,
     ) -> Result<(), StateError> {
+        in_tx!(self, |tx| {
         sqlx::query(
-            "UPDATE jobs SET status = ?, polls = polls + 1, error = COALESCE(?, error),
-               finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE job_id = ?",
+            "UPDATE jobs SET status = $1, polls = polls + 1, error = COALESCE($2, error),
+               finished_at = CASE WHEN $3 THEN $4 ELSE finished_at END WHERE job_id = $5",
         )
         .bind(status)
         .bind(error)
         .bind(finished)
         .bind(now())
         .bind(job_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        });
         Ok(())
     }
 }

@@ -1,10 +1,12 @@
 //! The writer lease: one process at a time may change the state and the lake.
 //!
 //! Two writers would read-modify-write the same partitions and plan the same windows, so every
-//! command that writes holds the lease for its whole life. With SQLite the lease is an exclusive
-//! `flock` on `<state>.lock` beside the database: the kernel releases it when the process dies,
-//! however it dies, so there is never a stale lease to break. The holder writes who it is into
-//! the file, so a refused writer can say whom it waited for.
+//! command that writes holds the lease for its whole life. [`Lease`] is what the state asks of
+//! it; each backend keeps it its own way. With SQLite ([`FileLease`], here) the lease is an
+//! exclusive `flock` on `<state>.lock` beside the database: the kernel releases it when the
+//! process dies, however it dies, so there is never a stale lease to break, and nothing else can
+//! reach the file, so no write needs a fencing token. The holder writes who it is into the file,
+//! so a refused writer can say whom it waited for. With PostgreSQL see `pg_lease`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -12,18 +14,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 
 use super::StateError;
-
-/// Who holds (or asks for) the lease.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Holder {
-    pub host: String,
-    pub pid: u32,
-    pub command: String,
-    pub since: DateTime<Utc>,
-}
+pub use crate::model::{Holder, LeaseStatus};
 
 impl Holder {
     /// This process, about to run `command`.
@@ -37,24 +31,16 @@ impl Holder {
     }
 }
 
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`{}` (pid {} on {}) since {}",
-            self.command,
-            self.pid,
-            self.host,
-            self.since.to_rfc3339_opts(SecondsFormat::Secs, true)
-        )
-    }
-}
-
 /// What a writer asks for: who it is, and how long it will wait for a holder to finish.
 #[derive(Debug, Clone)]
 pub struct LeaseRequest {
     pub holder: Holder,
     pub wait: Option<Duration>,
+    /// With PostgreSQL: how long the lease outlives the holder's last renewal (`state.lease_ttl`).
+    pub ttl: Duration,
+    /// The daemon's way: return at once as a standby and take the lease whenever it comes free
+    /// (again after losing it), instead of failing or waiting. A SQLite lease ignores it.
+    pub standby: bool,
 }
 
 impl LeaseRequest {
@@ -62,16 +48,56 @@ impl LeaseRequest {
         Self {
             holder: Holder::this_process(command),
             wait,
+            ttl: Duration::from_secs(15),
+            standby: false,
+        }
+    }
+
+    pub fn with_ttl(self, ttl: Duration) -> Self {
+        Self { ttl, ..self }
+    }
+
+    pub fn as_standby(self) -> Self {
+        Self {
+            standby: true,
+            ..self
         }
     }
 }
 
-/// A held lease; dropping it (or the process ending) releases it.
+/// The writer lease as the state sees it, whatever keeps it.
+pub trait Lease: Send + Sync + std::fmt::Debug {
+    fn holder(&self) -> &Holder;
+    /// The epoch writes carry while this process holds the lease; `None` while it does not.
+    fn epoch(&self) -> Option<i64>;
+    /// Follows the lease as it is taken, lost and taken again.
+    fn watch(&self) -> tokio::sync::watch::Receiver<LeaseStatus>;
+}
+
+/// A held SQLite lease; dropping it (or the process ending) releases it.
 #[derive(Debug)]
-pub struct WriterLease {
+pub struct FileLease {
     _file: File,
     path: PathBuf,
     holder: Holder,
+    status: tokio::sync::watch::Sender<LeaseStatus>,
+}
+
+/// The only epoch a file lease has: nothing can take it from its holder while it lives.
+const FILE_EPOCH: i64 = 1;
+
+impl Lease for FileLease {
+    fn holder(&self) -> &Holder {
+        &self.holder
+    }
+
+    fn epoch(&self) -> Option<i64> {
+        Some(FILE_EPOCH)
+    }
+
+    fn watch(&self) -> tokio::sync::watch::Receiver<LeaseStatus> {
+        self.status.subscribe()
+    }
 }
 
 /// How often a waiting writer tries again.
@@ -80,7 +106,7 @@ const RETRY: Duration = Duration::from_millis(100);
 /// How long a writer without --wait keeps trying.
 const PROBE_GRACE: Duration = Duration::from_millis(500);
 
-impl WriterLease {
+impl FileLease {
     /// The lock file of the database at `db`.
     pub fn path_for(db: &Path) -> PathBuf {
         let mut name = db.file_name().unwrap_or_default().to_os_string();
@@ -145,11 +171,8 @@ impl WriterLease {
             _file: file,
             path,
             holder: request.holder.clone(),
+            status: tokio::sync::watch::Sender::new(LeaseStatus::Held { epoch: FILE_EPOCH }),
         })
-    }
-
-    pub fn holder(&self) -> &Holder {
-        &self.holder
     }
 
     pub fn path(&self) -> &Path {
@@ -167,13 +190,13 @@ fn read_holder(file: &mut File) -> Option<Holder> {
 
 /// The holder recorded in the lock file of `db`, whether or not it still holds the lease.
 pub fn last_holder(db: &Path) -> Option<Holder> {
-    let mut file = File::open(WriterLease::path_for(db)).ok()?;
+    let mut file = File::open(FileLease::path_for(db)).ok()?;
     read_holder(&mut file)
 }
 
 /// Whether a process holds the lease of `db` right now (for `status`).
 pub fn is_held(db: &Path) -> bool {
-    let Ok(file) = File::open(WriterLease::path_for(db)) else {
+    let Ok(file) = File::open(FileLease::path_for(db)) else {
         return false;
     };
     // SAFETY: as in `acquire`; a shared probe lock, released at once if it was granted.
@@ -186,7 +209,8 @@ pub fn is_held(db: &Path) -> bool {
     true
 }
 
-fn hostname() -> String {
+/// This machine's name: the pod's name under Kubernetes.
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -205,11 +229,11 @@ mod tests {
     async fn a_second_writer_is_refused_naming_the_holder_and_waits_when_asked() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
-        let first = WriterLease::acquire(&db, &LeaseRequest::new("run", None))
+        let first = FileLease::acquire(&db, &LeaseRequest::new("run", None))
             .await
             .unwrap();
         assert!(is_held(&db));
-        let err = WriterLease::acquire(&db, &LeaseRequest::new("sync", None))
+        let err = FileLease::acquire(&db, &LeaseRequest::new("sync", None))
             .await
             .unwrap_err();
         let text = err.to_string();
@@ -224,7 +248,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             drop(first);
         });
-        let second = WriterLease::acquire(
+        let second = FileLease::acquire(
             &db,
             &LeaseRequest::new("sync", Some(Duration::from_secs(10))),
         )

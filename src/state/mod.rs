@@ -1,34 +1,44 @@
-//! The state: SQLite through sqlx, schema in `migrations/`.
+//! The state: watermarks, the window ledger, vendor jobs, the lake's ledger and runs, kept in
+//! SQLite (one machine) or PostgreSQL (several replicas, one active writer), through sqlx.
 //!
-//! Writers open it through the writer lease ([`lease`]) and migrate it; readers (`status`, `plan`,
+//! What differs between the backends lives in one file each: [`sqlite`] and [`postgres`] open
+//! and migrate (`migrations/sqlite`, `migrations/postgres`), and the writer lease is the
+//! [`Lease`] trait with one implementation per backend ([`lease::FileLease`], an OS file lock;
+//! [`pg_lease::PgLease`], an advisory lock with an epoch that fences every write). The queries
+//! of each table are written once, beside it ([`windows`] and the watermark, [`jobs`],
+//! [`partitions`], [`runs`], [`history`]): the SQL is the same on both backends (`$n`
+//! parameters, days and instants as text, counts as 64-bit integers), and `on_db!`/`in_tx!` run
+//! it with each backend's own types, so no column loses its type the way `sqlx::Any` would.
+//!
+//! Writers open the state through the lease and migrate it; readers (`status`, `plan`,
 //! `check-config`, `query`) open it read-only, migrate nothing and work beside a running daemon.
-//! One connection per writer, so statements never interleave; WAL so readers see the last commit
-//! while a sync writes; `synchronous = FULL` because a recorded job id must survive a power cut
-//! (a lost id means a second job at the vendor for the same window).
-//!
-//! This file opens the database; each table's queries live with it: [`windows`] (and the
-//! watermark), [`jobs`], [`partitions`] (the lake's ledger and its rewrites) and [`runs`].
 
 mod history;
 mod jobs;
 pub mod lease;
 mod partitions;
+mod pg_lease;
+mod postgres;
 mod runs;
+mod sqlite;
 mod windows;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{Postgres, Sqlite};
+
+use crate::model::StateUrl;
 
 pub use jobs::JobRow;
-pub use lease::{Holder, LeaseRequest, WriterLease};
+pub use lease::{Holder, Lease, LeaseRequest, LeaseStatus};
 pub use partitions::Rewrite;
+pub use pg_lease::LeaseRow;
 pub use runs::{RunRow, RunTotals};
 pub use windows::{Stage, WindowRow};
 
@@ -61,6 +71,16 @@ pub enum StateError {
     Query(#[from] sqlx::Error),
     #[error("state holds an unreadable value: {0}")]
     Corrupt(String),
+    #[error(
+        "this process no longer holds the writer lease (it held epoch {epoch}): another replica \
+         may have taken over, so it stops here and writes nothing more"
+    )]
+    LeaseLost { epoch: i64 },
+    #[error(
+        "write refused: the writer lease has moved past epoch {epoch} (another replica took \
+         over while this one was paused or cut off)"
+    )]
+    Fenced { epoch: i64 },
 }
 
 fn now() -> String {
@@ -86,66 +106,93 @@ fn parse_days(s: &str) -> Result<BTreeSet<NaiveDate>, StateError> {
     s.split(',').filter(|x| !x.is_empty()).map(day).collect()
 }
 
-#[derive(Clone)]
-pub struct State {
-    pool: SqlitePool,
-    path: PathBuf,
-    /// Held for as long as any clone of a writer's state lives.
-    lease: Option<Arc<WriterLease>>,
-    /// A reader of a database that does not exist yet sees an empty state.
-    missing: bool,
+/// The database behind a state.
+#[derive(Clone, Debug)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
 
-/// The migrations of `migrations/`, embedded so the binary needs no files beside it.
-const MIGRATIONS: [(i64, &str, &str); 3] = [
-    (
-        1,
-        "initial",
-        include_str!("../../migrations/0001_initial.sql"),
-    ),
-    (
-        2,
-        "run range",
-        include_str!("../../migrations/0002_run_range.sql"),
-    ),
-    (
-        3,
-        "commit safety",
-        include_str!("../../migrations/0003_commit_safety.sql"),
-    ),
-];
-
-/// How long a reader waits for a writer's migrations to finish.
-const MIGRATION_PATIENCE: Duration = Duration::from_secs(10);
-
-async fn migrate(pool: &SqlitePool) -> Result<(), StateError> {
-    migrator()
-        .run(pool)
-        .await
-        .map_err(|e| StateError::Migrate(e.to_string()))
+/// Runs `$body` with `$pool` bound to the backend's pool. The body is written once and checked
+/// by the compiler against each backend's types.
+macro_rules! on_db {
+    ($state:expr, |$pool:ident| $body:expr) => {
+        match &$state.db {
+            $crate::state::Db::Sqlite($pool) => $body,
+            $crate::state::Db::Postgres($pool) => $body,
+        }
+    };
 }
 
-/// The last migration applied to the database behind `pool`; 0 before the first.
-async fn schema_version(pool: &SqlitePool) -> Result<i64, StateError> {
-    match sqlx::query_scalar::<_, Option<i64>>(
-        "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
-    )
-    .fetch_one(pool)
-    .await
-    {
-        Ok(v) => Ok(v.unwrap_or(0)),
-        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => Ok(0),
-        Err(e) => Err(e.into()),
+/// Runs `$body` in one transaction (`$tx`). With PostgreSQL the transaction first checks the
+/// writer lease's epoch (`postgres::fence`), so a writer that lost the lease commits nothing.
+macro_rules! in_tx {
+    ($state:expr, |$tx:ident| $body:expr) => {
+        match &$state.db {
+            $crate::state::Db::Sqlite(pool) => {
+                let mut $tx = pool.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            $crate::state::Db::Postgres(pool) => {
+                let epoch = $state.epoch()?;
+                let mut $tx = pool.begin().await?;
+                $crate::state::postgres::fence(&mut *$tx, epoch).await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+pub(crate) use {in_tx, on_db};
+
+/// A column type both backends decode.
+trait Column:
+    for<'r> sqlx::Decode<'r, Sqlite>
+    + sqlx::Type<Sqlite>
+    + for<'r> sqlx::Decode<'r, Postgres>
+    + sqlx::Type<Postgres>
+{
+}
+impl<T> Column for T where
+    T: for<'r> sqlx::Decode<'r, Sqlite>
+        + sqlx::Type<Sqlite>
+        + for<'r> sqlx::Decode<'r, Postgres>
+        + sqlx::Type<Postgres>
+{
+}
+
+/// A column name or position both backends' rows take.
+trait Index: sqlx::ColumnIndex<SqliteRow> + sqlx::ColumnIndex<PgRow> + std::fmt::Debug {}
+impl<I> Index for I where I: sqlx::ColumnIndex<SqliteRow> + sqlx::ColumnIndex<PgRow> + std::fmt::Debug {}
+
+/// Reads a row of either backend, so the code that turns rows into values is written once.
+trait Fields {
+    /// The column's value; a value of the wrong type is an error naming the column.
+    fn col<T: Column>(&self, index: impl Index) -> Result<T, sqlx::Error>;
+}
+
+impl Fields for SqliteRow {
+    fn col<T: Column>(&self, index: impl Index) -> Result<T, sqlx::Error> {
+        sqlx::Row::try_get(self, index)
     }
 }
 
-/// The schema version this binary writes and reads.
-const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+impl Fields for PgRow {
+    fn col<T: Column>(&self, index: impl Index) -> Result<T, sqlx::Error> {
+        sqlx::Row::try_get(self, index)
+    }
+}
 
-fn migrator() -> sqlx::migrate::Migrator {
+/// The migrations of one backend, embedded so the binary needs no files beside it.
+type Migrations = [(i64, &'static str, &'static str)];
+
+fn migrator(migrations: &Migrations) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
     sqlx::migrate::Migrator::with_migrations(
-        MIGRATIONS
+        migrations
             .iter()
             .map(|(version, description, sql)| {
                 sqlx::migrate::Migration::new(
@@ -160,168 +207,243 @@ fn migrator() -> sqlx::migrate::Migrator {
     )
 }
 
+/// How long a reader waits for a writer's migrations to finish.
+const MIGRATION_PATIENCE: Duration = Duration::from_millis(10_000);
+
+#[derive(Clone)]
+pub struct State {
+    db: Db,
+    url: StateUrl,
+    /// Held for as long as any clone of a writer's state lives; `None` for a reader.
+    lease: Option<Arc<dyn Lease>>,
+    /// The epoch this clone's writes must carry (see [`State::pinned`]).
+    pin: Option<i64>,
+    /// A reader of a database that does not exist yet sees an empty state.
+    missing: bool,
+}
+
 impl State {
-    /// Takes the writer lease (waiting as `request` says), then opens, creating it owner-only,
-    /// and migrates the database at `path`.
-    pub async fn open_writer(path: &Path, request: &LeaseRequest) -> Result<Self, StateError> {
-        let open_err = |detail: String| StateError::Open {
-            path: path.display().to_string(),
-            detail,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+    /// Takes the writer lease (waiting as `request` says, or as a standby), then opens and
+    /// migrates the state at `url`.
+    pub async fn open_writer(url: &StateUrl, request: &LeaseRequest) -> Result<Self, StateError> {
+        match url {
+            StateUrl::Sqlite(path) => sqlite::open_writer(path, request).await,
+            StateUrl::Postgres { .. } => postgres::open_writer(url, request).await,
         }
-        let lease = WriterLease::acquire(path, request).await?;
-        create_private(path).map_err(|e| open_err(e.to_string()))?;
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(|e| open_err(e.to_string()))?;
-        migrate(&pool).await?;
-        Ok(Self {
-            pool,
-            path: path.to_path_buf(),
-            lease: Some(Arc::new(lease)),
-            missing: false,
-        })
     }
 
-    /// Opens the database at `path` read-only: no lease, no migration, nothing written, so it
-    /// works beside a running writer. A database that does not exist yet reads as an empty
-    /// state; one at another schema version is refused with what to do about it.
-    pub async fn open_reader(path: &Path) -> Result<Self, StateError> {
-        let open_err = |detail: String| StateError::Open {
-            path: path.display().to_string(),
-            detail,
-        };
-        if !path.exists() {
-            return Self::empty(path).await;
+    /// Opens the state at `url` read-only: no lease, no migration, nothing written, so it works
+    /// beside a running writer. A state nothing has written yet reads as an empty one; one at
+    /// another schema version is refused with what to do about it.
+    pub async fn open_reader(url: &StateUrl) -> Result<Self, StateError> {
+        match url {
+            StateUrl::Sqlite(path) => sqlite::open_reader(path).await,
+            StateUrl::Postgres { .. } => postgres::open_reader(url).await,
         }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .read_only(true)
-            .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(|e| open_err(e.to_string()))?;
-        // A writer that holds the lease may be migrating right now, one version at a time:
-        // give it a moment before calling the schema old.
+    }
+
+    fn new(db: Db, url: &StateUrl, lease: Option<Arc<dyn Lease>>, missing: bool) -> Self {
+        Self {
+            db,
+            url: url.clone(),
+            lease,
+            pin: None,
+            missing,
+        }
+    }
+
+    /// Checks that the database is at `wanted`, waiting while `writer_busy` says a writer may be
+    /// migrating it; a state with no migration at all reads as empty.
+    async fn checked_reader(
+        db: Db,
+        url: &StateUrl,
+        wanted: i64,
+        writer_busy: impl Fn() -> bool,
+    ) -> Result<Self, StateError> {
+        let reader = Self::new(db, url, None, false);
         let patience = tokio::time::Instant::now() + MIGRATION_PATIENCE;
         let found = loop {
-            let found = schema_version(&pool).await?;
-            if found >= SCHEMA_VERSION
-                || !lease::is_held(path)
-                || tokio::time::Instant::now() >= patience
-            {
+            let found = reader.schema_version().await?;
+            if found >= wanted || !writer_busy() || tokio::time::Instant::now() >= patience {
                 break found;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        if found == wanted {
+            return Ok(reader);
+        }
+        reader.close().await;
         if found == 0 {
-            // A writer created the file a moment ago and has not migrated it yet.
-            pool.close().await;
-            return Self::empty(path).await;
+            return sqlite::empty(url).await;
         }
-        if found != SCHEMA_VERSION {
-            pool.close().await;
-            return Err(StateError::Version {
-                path: path.display().to_string(),
-                found,
-                wanted: SCHEMA_VERSION,
-                hint: if found < SCHEMA_VERSION {
-                    "it is migrated by the next writer command (run, sync, backfill, import)"
-                } else {
-                    "it was written by a newer dpss-sync; run that version"
-                },
-            });
-        }
-        Ok(Self {
-            pool,
-            path: path.to_path_buf(),
-            lease: None,
-            missing: false,
+        Err(StateError::Version {
+            path: url.to_string(),
+            found,
+            wanted,
+            hint: if found < wanted {
+                "it is migrated by the next writer command (run, sync, backfill, import)"
+            } else {
+                "it was written by a newer dpss-sync; run that version"
+            },
         })
     }
 
-    /// What a reader sees where no writer has made a state yet: an empty one, in memory.
-    async fn empty(path: &Path) -> Result<Self, StateError> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(SqliteConnectOptions::from_str("sqlite::memory:")?)
-            .await
-            .map_err(|e| StateError::Open {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
-        migrate(&pool).await?;
-        Ok(Self {
-            pool,
-            path: path.to_path_buf(),
-            lease: None,
-            missing: true,
-        })
+    /// The last migration applied; 0 before the first.
+    async fn schema_version(&self) -> Result<i64, StateError> {
+        let sql = "SELECT MAX(version) FROM _sqlx_migrations WHERE success";
+        let found: Result<Option<i64>, sqlx::Error> =
+            on_db!(self, |pool| sqlx::query_scalar(sql).fetch_one(pool).await);
+        match found {
+            Ok(v) => Ok(v.unwrap_or(0)),
+            // SQLite says "no such table", PostgreSQL "relation … does not exist".
+            Err(sqlx::Error::Database(e))
+                if e.message().contains("no such table") || e.message().contains("does not exist") =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The lease this state was opened under; `None` for a reader.
     pub fn lease(&self) -> Option<&Holder> {
-        self.lease.as_deref().map(WriterLease::holder)
+        self.lease.as_deref().map(|l| l.holder())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Follows the writer lease (a writer's state only).
+    pub fn lease_watch(&self) -> Option<tokio::sync::watch::Receiver<LeaseStatus>> {
+        self.lease.as_deref().map(|l| l.watch())
     }
 
-    /// A reader's database did not exist: nothing has run yet.
+    /// The epoch this process writes under now; `None` for a standby or a writer that lost it.
+    pub fn lease_epoch(&self) -> Option<i64> {
+        self.lease.as_deref().and_then(|l| l.epoch())
+    }
+
+    /// A clone whose writes carry the epoch held now, for one cycle: if the lease is lost, even
+    /// if this process takes it again later, that cycle writes nothing more (another writer may
+    /// have changed what it was working on in between).
+    pub fn pinned(&self) -> Result<Self, StateError> {
+        let epoch = self.lease_epoch().ok_or(StateError::LeaseLost {
+            epoch: self.pin.unwrap_or(0),
+        })?;
+        Ok(Self {
+            pin: Some(epoch),
+            ..self.clone()
+        })
+    }
+
+    /// The epoch a write carries: an error once the lease is lost (or moved on from the pin).
+    fn epoch(&self) -> Result<Option<i64>, StateError> {
+        let Some(lease) = &self.lease else {
+            return Ok(None);
+        };
+        match (lease.epoch(), self.pin) {
+            (Some(now), Some(pin)) if now != pin => Err(StateError::LeaseLost { epoch: pin }),
+            (Some(now), _) => Ok(Some(now)),
+            (None, pin) => Err(StateError::LeaseLost {
+                epoch: pin.unwrap_or(0),
+            }),
+        }
+    }
+
+    /// A stage boundary: a writer that lost the lease stops before the next vendor request or
+    /// lake object, not only at its next ledger write.
+    pub fn ensure_writer(&self) -> Result<(), StateError> {
+        self.epoch().map(|_| ())
+    }
+
+    /// What `status` shows of the lease: the last holder and whether it holds the lease now.
+    pub async fn writer(&self) -> Result<Option<LeaseRow>, StateError> {
+        match (&self.db, &self.url) {
+            (Db::Postgres(pool), _) if !self.missing => pg_lease::lease_row(pool).await,
+            (_, StateUrl::Sqlite(path)) => Ok(sqlite::lease_row(path)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn url(&self) -> &StateUrl {
+        &self.url
+    }
+
+    /// A reader's state did not exist: nothing has run yet.
     pub fn is_missing(&self) -> bool {
         self.missing
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
+    /// Bytes the state takes: the SQLite file and its log, or the PostgreSQL database.
+    pub async fn size_bytes(&self) -> Result<u64, StateError> {
+        match (&self.db, &self.url) {
+            (Db::Postgres(pool), _) => postgres::size_bytes(pool).await,
+            (_, StateUrl::Sqlite(path)) => Ok(sqlite::size_bytes(path)),
+            _ => Ok(0),
+        }
     }
-}
 
-/// Creates the database file with mode 0600 before SQLite does, so the state is never readable
-/// by other users, even for an instant.
-fn create_private(path: &Path) -> std::io::Result<()> {
-    if path.exists() {
-        return Ok(());
+    pub async fn close(&self) {
+        on_db!(self, |pool| pool.close().await)
     }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path).map(|_| ())
 }
 
 #[cfg(test)]
-mod test_support {
+pub(crate) mod test_support {
+    use std::path::Path;
+
     use super::*;
 
-    pub(super) fn d(s: &str) -> NaiveDate {
+    pub(crate) fn d(s: &str) -> NaiveDate {
         s.parse().unwrap()
     }
 
-    pub(super) async fn writer(path: &Path) -> State {
-        State::open_writer(path, &LeaseRequest::new("test", None))
+    pub(crate) async fn writer(path: &Path) -> State {
+        writer_at(&StateUrl::Sqlite(path.to_path_buf())).await
+    }
+
+    pub(crate) async fn writer_at(url: &StateUrl) -> State {
+        State::open_writer(url, &LeaseRequest::new("test", None))
             .await
             .unwrap()
+    }
+
+    /// A new, empty database in the PostgreSQL cluster `DPSS_TEST_POSTGRES_URL` names
+    /// (`scripts/test` starts a throwaway one); `None` without it, unless
+    /// `DPSS_TEST_REQUIRE_POSTGRES` says the run must cover PostgreSQL.
+    pub(crate) async fn postgres_db() -> Option<StateUrl> {
+        let Ok(admin) = std::env::var("DPSS_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("DPSS_TEST_REQUIRE_POSTGRES").is_none(),
+                "DPSS_TEST_POSTGRES_URL is not set: run the tests through scripts/test"
+            );
+            eprintln!("PostgreSQL not covered: DPSS_TEST_POSTGRES_URL is not set (scripts/test sets it)");
+            return None;
+        };
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "unit_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            Utc::now().timestamp_micros()
+        );
+        // The name is made here of digits and underscores only.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&name);
+        Some(StateUrl::Postgres {
+            url,
+            password_file: None,
+        })
+    }
+
+    /// A fresh state of each backend: SQLite under `dir`, and PostgreSQL when the run has it.
+    pub(crate) async fn backends(dir: &Path) -> Vec<StateUrl> {
+        let mut urls = vec![StateUrl::Sqlite(dir.join("state.db"))];
+        urls.extend(postgres_db().await);
+        urls
     }
 }
 
@@ -336,14 +458,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         // No database yet: an empty state, and no file is created.
-        let r = State::open_reader(&path).await.unwrap();
+        let url = StateUrl::Sqlite(path.clone());
+        let r = State::open_reader(&url).await.unwrap();
         assert!(r.is_missing() && r.watermark(Product::HidWorkOrders).await.unwrap().is_none());
         assert!(!path.exists());
         let w = writer(&path).await;
         w.advance_watermark(Product::HidWorkOrders, d("2026-01-02"))
             .await
             .unwrap();
-        let r = State::open_reader(&path).await.unwrap();
+        let r = State::open_reader(&url).await.unwrap();
         assert!(r.lease().is_none() && w.lease().is_some());
         assert_eq!(
             r.watermark(Product::HidWorkOrders).await.unwrap(),
@@ -355,11 +478,14 @@ mod tests {
             .unwrap_err();
         assert!(refused.to_string().contains("readonly"), "{refused}");
         // A database at another schema version is named, not migrated.
+        let Db::Sqlite(pool) = &w.db else {
+            unreachable!()
+        };
         sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 3")
-            .execute(&w.pool)
+            .execute(pool)
             .await
             .unwrap();
-        let err = State::open_reader(&path).await.err().unwrap();
+        let err = State::open_reader(&url).await.err().unwrap();
         assert!(
             err.to_string().contains("schema version 2")
                 && err.to_string().contains("next writer command"),

@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::NaiveDate;
-use sqlx::Row;
-
-use super::{State, StateError, day, day_text, days_text, now, parse_days};
+use super::{State, StateError, day, day_text, days_text, in_tx, now, on_db, parse_days};
 use crate::model::{Counts, PartitionState};
 use crate::product::Product;
 
@@ -27,12 +25,14 @@ impl State {
         &self,
         product: Product,
     ) -> Result<BTreeMap<NaiveDate, BTreeSet<NaiveDate>>, StateError> {
-        let rows = sqlx::query("SELECT event_date, status_days FROM partitions WHERE product = ?")
-            .bind(product.config_name())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(String, String)> = on_db!(self, |pool| {
+            sqlx::query_as("SELECT event_date, status_days FROM partitions WHERE product = $1")
+                .bind(product.config_name())
+                .fetch_all(pool)
+                .await?
+        });
         rows.iter()
-            .map(|r| Ok((day(r.try_get(0)?)?, parse_days(r.try_get(1)?)?)))
+            .map(|(date, days)| Ok((day(date)?, parse_days(days)?)))
             .collect()
     }
 
@@ -42,16 +42,17 @@ impl State {
         &self,
         product: Product,
     ) -> Result<BTreeMap<NaiveDate, Option<u64>>, StateError> {
-        let rows = sqlx::query(
-            "SELECT status_days, day_rows FROM partitions WHERE product = ? AND rows > 0",
-        )
-        .bind(product.config_name())
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String, Option<String>)> = on_db!(self, |pool| {
+            sqlx::query_as(
+                "SELECT status_days, day_rows FROM partitions WHERE product = $1 AND rows > 0",
+            )
+            .bind(product.config_name())
+            .fetch_all(pool)
+            .await?
+        });
         let mut out: BTreeMap<NaiveDate, Option<u64>> = BTreeMap::new();
-        for r in rows {
-            let counts: Option<BTreeMap<NaiveDate, u64>> = r
-                .get::<Option<String>, _>(1)
+        for (status_days, day_rows) in rows {
+            let counts: Option<BTreeMap<NaiveDate, u64>> = day_rows
                 .map(|t| {
                     serde_json::from_str(&t)
                         .map_err(|e| StateError::Corrupt(format!("partition day_rows: {e}")))
@@ -65,7 +66,7 @@ impl State {
                     }
                 }
                 None => {
-                    for d in parse_days(r.try_get(0)?)? {
+                    for d in parse_days(&status_days)? {
                         out.insert(d, None);
                     }
                 }
@@ -86,13 +87,13 @@ impl State {
     ) -> Result<BTreeMap<NaiveDate, i64>, StateError> {
         let mut known = self.partition_days(product).await?;
         let t = now();
-        let mut tx = self.pool.begin().await?;
+        in_tx!(self, |tx| {
         for (event_date, days) in additions {
             let mut all = known.remove(event_date).unwrap_or_default();
             all.extend(days.iter().copied());
             sqlx::query(
                 "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, updated_at)
-                 VALUES (?, ?, ?, '[]', 0, 0, ?)
+                 VALUES ($1, $2, $3, '[]', 0, 0, $4)
                  ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days, updated_at = excluded.updated_at",
             )
             .bind(product.config_name())
@@ -105,7 +106,7 @@ impl State {
         let mut generations = BTreeMap::new();
         for (event_date, objects) in before {
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO rewrites (product, event_date, before, started_at) VALUES (?, ?, ?, ?)
+                "INSERT INTO rewrites (product, event_date, before, started_at) VALUES ($1, $2, $3, $4)
                  RETURNING id",
             )
             .bind(product.config_name())
@@ -116,22 +117,26 @@ impl State {
             .await?;
             generations.insert(*event_date, id);
         }
-        tx.commit().await?;
         Ok(generations)
+        })
     }
 
     /// Rewrites begun and not committed: what a crash (or a failed write) left.
     pub async fn open_rewrites(&self, product: Product) -> Result<Vec<Rewrite>, StateError> {
-        sqlx::query("SELECT id, event_date, before FROM rewrites WHERE product = ? ORDER BY id")
+        let rows: Vec<(i64, String, String)> = on_db!(self, |pool| {
+            sqlx::query_as(
+                "SELECT id, event_date, before FROM rewrites WHERE product = $1 ORDER BY id",
+            )
             .bind(product.config_name())
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await?
-            .iter()
-            .map(|r| {
+        });
+        rows.iter()
+            .map(|(id, event_date, before)| {
                 Ok(Rewrite {
-                    id: r.try_get(0)?,
-                    event_date: day(r.try_get(1)?)?,
-                    before: serde_json::from_str(r.try_get(2)?)
+                    id: *id,
+                    event_date: day(event_date)?,
+                    before: serde_json::from_str(before)
                         .map_err(|e| StateError::Corrupt(format!("rewrite objects: {e}")))?,
                 })
             })
@@ -140,33 +145,35 @@ impl State {
 
     /// A repaired rewrite is forgotten.
     pub async fn end_rewrite(&self, id: i64) -> Result<(), StateError> {
-        sqlx::query("DELETE FROM rewrites WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        in_tx!(self, |tx| {
+            sqlx::query("DELETE FROM rewrites WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        });
         Ok(())
     }
 
     /// Objects committed rewrites replaced and that are not yet known deleted.
     pub async fn doomed_objects(&self, product: Product) -> Result<Vec<String>, StateError> {
-        Ok(
-            sqlx::query_scalar("SELECT path FROM doomed_objects WHERE product = ? ORDER BY path")
+        Ok(on_db!(self, |pool| {
+            sqlx::query_scalar("SELECT path FROM doomed_objects WHERE product = $1 ORDER BY path")
                 .bind(product.config_name())
-                .fetch_all(&self.pool)
-                .await?,
-        )
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// Doomed objects that are gone now.
     pub async fn forget_doomed(&self, paths: &[String]) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
-        for p in paths {
-            sqlx::query("DELETE FROM doomed_objects WHERE path = ?")
-                .bind(p)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        in_tx!(self, |tx| {
+            for p in paths {
+                sqlx::query("DELETE FROM doomed_objects WHERE path = $1")
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        });
         Ok(())
     }
 
@@ -183,15 +190,15 @@ impl State {
         window: Option<(i64, Counts)>,
     ) -> Result<(), StateError> {
         let t = now();
-        let mut tx = self.pool.begin().await?;
+        in_tx!(self, |tx| {
         for (event_date, p) in written {
-            sqlx::query("DELETE FROM rewrites WHERE product = ? AND event_date = ?")
+            sqlx::query("DELETE FROM rewrites WHERE product = $1 AND event_date = $2")
                 .bind(product.config_name())
                 .bind(day_text(*event_date))
                 .execute(&mut *tx)
                 .await?;
             if p.rows == 0 {
-                sqlx::query("DELETE FROM partitions WHERE product = ? AND event_date = ?")
+                sqlx::query("DELETE FROM partitions WHERE product = $1 AND event_date = $2")
                     .bind(product.config_name())
                     .bind(day_text(*event_date))
                     .execute(&mut *tx)
@@ -202,7 +209,7 @@ impl State {
                 p.day_rows.iter().map(|(d, n)| (day_text(*d), *n)).collect();
             sqlx::query(
                 "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at, day_rows)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days,
                    objects = excluded.objects, rows = excluded.rows, bytes = excluded.bytes,
                    job_id = excluded.job_id, updated_at = excluded.updated_at, day_rows = excluded.day_rows",
@@ -221,7 +228,7 @@ impl State {
         }
         for path in doomed {
             sqlx::query(
-                "INSERT INTO doomed_objects (path, product, decided_at) VALUES (?, ?, ?)
+                "INSERT INTO doomed_objects (path, product, decided_at) VALUES ($1, $2, $3)
                  ON CONFLICT (path) DO NOTHING",
             )
             .bind(path)
@@ -232,9 +239,9 @@ impl State {
         }
         if let Some((window_id, c)) = window {
             sqlx::query(
-                "UPDATE windows SET stage = 'committed', rows_read = ?, rows_written = ?, rows_quarantined = ?,
-                   rows_duplicate = ?, error = NULL, failures = 0, next_attempt_at = NULL,
-                   committed_at = ?, updated_at = ? WHERE id = ?",
+                "UPDATE windows SET stage = 'committed', rows_read = $1, rows_written = $2, rows_quarantined = $3,
+                   rows_duplicate = $4, error = NULL, failures = 0, next_attempt_at = NULL,
+                   committed_at = $5, updated_at = $6 WHERE id = $7",
             )
             .bind(c.read as i64)
             .bind(c.written as i64)
@@ -246,7 +253,7 @@ impl State {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -255,15 +262,19 @@ impl State {
         &self,
         product: Product,
     ) -> Result<BTreeMap<NaiveDate, Vec<String>>, StateError> {
-        sqlx::query("SELECT event_date, objects FROM partitions WHERE product = ? AND rows > 0")
+        let rows: Vec<(String, String)> = on_db!(self, |pool| {
+            sqlx::query_as(
+                "SELECT event_date, objects FROM partitions WHERE product = $1 AND rows > 0",
+            )
             .bind(product.config_name())
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await?
-            .iter()
-            .map(|r| {
+        });
+        rows.iter()
+            .map(|(date, objects)| {
                 Ok((
-                    day(r.try_get(0)?)?,
-                    serde_json::from_str(r.try_get(1)?)
+                    day(date)?,
+                    serde_json::from_str(objects)
                         .map_err(|e| StateError::Corrupt(format!("partition objects: {e}")))?,
                 ))
             })
@@ -274,12 +285,19 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_support::{d, writer};
+    use crate::model::StateUrl;
+    use crate::state::test_support::{backends, d, writer_at};
 
     #[tokio::test]
     async fn a_rewrite_is_recorded_before_and_closed_by_its_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let st = writer(&dir.path().join("state.db")).await;
+        for url in backends(dir.path()).await {
+            rewrite_cycle(&url).await;
+        }
+    }
+
+    async fn rewrite_cycle(url: &StateUrl) {
+        let st = writer_at(url).await;
         let p = Product::HidWorkOrders;
         let part = d("2026-01-01");
         let add = |day: &str| BTreeMap::from([(part, BTreeSet::from([d(day)]))]);

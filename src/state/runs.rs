@@ -2,9 +2,7 @@
 //! is recognised and resumed and `status` can show the recent history.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::Row;
-
-use super::{State, StateError, day_text, now};
+use super::{Fields, State, StateError, day_text, in_tx, now, on_db};
 use crate::model::Counts;
 use crate::product::Product;
 
@@ -48,15 +46,16 @@ impl State {
         product: Option<Product>,
         range: Option<(NaiveDate, NaiveDate)>,
     ) -> Result<i64, StateError> {
-        let r = sqlx::query("INSERT INTO runs (command, product, started_at, day_from, day_to) VALUES (?, ?, ?, ?, ?)")
+        Ok(in_tx!(self, |tx| {
+        sqlx::query_scalar("INSERT INTO runs (command, product, started_at, day_from, day_to) VALUES ($1, $2, $3, $4, $5) RETURNING id")
             .bind(command)
             .bind(product.map(|p| p.config_name()))
             .bind(now())
             .bind(range.map(|r| day_text(r.0)))
             .bind(range.map(|r| day_text(r.1)))
-            .execute(&self.pool)
-            .await?;
-        Ok(r.last_insert_rowid())
+            .fetch_one(&mut *tx)
+            .await?
+        }))
     }
 
     /// When the same command over the same range was interrupted (killed before it finished),
@@ -70,22 +69,23 @@ impl State {
         range: Option<(NaiveDate, NaiveDate)>,
         recent: Option<std::time::Duration>,
     ) -> Result<Option<String>, StateError> {
-        let rows = sqlx::query(
-            "SELECT command, day_from, day_to, finished_at, started_at FROM runs WHERE product = ? ORDER BY id DESC LIMIT 1000",
-        )
-        .bind(product.config_name())
-        .fetch_all(&self.pool)
-        .await?;
+        type Run = (String, Option<String>, Option<String>, Option<String>, String);
+        let rows: Vec<Run> = on_db!(self, |pool| {
+            sqlx::query(
+                "SELECT command, day_from, day_to, finished_at, started_at FROM runs WHERE product = $1 ORDER BY id DESC LIMIT 1000",
+            )
+            .bind(product.config_name())
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.col(0)?, r.col(1)?, r.col(2)?, r.col(3)?, r.col(4)?)))
+            .collect::<Result<_, StateError>>()?
+        });
         let want = (range.map(|r| day_text(r.0)), range.map(|r| day_text(r.1)));
         let cutoff = recent.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
         let mut since = None;
-        for r in rows {
-            let same = r.try_get::<&str, _>(0)? == command
-                && (
-                    r.try_get::<Option<String>, _>(1)?,
-                    r.try_get::<Option<String>, _>(2)?,
-                ) == want;
-            let finished: Option<String> = r.try_get(3)?;
+        for (run_command, from, to, finished, started) in rows {
+            let same = run_command == command && (from, to) == want;
             let resumable = match finished.as_deref() {
                 None => true,
                 Some(at) => cutoff.is_some_and(|c| {
@@ -95,7 +95,7 @@ impl State {
             if !same || !resumable {
                 break;
             }
-            since = Some(r.try_get::<String, _>(4)?);
+            since = Some(started);
         }
         Ok(since)
     }
@@ -111,9 +111,10 @@ impl State {
         } else {
             "failed"
         };
+        in_tx!(self, |tx| {
         sqlx::query(
-            "UPDATE runs SET finished_at = ?, outcome = ?, windows_committed = ?, windows_failed = ?,
-               rows_read = ?, rows_written = ?, rows_quarantined = ?, rows_duplicate = ?, error = ? WHERE id = ?",
+            "UPDATE runs SET finished_at = $1, outcome = $2, windows_committed = $3, windows_failed = $4,
+               rows_read = $5, rows_written = $6, rows_quarantined = $7, rows_duplicate = $8, error = $9 WHERE id = $10",
         )
         .bind(now())
         .bind(outcome)
@@ -125,34 +126,37 @@ impl State {
         .bind(totals.counts.duplicates as i64)
         .bind(error)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        });
         Ok(())
     }
 
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, StateError> {
-        let rows = sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RunRow {
-                    id: r.try_get("id")?,
-                    command: r.try_get("command")?,
-                    product: r.try_get("product")?,
-                    started_at: r.try_get("started_at")?,
-                    finished_at: r.try_get("finished_at")?,
-                    outcome: r.try_get("outcome")?,
-                    windows_committed: r.try_get("windows_committed")?,
-                    windows_failed: r.try_get("windows_failed")?,
-                    rows_read: r.try_get("rows_read")?,
-                    rows_written: r.try_get("rows_written")?,
-                    rows_quarantined: r.try_get("rows_quarantined")?,
-                    rows_duplicate: r.try_get("rows_duplicate")?,
-                    error: r.try_get("error")?,
-                })
-            })
-            .collect()
+        on_db!(self, |pool| {
+            let rows = sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT $1")
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| Self::run_from_row(r)).collect()
+        })
+    }
+
+    fn run_from_row(r: &impl Fields) -> Result<RunRow, StateError> {
+        Ok(RunRow {
+            id: r.col("id")?,
+            command: r.col("command")?,
+            product: r.col("product")?,
+            started_at: r.col("started_at")?,
+            finished_at: r.col("finished_at")?,
+            outcome: r.col("outcome")?,
+            windows_committed: r.col("windows_committed")?,
+            windows_failed: r.col("windows_failed")?,
+            rows_read: r.col("rows_read")?,
+            rows_written: r.col("rows_written")?,
+            rows_quarantined: r.col("rows_quarantined")?,
+            rows_duplicate: r.col("rows_duplicate")?,
+            error: r.col("error")?,
+        })
     }
 }

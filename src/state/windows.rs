@@ -3,12 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::Row;
-
-use super::{State, StateError, day, day_text, now};
+use super::{Fields, State, StateError, day, day_text, in_tx, now, on_db};
 use crate::model::{Counts, WindowKind};
 use crate::product::Product;
+use chrono::{DateTime, NaiveDate, Utc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,11 +72,13 @@ pub struct WindowRow {
 
 impl State {
     pub async fn watermark(&self, product: Product) -> Result<Option<NaiveDate>, StateError> {
-        let row = sqlx::query("SELECT last_day FROM watermarks WHERE product = ?")
-            .bind(product.config_name())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| day(r.try_get::<&str, _>(0)?)).transpose()
+        on_db!(self, |pool| {
+            let row = sqlx::query("SELECT last_day FROM watermarks WHERE product = $1")
+                .bind(product.config_name())
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| day(&r.col::<String>(0)?)).transpose()
+        })
     }
 
     /// Moves the watermark forward only; a lower value is ignored.
@@ -87,23 +87,25 @@ impl State {
         product: Product,
         to: NaiveDate,
     ) -> Result<(), StateError> {
-        sqlx::query(
-            "INSERT INTO watermarks (product, last_day, updated_at) VALUES (?, ?, ?)
-             ON CONFLICT (product) DO UPDATE SET last_day = excluded.last_day, updated_at = excluded.updated_at
-             WHERE excluded.last_day > watermarks.last_day",
-        )
-        .bind(product.config_name())
-        .bind(day_text(to))
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
+        in_tx!(self, |tx| {
+            sqlx::query(
+                "INSERT INTO watermarks (product, last_day, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (product) DO UPDATE SET last_day = excluded.last_day, updated_at = excluded.updated_at
+                 WHERE excluded.last_day > watermarks.last_day",
+            )
+            .bind(product.config_name())
+            .bind(day_text(to))
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        });
         Ok(())
     }
 
-    fn window_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<WindowRow, StateError> {
-        let read: Option<i64> = r.try_get("rows_read")?;
+    fn window_from_row(r: &impl Fields) -> Result<WindowRow, StateError> {
+        let read: Option<i64> = r.col("rows_read")?;
         let count = |column: &str| -> Result<u64, StateError> {
-            Ok(r.try_get::<Option<i64>, _>(column)?.unwrap_or(0) as u64)
+            Ok(r.col::<Option<i64>>(column)?.unwrap_or(0) as u64)
         };
         let counts = match read {
             Some(read) => Some(Counts {
@@ -115,25 +117,25 @@ impl State {
             None => None,
         };
         Ok(WindowRow {
-            id: r.try_get("id")?,
-            product: r.try_get("product")?,
-            key: r.try_get("window_key")?,
-            kind: match r.try_get::<&str, _>("kind")? {
+            id: r.col("id")?,
+            product: r.col("product")?,
+            key: r.col("window_key")?,
+            kind: match r.col::<String>("kind")?.as_str() {
                 "day" => WindowKind::Day,
                 _ => WindowKind::History,
             },
-            from: day(r.try_get("day_from")?)?,
-            to: day(r.try_get("day_to")?)?,
-            stage: Stage::parse(r.try_get("stage")?)?,
-            job_id: r.try_get("job_id")?,
-            attempts: r.try_get("attempts")?,
+            from: day(&r.col::<String>("day_from")?)?,
+            to: day(&r.col::<String>("day_to")?)?,
+            stage: Stage::parse(&r.col::<String>("stage")?)?,
+            job_id: r.col("job_id")?,
+            attempts: r.col("attempts")?,
             counts,
-            error: r.try_get("error")?,
-            updated_at: r.try_get("updated_at")?,
-            committed_at: r.try_get("committed_at")?,
-            failures: r.try_get("failures")?,
+            error: r.col("error")?,
+            updated_at: r.col("updated_at")?,
+            committed_at: r.col("committed_at")?,
+            failures: r.col("failures")?,
             next_attempt_at: r
-                .get::<Option<String>, _>("next_attempt_at")
+                .col::<Option<String>>("next_attempt_at")?
                 .map(|t| {
                     DateTime::parse_from_rfc3339(&t)
                         .map(|t| t.with_timezone(&Utc))
@@ -155,27 +157,29 @@ impl State {
         run_id: i64,
     ) -> Result<WindowRow, StateError> {
         let t = now();
-        sqlx::query(
-            "INSERT INTO windows (product, window_key, kind, day_from, day_to, stage, run_id, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?)
-             ON CONFLICT (product, window_key) DO UPDATE SET
-               stage = 'planned', job_id = NULL, error = NULL, run_id = excluded.run_id,
-               day_from = excluded.day_from, day_to = excluded.day_to, updated_at = excluded.updated_at
-             WHERE windows.stage IN ('committed', 'failed', 'planned')",
-        )
-        .bind(product.config_name())
-        .bind(key)
-        .bind(match kind {
-            WindowKind::Day => "day",
-            WindowKind::History => "history",
-        })
-        .bind(day_text(from))
-        .bind(day_text(to))
-        .bind(run_id)
-        .bind(&t)
-        .bind(&t)
-        .execute(&self.pool)
-        .await?;
+        in_tx!(self, |tx| {
+            sqlx::query(
+                "INSERT INTO windows (product, window_key, kind, day_from, day_to, stage, run_id, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, 'planned', $6, $7, $8)
+                 ON CONFLICT (product, window_key) DO UPDATE SET
+                   stage = 'planned', job_id = NULL, error = NULL, run_id = excluded.run_id,
+                   day_from = excluded.day_from, day_to = excluded.day_to, updated_at = excluded.updated_at
+                 WHERE windows.stage IN ('committed', 'failed', 'planned')",
+            )
+            .bind(product.config_name())
+            .bind(key)
+            .bind(match kind {
+                WindowKind::Day => "day",
+                WindowKind::History => "history",
+            })
+            .bind(day_text(from))
+            .bind(day_text(to))
+            .bind(run_id)
+            .bind(&t)
+            .bind(&t)
+            .execute(&mut *tx)
+            .await?;
+        });
         self.window(product, key)
             .await?
             .ok_or_else(|| StateError::Corrupt(format!("window {key} vanished")))
@@ -186,23 +190,27 @@ impl State {
         product: Product,
         key: &str,
     ) -> Result<Option<WindowRow>, StateError> {
-        sqlx::query("SELECT * FROM windows WHERE product = ? AND window_key = ?")
-            .bind(product.config_name())
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| Self::window_from_row(&r))
-            .transpose()
+        on_db!(self, |pool| {
+            sqlx::query("SELECT * FROM windows WHERE product = $1 AND window_key = $2")
+                .bind(product.config_name())
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| Self::window_from_row(&r))
+                .transpose()
+        })
     }
 
     pub async fn windows(&self, product: Product) -> Result<Vec<WindowRow>, StateError> {
-        sqlx::query("SELECT * FROM windows WHERE product = ? ORDER BY day_from, window_key")
-            .bind(product.config_name())
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(Self::window_from_row)
-            .collect()
+        on_db!(self, |pool| {
+            sqlx::query("SELECT * FROM windows WHERE product = $1 ORDER BY day_from, window_key")
+                .bind(product.config_name())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Self::window_from_row(r))
+                .collect()
+        })
     }
 
     /// Windows whose vendor job was recorded but not yet committed: resumed before anything new.
@@ -221,13 +229,15 @@ impl State {
         stage: Stage,
         error: Option<&str>,
     ) -> Result<(), StateError> {
-        sqlx::query("UPDATE windows SET stage = ?, error = ?, updated_at = ? WHERE id = ?")
-            .bind(stage.as_str())
-            .bind(error)
-            .bind(now())
-            .bind(window_id)
-            .execute(&self.pool)
-            .await?;
+        in_tx!(self, |tx| {
+            sqlx::query("UPDATE windows SET stage = $1, error = $2, updated_at = $3 WHERE id = $4")
+                .bind(stage.as_str())
+                .bind(error)
+                .bind(now())
+                .bind(window_id)
+                .execute(&mut *tx)
+                .await?;
+        });
         Ok(())
     }
 
@@ -237,14 +247,16 @@ impl State {
         window_id: i64,
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<(), StateError> {
-        sqlx::query(
-            "UPDATE windows SET failures = failures + 1, next_attempt_at = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(retry_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
-        .bind(now())
-        .bind(window_id)
-        .execute(&self.pool)
-        .await?;
+        in_tx!(self, |tx| {
+            sqlx::query(
+                "UPDATE windows SET failures = failures + 1, next_attempt_at = $1, updated_at = $2 WHERE id = $3",
+            )
+            .bind(retry_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+            .bind(now())
+            .bind(window_id)
+            .execute(&mut *tx)
+            .await?;
+        });
         Ok(())
     }
 
@@ -270,11 +282,12 @@ impl State {
 
     /// When a window of `product` last committed.
     pub async fn last_commit(&self, product: Product) -> Result<Option<DateTime<Utc>>, StateError> {
-        let at: Option<String> =
-            sqlx::query_scalar("SELECT MAX(committed_at) FROM windows WHERE product = ?")
+        let at: Option<String> = on_db!(self, |pool| {
+            sqlx::query_scalar("SELECT MAX(committed_at) FROM windows WHERE product = $1")
                 .bind(product.config_name())
-                .fetch_one(&self.pool)
-                .await?;
+                .fetch_one(pool)
+                .await?
+        });
         at.map(|t| {
             DateTime::parse_from_rfc3339(&t)
                 .map(|t| t.with_timezone(&Utc))
@@ -306,18 +319,24 @@ impl State {
 mod tests {
     use super::*;
     use crate::state::RunTotals;
-    use crate::state::test_support::{d, writer};
+    use crate::model::StateUrl;
+    use crate::state::test_support::{backends, d, writer, writer_at};
 
     #[tokio::test]
     async fn window_lifecycle_and_watermark() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s/state.db");
-        let st = writer(&path).await;
+        for url in backends(&dir.path().join("s")).await {
+            lifecycle(&url).await;
+        }
+    }
+
+    async fn lifecycle(url: &StateUrl) {
+        let st = writer_at(url).await;
         #[cfg(unix)]
-        {
+        if let StateUrl::Sqlite(path) = url {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                std::fs::metadata(path).unwrap().permissions().mode() & 0o777,
                 0o600
             );
         }
@@ -398,7 +417,7 @@ mod tests {
         // Reopening applies no migration twice.
         st.close().await;
         drop(st);
-        let st = writer(&path).await;
+        let st = writer_at(url).await;
         assert_eq!(
             st.jobs_for_window(p, "2026-01-02").await.unwrap(),
             vec!["job-1"]
@@ -422,8 +441,11 @@ mod tests {
         .await
         .unwrap();
         // SQLite keeps whatever it is given; an edit by hand or a future schema could do this.
+        let crate::state::Db::Sqlite(pool) = &st.db else {
+            unreachable!()
+        };
         sqlx::query("UPDATE windows SET rows_read = 'many'")
-            .execute(&st.pool)
+            .execute(pool)
             .await
             .unwrap();
         let err = st.windows(p).await.unwrap_err();

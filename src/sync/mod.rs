@@ -205,27 +205,47 @@ impl Pipeline {
         };
         let lake = Lake::open(&settings.lake)?;
         let state = match &access {
-            Access::Read => State::open_reader(&settings.state.path).await?,
+            Access::Read => State::open_reader(&settings.state.url).await?,
             Access::Write(request) => {
-                let state = State::open_writer(&settings.state.path, request).await?;
-                let work = settings.work_dir();
-                std::fs::create_dir_all(&work).map_err(|e| {
-                    SyncError::Usage(format!("cannot create {}: {e}", work.display()))
-                })?;
-                clean_downloads(&work, &state).await?;
-                for product in Product::ALL {
-                    repair_lake(&state, &lake, product).await?;
-                }
-                state
+                let request = request.clone().with_ttl(settings.state.lease_ttl);
+                State::open_writer(&settings.state.url, &request).await?
             }
         };
-        Ok(Self {
+        let pipeline = Self {
             jobs: Arc::new(Semaphore::new(settings.api.max_concurrent_jobs)),
             settings: Arc::new(settings),
             state,
             lake,
             client,
             lake_lock: Arc::default(),
+        };
+        // A standby replica does this when it takes the lease over.
+        if matches!(access, Access::Write(_)) && pipeline.state.lease_epoch().is_some() {
+            pipeline.take_over().await?;
+        }
+        Ok(pipeline)
+    }
+
+    /// What the writer does before its first cycle: clean up the downloads and repair the lake
+    /// objects a killed (or superseded) writer left.
+    pub async fn take_over(&self) -> Result<(), SyncError> {
+        let work = self.work_dir();
+        std::fs::create_dir_all(&work)
+            .map_err(|e| SyncError::Usage(format!("cannot create {}: {e}", work.display())))?;
+        clean_downloads(&work, &self.state).await?;
+        for product in Product::ALL {
+            repair_lake(&self.state, &self.lake, product).await?;
+        }
+        Ok(())
+    }
+
+    /// A pipeline whose writes carry the writer lease's epoch held now (see `State::pinned`):
+    /// what one cycle runs with, so a cycle that lost the lease writes nothing more even if
+    /// this replica takes the lease again while it winds down.
+    pub fn pinned(&self) -> Result<Self, SyncError> {
+        Ok(Self {
+            state: self.state.pinned()?,
+            ..self.clone()
         })
     }
 

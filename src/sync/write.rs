@@ -158,6 +158,8 @@ impl Pipeline {
                 async move {
                     let new = load(&normalized, date).await?;
                     let batch = new.as_ref().map(|(b, _)| b);
+                    // No object goes into the lake once another replica may be writing it.
+                    self.state.ensure_writer()?;
                     let state = self
                         .lake
                         .rewrite_partition(

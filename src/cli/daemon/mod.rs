@@ -7,6 +7,14 @@
 //! panic ends that cycle only (logged, counted, and the next tick runs), and `/healthz` answers
 //! 503 when a cycle has run far past `api.job_timeout` or no cycle has started for several
 //! schedule periods, so Kubernetes or systemd restart the process.
+//!
+//! With a PostgreSQL state several replicas run; the one holding the writer lease syncs and the
+//! others stand by, healthy and ready, until it comes free ([`lease`]). Each cycle runs pinned
+//! to the lease epoch it started under, and a replica taking over first cleans up and repairs
+//! what the previous holder left, then resumes its recorded jobs at once.
+
+mod health;
+mod lease;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -14,22 +22,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use health::{CycleClock, Limits, Running, healthz, lock, metrics_page, readyz, recorder, schedule_period};
+
 use axum::Router;
 use axum::extract::{ConnectInfo, Path as AxPath, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use chrono::{DateTime, NaiveDate, Utc};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use chrono::{NaiveDate, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use std::net::SocketAddr;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::CliError;
 use crate::config::Settings;
-use crate::events::{
-    CycleFinished, CyclePanicked, InternalEvent, LastCommit, TickSkipped, WatermarkAge,
-    WriterLeaseTaken,
-};
+use crate::events::{CycleFinished, CyclePanicked, InternalEvent, LastCommit, TickSkipped};
+use crate::model::StateUrl;
 use crate::product::Product;
 use crate::sync::{Access, Pipeline, RunReport};
 
@@ -45,106 +53,15 @@ struct Shared {
     /// Liveness: how long a cycle may run, and how long the scheduler may go without starting
     /// one, before the process counts as wedged.
     limits: BTreeMap<Product, Limits>,
+    /// The lease epoch whose take-over (clean-up and repair) has run.
+    prepared: tokio::sync::Mutex<Option<i64>>,
 }
 
-/// When a product's cycles ran.
-#[derive(Debug, Default, Clone, Copy)]
-struct CycleClock {
-    /// The cycle in flight, since when.
-    running_since: Option<DateTime<Utc>>,
-    last_started: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    max_cycle: chrono::Duration,
-    max_idle: chrono::Duration,
-}
-
-/// Why the daemon is not alive, if it is not: a cycle far past its limit, or a scheduler that
-/// has started nothing for several periods.
-fn wedged(
-    now: DateTime<Utc>,
-    product: Product,
-    clock: CycleClock,
-    limits: Limits,
-) -> Option<String> {
-    match clock {
-        CycleClock {
-            running_since: Some(t),
-            ..
-        } if now - t > limits.max_cycle => Some(format!(
-            "{product}: a cycle has been running since {t}, longer than {} (twice api.job_timeout)",
-            limits.max_cycle
-        )),
-        CycleClock {
-            running_since: None,
-            last_started: Some(t),
-        } if now - t > limits.max_idle => Some(format!(
-            "{product}: no cycle has started since {t}, longer than {} (three schedule periods)",
-            limits.max_idle
-        )),
-        _ => None,
+impl Shared {
+    /// A standby replica holds no lease: it runs no cycle and answers no trigger.
+    fn standby(&self) -> bool {
+        self.pipeline.state.lease_epoch().is_none()
     }
-}
-
-/// Marks a cycle as running until dropped, however the cycle ends.
-struct Running<'a>(&'a Mutex<CycleClock>);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        lock(self.0).running_since = None;
-    }
-}
-
-/// The clock's lock; a poisoned one still holds plain timestamps worth reading.
-fn lock(m: &Mutex<CycleClock>) -> std::sync::MutexGuard<'_, CycleClock> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn schedule_period(expr: &str, tz: chrono_tz::Tz) -> chrono::Duration {
-    let Ok(cron) = crate::schedule::parse_cron(expr) else {
-        return chrono::Duration::hours(1);
-    };
-    let now = Utc::now().with_timezone(&tz);
-    match cron
-        .find_next_occurrence(&now, false)
-        .and_then(|a| cron.find_next_occurrence(&a, false).map(|b| b - a))
-    {
-        Ok(d) => d,
-        Err(_) => chrono::Duration::hours(1),
-    }
-}
-
-/// Vendor calls take tens of milliseconds to a minute; cycles and export jobs seconds to hours.
-const VENDOR_CALL_BUCKETS: [f64; 11] =
-    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
-const LONG_WORK_BUCKETS: [f64; 12] = [
-    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
-];
-
-/// The Prometheus recorder, with histogram buckets for every duration metric: histograms (not
-/// the exporter's default summaries) are what Prometheus can aggregate across replicas.
-fn recorder() -> Result<PrometheusHandle, CliError> {
-    let failed = |e: BuildError| CliError::Failed(format!("metrics recorder: {e}"));
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("dpss_sync_vendor_request_duration_seconds".into()),
-            &VENDOR_CALL_BUCKETS,
-        )
-        .map_err(failed)?
-        .set_buckets_for_metric(
-            Matcher::Full("dpss_sync_job_duration_seconds".into()),
-            &LONG_WORK_BUCKETS,
-        )
-        .map_err(failed)?
-        .set_buckets_for_metric(
-            Matcher::Full("dpss_sync_cycle_duration_seconds".into()),
-            &LONG_WORK_BUCKETS,
-        )
-        .map_err(failed)?
-        .install_recorder()
-        .map_err(failed)
 }
 
 /// What a cycle does: the scheduled sync, or what an operator triggered.
@@ -160,7 +77,7 @@ enum Work {
 
 /// A scheduled tick: skipped while the product's last cycle (or a triggered one) still runs.
 async fn cycle(shared: Arc<Shared>, product: Product) {
-    if shared.draining.load(Ordering::SeqCst) {
+    if shared.draining.load(Ordering::SeqCst) || shared.standby() {
         return;
     }
     let Ok(turn) = shared.turns[&product].clone().try_lock_owned() else {
@@ -188,7 +105,15 @@ async fn run_turn(
     }
     let _running = Running(clock);
     let started = std::time::Instant::now();
-    let pipeline = shared.pipeline.clone();
+    let pipeline = shared.pipeline.pinned().map_err(|e| e.to_string())?;
+    {
+        let mut prepared = shared.prepared.lock().await;
+        let epoch = pipeline.state.lease_epoch();
+        if *prepared != epoch {
+            pipeline.take_over().await.map_err(|e| e.to_string())?;
+            *prepared = epoch;
+        }
+    }
     let task = tokio::spawn(async move {
         match work {
             Work::Sync => pipeline.sync(product).await,
@@ -271,6 +196,16 @@ async fn trigger(
             "the daemon is shutting down".into(),
         );
     }
+    if shared.standby() {
+        let leader = match shared.pipeline.state.writer().await {
+            Ok(Some(row)) if row.held => row.holder.to_string(),
+            _ => "no replica at the moment".into(),
+        };
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this replica is a standby; the writer lease is held by {leader}: trigger that one"),
+        );
+    }
     let work = match (what.as_str(), q.from, q.to) {
         ("sync", _, _) => Work::Sync,
         ("backfill", Some(from), Some(to)) => Work::Backfill {
@@ -316,64 +251,6 @@ async fn trigger(
     )
 }
 
-async fn healthz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
-    let now = Utc::now();
-    let problems: Vec<String> = shared
-        .clocks
-        .iter()
-        .filter_map(|(p, c)| wedged(now, *p, *lock(c), shared.limits[p]))
-        .collect();
-    if problems.is_empty() {
-        (StatusCode::OK, "ok\n".into())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("wedged:\n{}\n", problems.join("\n")),
-        )
-    }
-}
-
-async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode, String) {
-    if shared.draining.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
-    }
-    let mut problems = Vec::new();
-    for (product, max_age) in &shared.max_commit_age {
-        match shared.pipeline.state.last_commit(*product).await {
-            Err(e) => problems.push(format!("state unreachable: {e}")),
-            Ok(None) => problems.push(format!("{product}: nothing committed yet")),
-            Ok(Some(t)) if Utc::now() - t > *max_age => problems.push(format!(
-                "{product}: last commit {t} is older than {max_age}"
-            )),
-            Ok(Some(_)) => {}
-        }
-    }
-    if problems.is_empty() {
-        (StatusCode::OK, "ready\n".into())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
-    }
-}
-
-async fn metrics_page(AxState(shared): AxState<Arc<Shared>>) -> String {
-    for product in shared.clocks.keys() {
-        if let Ok(Some(w)) = shared.pipeline.state.watermark(*product).await {
-            let end = w
-                .succ_opt()
-                .expect("in range")
-                .and_hms_opt(0, 0, 0)
-                .expect("midnight")
-                .and_utc();
-            WatermarkAge {
-                product: *product,
-                seconds: (Utc::now() - end).num_seconds().max(0) as f64,
-            }
-            .emit();
-        }
-    }
-    shared.metrics.render()
-}
-
 async fn shutdown_signal() {
     let term = async {
         #[cfg(unix)]
@@ -403,13 +280,15 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
         .iter()
         .map(|(p, s)| (*p, s.schedule.clone(), s.schedule_timezone))
         .collect();
-    let pipeline = Pipeline::open(settings, true, access).await?;
-    if let Some(holder) = pipeline.state.lease() {
-        WriterLeaseTaken {
-            holder: &holder.to_string(),
+    // Replicas sharing a PostgreSQL state stand by until the lease comes free.
+    let access = match access {
+        Access::Write(request) if matches!(settings.state.url, StateUrl::Postgres { .. }) => {
+            Access::Write(request.as_standby())
         }
-        .emit();
-    }
+        other => other,
+    };
+    let pipeline = Pipeline::open(settings, true, access).await?;
+    let prepared = tokio::sync::Mutex::new(pipeline.state.lease_epoch());
     let shared = Arc::new(Shared {
         pipeline,
         metrics,
@@ -443,6 +322,7 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
                 )
             })
             .collect(),
+        prepared,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -499,10 +379,9 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
         }
     }
     tracing::info!(%listen, "daemon started: /healthz /readyz /metrics");
-    // A first cycle right away, so a fresh deployment does not idle until the first tick.
-    for (product, _, _) in &schedules {
-        tokio::spawn(cycle(shared.clone(), *product));
-    }
+    // A first cycle as soon as the lease is held (at once with SQLite), so a fresh deployment or
+    // a takeover does not idle until the next tick.
+    tokio::spawn(lease::follow(shared.clone()));
     shutdown_signal().await;
     tracing::info!(grace = %humantime::format_duration(grace), "shutting down: draining");
     shared.draining.store(true, Ordering::SeqCst);
@@ -526,32 +405,4 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
     let _ = server.await;
     shared.pipeline.state.close().await;
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cycle_far_past_its_limit_or_a_silent_scheduler_is_wedged() {
-        let p = Product::HidWorkOrders;
-        let limits = Limits {
-            max_cycle: chrono::Duration::hours(4),
-            max_idle: chrono::Duration::minutes(45),
-        };
-        let now = Utc::now();
-        let ago = |m: i64| Some(now - chrono::Duration::minutes(m));
-        let clock = |running_since, last_started| CycleClock {
-            running_since,
-            last_started,
-        };
-        // A long cycle within its limit is alive, however long since the last start.
-        assert_eq!(wedged(now, p, clock(ago(200), ago(200)), limits), None);
-        let hung = wedged(now, p, clock(ago(300), ago(300)), limits).unwrap();
-        assert!(hung.contains("running since"), "{hung}");
-        assert_eq!(wedged(now, p, clock(None, ago(30)), limits), None);
-        let silent = wedged(now, p, clock(None, ago(60)), limits).unwrap();
-        assert!(silent.contains("no cycle has started"), "{silent}");
-        assert_eq!(wedged(now, p, CycleClock::default(), limits), None);
-    }
 }

@@ -9,6 +9,9 @@ use metrics::{counter, gauge, histogram};
 use crate::model::Counts;
 use crate::product::Product;
 
+mod lease;
+pub use lease::{LeaseAge, LeaseChanged};
+
 pub trait InternalEvent {
     fn emit(self);
 }
@@ -373,20 +376,6 @@ impl InternalEvent for LastCommit {
     }
 }
 
-/// This daemon took the writer lease: it is the one process syncing. The gauge stays 0 in a
-/// process that waits for the lease, so `max(dpss_sync_writer_lease_held) < 1` across replicas
-/// means nobody syncs.
-pub struct WriterLeaseTaken<'a> {
-    pub holder: &'a str,
-}
-
-impl InternalEvent for WriterLeaseTaken<'_> {
-    fn emit(self) {
-        tracing::info!(holder = self.holder, "holding the writer lease");
-        gauge!("dpss_sync_writer_lease_held").set(1.0);
-    }
-}
-
 /// Old history left the state (`state.history_retention`).
 pub struct HistoryPruned {
     pub pruned: crate::model::Pruned,
@@ -508,12 +497,8 @@ pub fn register_metrics(products: &[Product]) {
         "dpss_sync_submissions_unknown_total",
         "Batch requests of unknown outcome"
     );
-    describe_gauge!(
-        "dpss_sync_writer_lease_held",
-        "1 while this process holds the writer lease"
-    );
+    lease::register_metrics();
     counter!("dpss_sync_downloaded_bytes_total").absolute(0);
-    gauge!("dpss_sync_writer_lease_held").set(0.0);
     for endpoint in ENDPOINTS {
         for name in [
             "dpss_sync_retries_total",

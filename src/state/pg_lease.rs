@@ -1,0 +1,334 @@
+//! The PostgreSQL writer lease: several replicas share one state, one of them writes.
+//!
+//! The holder keeps a session-level advisory lock on a dedicated connection (never a pooled one:
+//! a pool may recycle the connection and silently drop the lock) and the `writer_lease` row:
+//! each acquisition increments its `epoch`, and every write transaction checks that epoch first
+//! (`postgres::fence`), so a holder that was paused or cut off cannot commit once another has
+//! taken over. The holder renews `expires_at` (by the server's clock, so replicas' clocks do not
+//! matter) every third of `state.lease_ttl`.
+//!
+//! A killed holder's connection closes and the lock frees at once. A paused or partitioned one
+//! keeps its session, so once its lease expires a standby ends that session
+//! (`pg_terminate_backend`, only for the session that holds the lock) and takes the lock. The
+//! holder stops trusting its lease at its local deadline, measured from before the renewal it
+//! last sent, which is never after the server's `expires_at`: it has stopped before anyone may
+//! take over.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::lease::{Holder, Lease, LeaseRequest, LeaseStatus};
+use super::{Fields, StateError};
+use crate::model::StateUrl;
+
+/// The advisory lock's key ("dpss"); advisory locks are per database, so one state, one lock.
+const LOCK_KEY: i64 = 0x6470_7373;
+
+/// How long a one-shot writer without --wait tries before it is refused.
+const PROBE_GRACE: Duration = Duration::from_millis(500);
+
+/// The lease as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaseRow {
+    pub holder: Holder,
+    /// Whether the holder holds it now (a SQLite lock is probed; a PostgreSQL lease is unexpired).
+    pub held: bool,
+    pub epoch: Option<i64>,
+    pub renewed_secs_ago: Option<f64>,
+}
+
+pub(super) async fn lease_row(pool: &PgPool) -> Result<Option<LeaseRow>, StateError> {
+    let Some(r) = sqlx::query(
+        "SELECT holder, epoch, expires_at > now() AND NOT released AS held,
+                EXTRACT(EPOCH FROM now() - renewed_at)::float8 AS age
+         FROM writer_lease WHERE id = 1",
+    )
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let holder: String = r.col("holder")?;
+    Ok(Some(LeaseRow {
+        holder: serde_json::from_str(&holder)
+            .map_err(|e| StateError::Corrupt(format!("lease holder: {e}")))?,
+        held: r.col("held")?,
+        epoch: Some(r.col("epoch")?),
+        renewed_secs_ago: Some(r.col("age")?),
+    }))
+}
+
+/// What the lease task tells the state.
+#[derive(Debug)]
+struct Shared {
+    /// The epoch held and the local deadline it is trusted until.
+    held: Mutex<Option<(i64, Instant)>>,
+    status: watch::Sender<LeaseStatus>,
+    /// Why the last connection attempt failed, for a writer that gives up waiting.
+    last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn hold(&self, epoch: i64, until: Instant) {
+        *self.held.lock().expect("lease lock") = Some((epoch, until));
+        self.status.send_if_modified(|s| {
+            let changed = *s != LeaseStatus::Held { epoch };
+            *s = LeaseStatus::Held { epoch };
+            changed
+        });
+    }
+
+    fn lose(&self, epoch: i64, reason: String) {
+        *self.held.lock().expect("lease lock") = None;
+        self.status.send_replace(LeaseStatus::Lost { epoch, reason });
+    }
+
+    fn wait_for(&self, holder: Option<Holder>) {
+        self.status.send_if_modified(|s| {
+            let next = LeaseStatus::Standby { holder };
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+}
+
+/// The lease of a PostgreSQL state; dropping it ends its task and closes its connection, which
+/// frees the advisory lock.
+#[derive(Debug)]
+pub struct PgLease {
+    holder: Holder,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgLease {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Lease for PgLease {
+    fn holder(&self) -> &Holder {
+        &self.holder
+    }
+
+    fn epoch(&self) -> Option<i64> {
+        let held = *self.shared.held.lock().expect("lease lock");
+        held.filter(|(_, until)| Instant::now() < *until)
+            .map(|(epoch, _)| epoch)
+    }
+
+    fn watch(&self) -> watch::Receiver<LeaseStatus> {
+        self.shared.status.subscribe()
+    }
+}
+
+impl PgLease {
+    /// Starts the lease's task. A standby request returns at once; any other waits up to
+    /// `request.wait` (or a moment) for the lease and is refused naming the holder.
+    pub(super) async fn acquire(
+        url: &StateUrl,
+        options: PgConnectOptions,
+        request: &LeaseRequest,
+    ) -> Result<Self, StateError> {
+        let shared = Arc::new(Shared {
+            held: Mutex::new(None),
+            status: watch::Sender::new(LeaseStatus::Standby { holder: None }),
+            last_error: Mutex::new(None),
+        });
+        let mut status = shared.status.subscribe();
+        let task = tokio::spawn(keep(options, request.clone(), shared.clone()));
+        let lease = Self {
+            holder: request.holder.clone(),
+            shared,
+            task,
+        };
+        if request.standby {
+            return Ok(lease);
+        }
+        let patience = request.wait.unwrap_or(PROBE_GRACE);
+        let mut announced = false;
+        let deadline = Instant::now() + patience;
+        loop {
+            let current = status.borrow_and_update().clone();
+            match current {
+                LeaseStatus::Held { .. } => return Ok(lease),
+                LeaseStatus::Standby { holder: Some(h) } if !announced && request.wait.is_some() => {
+                    tracing::warn!(holder = %h, "another writer holds the state; waiting for it");
+                    announced = true;
+                }
+                _ => {}
+            }
+            if tokio::time::timeout_at(deadline, status.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let current = status.borrow().clone();
+        match current {
+            LeaseStatus::Standby { holder: Some(h) } => Err(StateError::Busy {
+                lock: format!("of {url} (table writer_lease)"),
+                holder: h.to_string(),
+                waited: request.wait,
+            }),
+            _ => Err(StateError::Open {
+                path: url.to_string(),
+                detail: lease
+                    .shared
+                    .last_error
+                    .lock()
+                    .expect("lease lock")
+                    .clone()
+                    .unwrap_or_else(|| "the writer lease could not be taken in time".into()),
+            }),
+        }
+    }
+}
+
+/// What one try for the lease found.
+enum Take {
+    Taken { epoch: i64, sent: Instant },
+    Busy { holder: Option<Holder>, stale_pid: Option<i32> },
+}
+
+/// The lease's life: connect, campaign, hold and renew; a standby campaigns again after a loss,
+/// a one-shot writer stops there.
+async fn keep(options: PgConnectOptions, request: LeaseRequest, shared: Arc<Shared>) {
+    let holder = serde_json::to_string(&request.holder).expect("a holder serializes");
+    let ttl = request.ttl;
+    let retry = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        let mut conn = match PgConnection::connect_with(&options).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                *shared.last_error.lock().expect("lease lock") = Some(e.to_string());
+                tokio::time::sleep(retry).await;
+                continue;
+            }
+        };
+        loop {
+            match try_take(&mut conn, &holder, ttl).await {
+                Err(e) => {
+                    *shared.last_error.lock().expect("lease lock") = Some(e.to_string());
+                    break;
+                }
+                Ok(Take::Taken { epoch, sent }) => {
+                    shared.hold(epoch, sent + ttl);
+                    let reason = hold(&mut conn, epoch, ttl, &shared).await;
+                    tracing::warn!(epoch, %reason, "lost the writer lease");
+                    shared.lose(epoch, reason);
+                    if !request.standby {
+                        return;
+                    }
+                    break;
+                }
+                Ok(Take::Busy { holder, stale_pid }) => {
+                    shared.wait_for(holder.clone());
+                    if let Some(pid) = stale_pid {
+                        tracing::warn!(
+                            holder = %holder.map(|h| h.to_string()).unwrap_or_default(),
+                            "the writer lease expired without a renewal; ending its holder's session to take over"
+                        );
+                        if let Err(e) = end_session(&mut conn, pid).await {
+                            *shared.last_error.lock().expect("lease lock") = Some(e.to_string());
+                            break;
+                        }
+                        continue;
+                    }
+                    tokio::time::sleep(retry).await;
+                }
+            }
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+async fn try_take(conn: &mut PgConnection, holder: &str, ttl: Duration) -> Result<Take, sqlx::Error> {
+    let sent = Instant::now();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(&mut *conn)
+        .await?;
+    if locked {
+        let epoch: i64 = sqlx::query_scalar(
+            "INSERT INTO writer_lease (id, epoch, holder, backend_pid, acquired_at, renewed_at, expires_at)
+             VALUES (1, 1, $1, pg_backend_pid(), now(), now(), now() + make_interval(secs => $2))
+             ON CONFLICT (id) DO UPDATE SET epoch = writer_lease.epoch + 1, holder = excluded.holder,
+               backend_pid = excluded.backend_pid, acquired_at = excluded.acquired_at,
+               renewed_at = excluded.renewed_at, expires_at = excluded.expires_at, released = FALSE
+             RETURNING epoch",
+        )
+        .bind(holder)
+        .bind(ttl.as_secs_f64())
+        .fetch_one(&mut *conn)
+        .await?;
+        return Ok(Take::Taken { epoch, sent });
+    }
+    let row = sqlx::query(
+        "SELECT holder, backend_pid, expires_at < now() AS expired FROM writer_lease WHERE id = 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        // The lock was taken a moment ago and its row is on its way.
+        return Ok(Take::Busy {
+            holder: None,
+            stale_pid: None,
+        });
+    };
+    let holder: String = row.col("holder")?;
+    let expired: bool = row.col("expired")?;
+    Ok(Take::Busy {
+        holder: serde_json::from_str(&holder).ok(),
+        stale_pid: expired.then(|| row.col("backend_pid")).transpose()?,
+    })
+}
+
+/// Renews the lease every third of its life until that fails; says why it ended.
+async fn hold(conn: &mut PgConnection, epoch: i64, ttl: Duration, shared: &Shared) -> String {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let sent = Instant::now();
+        let renewed = tokio::time::timeout(
+            ttl,
+            sqlx::query(
+                "UPDATE writer_lease SET renewed_at = now(), expires_at = now() + make_interval(secs => $2)
+                 WHERE id = 1 AND epoch = $1 AND backend_pid = pg_backend_pid()",
+            )
+            .bind(epoch)
+            .bind(ttl.as_secs_f64())
+            .execute(&mut *conn),
+        )
+        .await;
+        match renewed {
+            Ok(Ok(r)) if r.rows_affected() == 1 => shared.hold(epoch, sent + ttl),
+            Ok(Ok(_)) => return "another replica took the lease over".into(),
+            Ok(Err(e)) => return format!("the lease could not be renewed: {e}"),
+            Err(_) => return format!("renewing the lease took longer than {ttl:?}"),
+        }
+    }
+}
+
+/// Ends the session `pid` if, and only if, it holds the lease's advisory lock: a stale row's pid
+/// may belong to an unrelated session by now.
+async fn end_session(conn: &mut PgConnection, pid: i32) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $2
+           AND l.classid::bigint = ($1 >> 32) AND l.objid::bigint = ($1 & 4294967295) AND l.objsubid = 1
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(LOCK_KEY)
+    .bind(pid)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(())
+}
