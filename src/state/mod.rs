@@ -342,7 +342,10 @@ impl State {
             (Some(now), Some(pin)) if now != pin => Err(StateError::LeaseLost { epoch: pin }),
             (Some(now), _) => Ok(Some(now)),
             (None, pin) => Err(StateError::LeaseLost {
-                epoch: pin.unwrap_or(0),
+                epoch: pin.unwrap_or_else(|| match &*lease.watch().borrow() {
+                    LeaseStatus::Lost { epoch, .. } => *epoch,
+                    _ => 0,
+                }),
             }),
         }
     }

@@ -332,3 +332,143 @@ async fn end_session(conn: &mut PgConnection, pid: i32) -> Result<(), sqlx::Erro
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::product::Product;
+    use crate::state::State;
+    use crate::state::test_support::{d, postgres_db, writer_at};
+
+    async fn admin(url: &StateUrl) -> PgConnection {
+        let StateUrl::Postgres { url, .. } = url else {
+            unreachable!()
+        };
+        PgConnection::connect(url.as_str()).await.unwrap()
+    }
+
+    async fn until_held(state: &State, within: Duration) -> i64 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(epoch) = state.lease_epoch() {
+                return epoch;
+            }
+            assert!(Instant::now() < deadline, "the standby never took the lease");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_is_refused_and_a_standby_takes_over_when_the_holder_goes() {
+        let Some(url) = postgres_db().await else {
+            return;
+        };
+        let first = writer_at(&url).await;
+        assert_eq!(first.lease_epoch(), Some(1));
+        let refused = State::open_writer(&url, &LeaseRequest::new("sync", None))
+            .await
+            .err()
+            .unwrap();
+        let text = refused.to_string();
+        assert!(
+            text.contains("`test`") && text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        let standby = State::open_writer(&url, &LeaseRequest::new("run", None).as_standby())
+            .await
+            .unwrap();
+        assert_eq!(standby.lease_epoch(), None);
+        let row = standby.writer().await.unwrap().unwrap();
+        assert!(row.held && row.holder.command == "test" && row.epoch == Some(1));
+        // The holder goes (its connection closes, as when a process is killed): the standby
+        // takes the lease at once, under the next epoch, and writes under it.
+        first.close().await;
+        drop(first);
+        assert_eq!(until_held(&standby, Duration::from_secs(5)).await, 2);
+        standby
+            .advance_watermark(Product::HidWorkOrders, d("2026-01-02"))
+            .await
+            .unwrap();
+        assert_eq!(
+            standby.writer().await.unwrap().unwrap().holder.command,
+            "run"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_whose_epoch_moved_on_commits_nothing() {
+        let Some(url) = postgres_db().await else {
+            return;
+        };
+        let st = State::open_writer(
+            &url,
+            &LeaseRequest::new("test", None).with_ttl(Duration::from_secs(3)),
+        )
+        .await
+        .unwrap();
+        let p = Product::HidWorkOrders;
+        st.advance_watermark(p, d("2026-01-01")).await.unwrap();
+        // Another replica took over while this one was not looking.
+        let mut other = admin(&url).await;
+        sqlx::query("UPDATE writer_lease SET epoch = epoch + 1")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let err = st.advance_watermark(p, d("2026-01-02")).await.unwrap_err();
+        assert!(matches!(err, StateError::Fenced { epoch: 1 }), "{err}");
+        assert_eq!(st.watermark(p).await.unwrap(), Some(d("2026-01-01")));
+        // Its next renewal finds the lease gone: it stops trusting it, and says so.
+        let mut status = st.lease_watch().unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            status.wait_for(|s| matches!(s, LeaseStatus::Lost { .. })),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(matches!(
+            st.ensure_writer(),
+            Err(StateError::LeaseLost { epoch: 1 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_holder_that_still_holds_the_lock_is_cut_off() {
+        let Some(url) = postgres_db().await else {
+            return;
+        };
+        // Migrate, then stand in for a paused holder: a session that holds the lock and a lease
+        // row that expired because nobody renewed it.
+        drop(writer_at(&url).await);
+        let mut paused = admin(&url).await;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .execute(&mut paused)
+            .await
+            .unwrap();
+        let holder = serde_json::to_string(&Holder::this_process("paused")).unwrap();
+        sqlx::query(
+            "UPDATE writer_lease SET holder = $1, backend_pid = pg_backend_pid(),
+               expires_at = now() - interval '1 second'",
+        )
+        .bind(&holder)
+        .execute(&mut paused)
+        .await
+        .unwrap();
+        let taker = State::open_writer(
+            &url,
+            &LeaseRequest::new("run", Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(taker.lease_epoch(), Some(2));
+        assert!(
+            sqlx::query("SELECT 1").execute(&mut paused).await.is_err(),
+            "the stale holder's session was ended"
+        );
+    }
+}
