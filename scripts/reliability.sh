@@ -135,6 +135,14 @@ lines += [
     f"- Dependency advisories: {audit}",
     "",
 ]
+# The failover section is scripts/failover.sh's: carried over as it is.
+try:
+    old = open(out).read()
+    begin, end = old.find("<!-- failover:begin"), old.find("<!-- failover:end -->")
+    if begin >= 0 and end >= 0:
+        lines += [old[begin:end + len("<!-- failover:end -->")], ""]
+except FileNotFoundError:
+    pass
 open(out, "w").write("\n".join(lines))
 print(f"wrote {out}")
 PY

@@ -154,7 +154,8 @@ impl std::fmt::Display for Holder {
             self.command,
             self.pid,
             self.host,
-            self.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            self.since
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )
     }
 }
@@ -169,4 +170,3 @@ pub enum LeaseStatus {
     /// This process held it and lost it; nothing more is written under that epoch.
     Lost { epoch: i64, reason: String },
 }
-

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use dpss_sync::sim::SimConfig;
 use dpss_sync::model::StateUrl;
+use dpss_sync::sim::SimConfig;
 use dpss_sync::state::{Stage, State};
 
 fn daemon_config(sim: &dpss_sync::sim::SimHandle, dir: &Path, port: u16) -> std::path::PathBuf {
@@ -265,7 +265,9 @@ async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     let state_path = dir.path().join("state/state.db");
-    let st = State::open_reader(&StateUrl::Sqlite(state_path.clone())).await.unwrap();
+    let st = State::open_reader(&StateUrl::Sqlite(state_path.clone()))
+        .await
+        .unwrap();
     let w = st.window(P, "history").await.unwrap().unwrap();
     assert_eq!(w.stage, Stage::Submitted);
     let job = w.job_id.clone().unwrap();
@@ -280,7 +282,9 @@ async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
         1,
         "the recorded job was resumed, not requested again"
     );
-    let st = State::open_reader(&StateUrl::Sqlite(state_path.clone())).await.unwrap();
+    let st = State::open_reader(&StateUrl::Sqlite(state_path.clone()))
+        .await
+        .unwrap();
     let w = st.window(P, "history").await.unwrap().unwrap();
     assert_eq!(
         (w.stage, w.job_id.as_deref()),

@@ -28,7 +28,11 @@ async fn database() -> Option<url::Url> {
         eprintln!("failover not covered: DPSS_TEST_POSTGRES_URL is not set (scripts/test sets it)");
         return None;
     };
-    let name = format!("failover_{}_{}", std::process::id(), Utc::now().timestamp_micros());
+    let name = format!(
+        "failover_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_micros()
+    );
     let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
@@ -42,6 +46,7 @@ async fn database() -> Option<url::Url> {
 struct Replica {
     child: Child,
     log: PathBuf,
+    config: PathBuf,
 }
 
 impl Replica {
@@ -73,7 +78,7 @@ impl Replica {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Self { child, log }
+        Self { child, log, config }
     }
 
     fn pid(&self) -> u32 {
@@ -116,7 +121,30 @@ async fn leader(db: &url::Url, pids: &[u32], within: Duration) -> u32 {
         {
             return row.holder.pid;
         }
-        assert!(Instant::now() < deadline, "no replica of {pids:?} took the lease");
+        assert!(
+            Instant::now() < deadline,
+            "no replica of {pids:?} took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The job the leader recorded for the first window, once it has.
+async fn recorded_job(db: &url::Url) -> String {
+    let url = StateUrl::Postgres {
+        url: db.clone(),
+        password_file: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(st) = State::open_reader(&url).await {
+            let w = st.window(P, "history").await.ok().flatten();
+            st.close().await;
+            if let Some(job) = w.and_then(|w| w.job_id) {
+                return job;
+            }
+        }
+        assert!(Instant::now() < deadline, "no job was recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -152,10 +180,10 @@ enum Fault {
 }
 
 /// The restart test stops the cluster every other test here uses: one scenario at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn failover(fault: Fault) {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(db) = database().await else {
         return;
     };
@@ -171,7 +199,20 @@ async fn failover(fault: Fault) {
         assert!(Instant::now() < deadline, "no job was submitted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let recorded = recorded_job(&db).await;
+    // Readers work against PostgreSQL beside the replicas: `status` names the leader, `plan`
+    // shows the job it will resume.
+    let status = run_child(&b.config, &["status", "--json"], None);
+    assert!(status.status.success(), "{status:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["writer"]["pid"], a.pid(), "{doc}");
+    let plan = run_child(&b.config, &["plan"], None);
+    assert!(plan.status.success(), "{plan:?}");
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains(&recorded),
+        "{}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
     let faulted = Instant::now();
     let (survivor, old) = match fault {
         Fault::Kill => {
@@ -186,18 +227,24 @@ async fn failover(fault: Fault) {
             (b, Some(a))
         }
         Fault::RestartPostgres => {
-            let ctl = std::env::var("DPSS_TEST_PG_CTL").expect("scripts/test sets DPSS_TEST_PG_CTL");
+            let ctl =
+                std::env::var("DPSS_TEST_PG_CTL").expect("scripts/test sets DPSS_TEST_PG_CTL");
             let out = Command::new(&ctl)
                 .args(["-m", "fast", "-w", "restart"])
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{out:?}");
             let holder = leader(&db, &[a.pid(), b.pid()], LEASE_TTL * 5).await;
-            if holder == a.pid() { (a, Some(b)) } else { (b, Some(a)) }
+            if holder == a.pid() {
+                (a, Some(b))
+            } else {
+                (b, Some(a))
+            }
         }
     };
     let takeover = faulted.elapsed();
     let (_, job) = committed(&db, Duration::from_secs(60)).await;
+    let to_commit = faulted.elapsed();
     if let (Fault::Pause, Some(paused)) = (fault, &old) {
         // The paused leader wakes up after the new one committed: its epoch is stale, so it
         // commits nothing, and it says it lost the lease.
@@ -209,7 +256,11 @@ async fn failover(fault: Fault) {
         1,
         "{fault:?}: the recorded job was resumed, not requested again"
     );
-    assert!(job.is_some());
+    assert_eq!(
+        job,
+        Some(recorded.clone()),
+        "{fault:?}: the window committed its recorded job"
+    );
     let now = Utc::now();
     let want = expected(&sim, closed_days(), now);
     let midnight = now
@@ -224,7 +275,10 @@ async fn failover(fault: Fault) {
         .filter(|r| r.4 < midnight)
         .collect();
     assert_eq!(got.len(), want.len(), "{fault:?}: each row exactly once");
-    assert!(got == want, "{fault:?}: the lake differs from the served rows");
+    assert!(
+        got == want,
+        "{fault:?}: the lake differs from the served rows"
+    );
     let survivor_log = survivor.stop();
     assert!(
         survivor_log.contains("holding the writer lease"),
@@ -236,7 +290,24 @@ async fn failover(fault: Fault) {
             assert!(log.contains("lost the writer lease"), "{log}");
         }
     }
-    eprintln!("{fault:?}: takeover after {takeover:?}");
+    eprintln!("{fault:?}: takeover after {takeover:?}, committed after {to_commit:?}");
+    // scripts/failover.sh collects these over repeated runs for docs/reliability.md.
+    if let Some(report) = std::env::var_os("DPSS_FAILOVER_REPORT") {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "fault": format!("{fault:?}"),
+            "takeover_ms": takeover.as_millis() as u64,
+            "commit_ms": to_commit.as_millis() as u64,
+            "posts": sim.state.jobs_created(),
+            "windows_resumed": 1,
+        });
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(report)
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
     sim.shutdown().await;
 }
 

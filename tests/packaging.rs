@@ -56,6 +56,49 @@ fn systemd_unit_is_hardened() {
     }
 }
 
+/// The configuration a manifest embeds, as dpss-sync loads it.
+fn embedded_settings(manifest: &str) -> dpss_sync::config::Settings {
+    let toml: String = manifest
+        .split("dpss-sync.toml: |\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.trim_start()))
+        .collect();
+    dpss_sync::config::Settings::load(&dpss_sync::config::Sources {
+        inline: vec![toml],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_postgres_manifest_runs_two_replicas_that_roll_and_survive_a_drain() {
+    let k = read("deploy/kubernetes/dpss-sync-postgres.yaml");
+    for needle in [
+        "replicas: 2",
+        "type: RollingUpdate",
+        "kind: PodDisruptionBudget",
+        "minAvailable: 1",
+        "path: /healthz",
+        "path: /readyz",
+        "mountPath: /run/secrets/dpss-sync-postgres",
+    ] {
+        assert!(k.contains(needle), "missing {needle}");
+    }
+    assert!(!k.contains("PersistentVolumeClaim"), "no state on a volume");
+    let s = embedded_settings(&k);
+    let dpss_sync::model::StateUrl::Postgres { url, password_file } = &s.state.url else {
+        panic!("{:?}", s.state.url)
+    };
+    assert!(
+        url.password().is_none(),
+        "the password is a Secret, not in the URL"
+    );
+    assert!(password_file.is_some());
+}
+
 #[test]
 fn kubernetes_manifest_keeps_one_writer_and_probes() {
     let k = read("deploy/kubernetes/dpss-sync.yaml");
@@ -76,17 +119,5 @@ fn kubernetes_manifest_keeps_one_writer_and_probes() {
         assert!(k.contains(needle), "missing {needle}");
     }
     // The embedded configuration is one dpss-sync accepts.
-    let toml: String = k
-        .split("dpss-sync.toml: |\n")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .take_while(|l| l.starts_with("    ") || l.is_empty())
-        .map(|l| format!("{}\n", l.trim_start()))
-        .collect();
-    dpss_sync::config::Settings::load(&dpss_sync::config::Sources {
-        inline: vec![toml],
-        ..Default::default()
-    })
-    .unwrap();
+    embedded_settings(&k);
 }

@@ -13,9 +13,9 @@ use chrono::Utc;
 use common::*;
 #[cfg(feature = "failpoints")]
 use dpss_sync::failpoint::POINTS;
+use dpss_sync::model::StateUrl;
 use dpss_sync::plan::available_from;
 use dpss_sync::sim::SimConfig;
-use dpss_sync::model::StateUrl;
 use dpss_sync::state::{Stage, State};
 use dpss_sync::sync::Pipeline;
 
@@ -286,7 +286,9 @@ async fn backfill_clamps_and_keeps_the_watermark() {
 }
 
 async fn recorded_jobs(state_path: &Path, keys: &[String]) -> BTreeMap<String, Vec<String>> {
-    let st = State::open_reader(&StateUrl::Sqlite(state_path.to_path_buf())).await.unwrap();
+    let st = State::open_reader(&StateUrl::Sqlite(state_path.to_path_buf()))
+        .await
+        .unwrap();
     let mut out = BTreeMap::new();
     for k in keys {
         out.insert(k.clone(), st.jobs_for_window(P, k).await.unwrap());

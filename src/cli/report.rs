@@ -265,9 +265,7 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
     }
     println!("lake:  {}", p.lake.location());
     if p.state.is_missing() {
-        println!(
-            "state: {db} (does not exist yet: nothing has run)"
-        );
+        println!("state: {db} (does not exist yet: nothing has run)");
     } else {
         println!(
             "state: {db} ({:.1} MiB; history older than {} is pruned)",
@@ -275,10 +273,13 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
             humantime::format_duration(p.settings.state.history_retention)
         );
     }
-    match (&writer, lease.as_ref().and_then(|l| l.epoch.zip(l.renewed_secs_ago))) {
-        (Some(h), Some((epoch, age))) => println!(
-            "writer: {h} holds the writer lease (epoch {epoch}, renewed {age:.1} s ago)"
-        ),
+    match (
+        &writer,
+        lease.as_ref().and_then(|l| l.epoch.zip(l.renewed_secs_ago)),
+    ) {
+        (Some(h), Some((epoch, age))) => {
+            println!("writer: {h} holds the writer lease (epoch {epoch}, renewed {age:.1} s ago)")
+        }
         (Some(h), None) => println!("writer: {h} holds the writer lease"),
         (None, _) => println!("writer: none running"),
     }

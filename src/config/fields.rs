@@ -158,7 +158,10 @@ impl Table {
     /// `state.url`: `sqlite://PATH` (or `sqlite:PATH`), or `postgres://…`/`postgresql://…`.
     pub fn state_url(&mut self, name: &str, default: &str) -> Result<StateUrl, ConfigError> {
         self.parsed(name, default, |s| {
-            if let Some(rest) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:")) {
+            if let Some(rest) = s
+                .strip_prefix("sqlite://")
+                .or_else(|| s.strip_prefix("sqlite:"))
+            {
                 let rest = rest.split('?').next().unwrap_or_default();
                 if rest.is_empty() {
                     return Err("the sqlite:// URL has no file path".into());
@@ -166,8 +169,8 @@ impl Table {
                 return Ok(StateUrl::Sqlite(PathBuf::from(rest)));
             }
             // The text is not echoed: it may carry a password.
-            let url = Url::parse(s)
-                .map_err(|e| format!("not a sqlite:// or postgres:// URL ({e})"))?;
+            let url =
+                Url::parse(s).map_err(|e| format!("not a sqlite:// or postgres:// URL ({e})"))?;
             match url.scheme() {
                 "postgres" | "postgresql" if url.host_str().is_some_and(|h| !h.is_empty()) => {
                     Ok(StateUrl::Postgres {

@@ -400,10 +400,12 @@ impl Settings {
     /// on the volume the operator already keeps (with PostgreSQL, the system's temporary
     /// directory). A separate volume keeps a large export from filling the one the state uses.
     pub fn work_dir(&self) -> PathBuf {
-        self.work_dir.clone().unwrap_or_else(|| match &self.state.url {
-            StateUrl::Sqlite(path) => path.parent().unwrap_or(Path::new(".")).join("downloads"),
-            StateUrl::Postgres { .. } => std::env::temp_dir().join("dpss-sync"),
-        })
+        self.work_dir
+            .clone()
+            .unwrap_or_else(|| match &self.state.url {
+                StateUrl::Sqlite(path) => path.parent().unwrap_or(Path::new(".")).join("downloads"),
+                StateUrl::Postgres { .. } => std::env::temp_dir().join("dpss-sync"),
+            })
     }
 }
 
@@ -497,7 +499,10 @@ mod tests {
         let s = load("[lake]\nurl = \"/data/lake\"\n[state]\nurl = \"sqlite:/data/state.db\"\n")
             .unwrap();
         assert_eq!(s.lake.url.as_str(), "file:///data/lake/");
-        assert_eq!(s.state.url, StateUrl::Sqlite(PathBuf::from("/data/state.db")));
+        assert_eq!(
+            s.state.url,
+            StateUrl::Sqlite(PathBuf::from("/data/state.db"))
+        );
         let s = load("[state]\nurl = \"sqlite://relative/state.db\"\n").unwrap();
         assert_eq!(
             s.state.url,
@@ -513,7 +518,11 @@ mod tests {
         assert_eq!(url.host_str(), Some("db.internal"));
         assert_eq!(password_file.as_deref(), Some(Path::new("/run/secrets/pg")));
         // A password in the URL never reaches a log line or `status`.
-        assert!(!s.state.url.to_string().contains("hunter2"), "{}", s.state.url);
+        assert!(
+            !s.state.url.to_string().contains("hunter2"),
+            "{}",
+            s.state.url
+        );
         assert_eq!(s.work_dir(), std::env::temp_dir().join("dpss-sync"));
     }
 

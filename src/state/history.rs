@@ -13,37 +13,38 @@ impl State {
     pub async fn prune_history(&self, before: DateTime<Utc>) -> Result<Pruned, StateError> {
         let cutoff = before.to_rfc3339_opts(SecondsFormat::Millis, true);
         in_tx!(self, |tx| {
-        let runs = sqlx::query("DELETE FROM runs WHERE finished_at IS NOT NULL AND started_at < $1")
+            let runs =
+                sqlx::query("DELETE FROM runs WHERE finished_at IS NOT NULL AND started_at < $1")
+                    .bind(&cutoff)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            // A window settled (committed or given up) on a day the watermark has passed: planning
+            // never looks at it again. One with a live job, or after the watermark, stays.
+            let windows = sqlx::query(
+                "DELETE FROM windows
+             WHERE stage IN ('committed', 'failed') AND updated_at < $1
+               AND day_to < (SELECT last_day FROM watermarks w WHERE w.product = windows.product)",
+            )
             .bind(&cutoff)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        // A window settled (committed or given up) on a day the watermark has passed: planning
-        // never looks at it again. One with a live job, or after the watermark, stays.
-        let windows = sqlx::query(
-            "DELETE FROM windows
-             WHERE stage IN ('committed', 'failed') AND updated_at < $1
-               AND day_to < (SELECT last_day FROM watermarks w WHERE w.product = windows.product)",
-        )
-        .bind(&cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // A job no remaining window points at is finished business.
-        let jobs = sqlx::query(
-            "DELETE FROM jobs
+            // A job no remaining window points at is finished business.
+            let jobs = sqlx::query(
+                "DELETE FROM jobs
              WHERE created_at < $1
                AND job_id NOT IN (SELECT job_id FROM windows WHERE job_id IS NOT NULL)",
-        )
-        .bind(&cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        Ok(Pruned {
-            runs,
-            jobs,
-            windows,
-        })
+            )
+            .bind(&cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            Ok(Pruned {
+                runs,
+                jobs,
+                windows,
+            })
         })
     }
 }
@@ -51,9 +52,9 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::StateUrl;
     use crate::model::{Counts, WindowKind};
     use crate::product::Product;
-    use crate::model::StateUrl;
     use crate::state::test_support::{backends, d, writer_at};
     use crate::state::{RunTotals, Stage};
 

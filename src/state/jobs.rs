@@ -1,9 +1,9 @@
 //! The jobs table: every vendor job a window submitted, recorded before anything waits on it,
 //! so a killed process resumes the job instead of requesting a second one.
 
-use chrono::{DateTime, Utc};
 use super::{Fields, State, StateError, WindowRow, in_tx, now, on_db};
 use crate::product::Product;
+use chrono::{DateTime, Utc};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JobRow {
@@ -29,27 +29,27 @@ impl State {
     ) -> Result<(), StateError> {
         let t = now();
         in_tx!(self, |tx| {
-        sqlx::query(
-            "INSERT INTO jobs (job_id, product, window_key, file_type, tokens, status, created_at, deadline)
-             VALUES ($1, $2, $3, $4, $5, 'New', $6, $7)",
-        )
-        .bind(job_id)
-        .bind(&window.product)
-        .bind(&window.key)
-        .bind(file_type)
-        .bind(tokens)
-        .bind(&t)
-        .bind(deadline.to_rfc3339())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE windows SET stage = 'submitted', job_id = $1, attempts = attempts + 1, error = NULL, updated_at = $2 WHERE id = $3",
-        )
-        .bind(job_id)
-        .bind(&t)
-        .bind(window.id)
-        .execute(&mut *tx)
-        .await?;
+            sqlx::query(
+                "INSERT INTO jobs (job_id, product, window_key, file_type, tokens, status, created_at, deadline)
+                 VALUES ($1, $2, $3, $4, $5, 'New', $6, $7)",
+            )
+            .bind(job_id)
+            .bind(&window.product)
+            .bind(&window.key)
+            .bind(file_type)
+            .bind(tokens)
+            .bind(&t)
+            .bind(deadline.to_rfc3339())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE windows SET stage = 'submitted', job_id = $1, attempts = attempts + 1, error = NULL, updated_at = $2 WHERE id = $3",
+            )
+            .bind(job_id)
+            .bind(&t)
+            .bind(window.id)
+            .execute(&mut *tx)
+            .await?;
         });
         Ok(())
     }
@@ -105,17 +105,17 @@ impl State {
         finished: bool,
     ) -> Result<(), StateError> {
         in_tx!(self, |tx| {
-        sqlx::query(
-            "UPDATE jobs SET status = $1, polls = polls + 1, error = COALESCE($2, error),
+            sqlx::query(
+                "UPDATE jobs SET status = $1, polls = polls + 1, error = COALESCE($2, error),
                finished_at = CASE WHEN $3 THEN $4 ELSE finished_at END WHERE job_id = $5",
-        )
-        .bind(status)
-        .bind(error)
-        .bind(finished)
-        .bind(now())
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
+            )
+            .bind(status)
+            .bind(error)
+            .bind(finished)
+            .bind(now())
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
         });
         Ok(())
     }

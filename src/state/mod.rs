@@ -166,7 +166,10 @@ impl<T> Column for T where
 
 /// A column name or position both backends' rows take.
 trait Index: sqlx::ColumnIndex<SqliteRow> + sqlx::ColumnIndex<PgRow> + std::fmt::Debug {}
-impl<I> Index for I where I: sqlx::ColumnIndex<SqliteRow> + sqlx::ColumnIndex<PgRow> + std::fmt::Debug {}
+impl<I> Index for I where
+    I: sqlx::ColumnIndex<SqliteRow> + sqlx::ColumnIndex<PgRow> + std::fmt::Debug
+{
+}
 
 /// Reads a row of either backend, so the code that turns rows into values is written once.
 trait Fields {
@@ -297,7 +300,8 @@ impl State {
             Ok(v) => Ok(v.unwrap_or(0)),
             // SQLite says "no such table", PostgreSQL "relation … does not exist".
             Err(sqlx::Error::Database(e))
-                if e.message().contains("no such table") || e.message().contains("does not exist") =>
+                if e.message().contains("no such table")
+                    || e.message().contains("does not exist") =>
             {
                 Ok(0)
             }
@@ -417,7 +421,9 @@ pub(crate) mod test_support {
                 std::env::var_os("DPSS_TEST_REQUIRE_POSTGRES").is_none(),
                 "DPSS_TEST_POSTGRES_URL is not set: run the tests through scripts/test"
             );
-            eprintln!("PostgreSQL not covered: DPSS_TEST_POSTGRES_URL is not set (scripts/test sets it)");
+            eprintln!(
+                "PostgreSQL not covered: DPSS_TEST_POSTGRES_URL is not set (scripts/test sets it)"
+            );
             return None;
         };
         use sqlx::Connection;

@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::NaiveDate;
 use super::{State, StateError, day, day_text, days_text, in_tx, now, on_db, parse_days};
 use crate::model::{Counts, PartitionState};
 use crate::product::Product;
+use chrono::NaiveDate;
 
 /// A partition rewrite begun and not yet committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,10 +88,10 @@ impl State {
         let mut known = self.partition_days(product).await?;
         let t = now();
         in_tx!(self, |tx| {
-        for (event_date, days) in additions {
-            let mut all = known.remove(event_date).unwrap_or_default();
-            all.extend(days.iter().copied());
-            sqlx::query(
+            for (event_date, days) in additions {
+                let mut all = known.remove(event_date).unwrap_or_default();
+                all.extend(days.iter().copied());
+                sqlx::query(
                 "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, updated_at)
                  VALUES ($1, $2, $3, '[]', 0, 0, $4)
                  ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days, updated_at = excluded.updated_at",
@@ -102,10 +102,10 @@ impl State {
             .bind(&t)
             .execute(&mut *tx)
             .await?;
-        }
-        let mut generations = BTreeMap::new();
-        for (event_date, objects) in before {
-            let id: i64 = sqlx::query_scalar(
+            }
+            let mut generations = BTreeMap::new();
+            for (event_date, objects) in before {
+                let id: i64 = sqlx::query_scalar(
                 "INSERT INTO rewrites (product, event_date, before, started_at) VALUES ($1, $2, $3, $4)
                  RETURNING id",
             )
@@ -115,9 +115,9 @@ impl State {
             .bind(&t)
             .fetch_one(&mut *tx)
             .await?;
-            generations.insert(*event_date, id);
-        }
-        Ok(generations)
+                generations.insert(*event_date, id);
+            }
+            Ok(generations)
         })
     }
 
@@ -191,23 +191,23 @@ impl State {
     ) -> Result<(), StateError> {
         let t = now();
         in_tx!(self, |tx| {
-        for (event_date, p) in written {
-            sqlx::query("DELETE FROM rewrites WHERE product = $1 AND event_date = $2")
-                .bind(product.config_name())
-                .bind(day_text(*event_date))
-                .execute(&mut *tx)
-                .await?;
-            if p.rows == 0 {
-                sqlx::query("DELETE FROM partitions WHERE product = $1 AND event_date = $2")
+            for (event_date, p) in written {
+                sqlx::query("DELETE FROM rewrites WHERE product = $1 AND event_date = $2")
                     .bind(product.config_name())
                     .bind(day_text(*event_date))
                     .execute(&mut *tx)
                     .await?;
-                continue;
-            }
-            let day_rows: BTreeMap<String, u64> =
-                p.day_rows.iter().map(|(d, n)| (day_text(*d), *n)).collect();
-            sqlx::query(
+                if p.rows == 0 {
+                    sqlx::query("DELETE FROM partitions WHERE product = $1 AND event_date = $2")
+                        .bind(product.config_name())
+                        .bind(day_text(*event_date))
+                        .execute(&mut *tx)
+                        .await?;
+                    continue;
+                }
+                let day_rows: BTreeMap<String, u64> =
+                    p.day_rows.iter().map(|(d, n)| (day_text(*d), *n)).collect();
+                sqlx::query(
                 "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at, day_rows)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days,
@@ -225,20 +225,20 @@ impl State {
             .bind(serde_json::to_string(&day_rows).expect("a map serializes"))
             .execute(&mut *tx)
             .await?;
-        }
-        for path in doomed {
-            sqlx::query(
-                "INSERT INTO doomed_objects (path, product, decided_at) VALUES ($1, $2, $3)
+            }
+            for path in doomed {
+                sqlx::query(
+                    "INSERT INTO doomed_objects (path, product, decided_at) VALUES ($1, $2, $3)
                  ON CONFLICT (path) DO NOTHING",
-            )
-            .bind(path)
-            .bind(product.config_name())
-            .bind(&t)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some((window_id, c)) = window {
-            sqlx::query(
+                )
+                .bind(path)
+                .bind(product.config_name())
+                .bind(&t)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some((window_id, c)) = window {
+                sqlx::query(
                 "UPDATE windows SET stage = 'committed', rows_read = $1, rows_written = $2, rows_quarantined = $3,
                    rows_duplicate = $4, error = NULL, failures = 0, next_attempt_at = NULL,
                    committed_at = $5, updated_at = $6 WHERE id = $7",
@@ -252,7 +252,7 @@ impl State {
             .bind(window_id)
             .execute(&mut *tx)
             .await?;
-        }
+            }
         });
         Ok(())
     }

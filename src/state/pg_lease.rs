@@ -85,7 +85,8 @@ impl Shared {
 
     fn lose(&self, epoch: i64, reason: String) {
         *self.held.lock().expect("lease lock") = None;
-        self.status.send_replace(LeaseStatus::Lost { epoch, reason });
+        self.status
+            .send_replace(LeaseStatus::Lost { epoch, reason });
     }
 
     fn wait_for(&self, holder: Option<Holder>) {
@@ -159,7 +160,9 @@ impl PgLease {
             let current = status.borrow_and_update().clone();
             match current {
                 LeaseStatus::Held { .. } => return Ok(lease),
-                LeaseStatus::Standby { holder: Some(h) } if !announced && request.wait.is_some() => {
+                LeaseStatus::Standby { holder: Some(h) }
+                    if !announced && request.wait.is_some() =>
+                {
                     tracing::warn!(holder = %h, "another writer holds the state; waiting for it");
                     announced = true;
                 }
@@ -195,8 +198,14 @@ impl PgLease {
 
 /// What one try for the lease found.
 enum Take {
-    Taken { epoch: i64, sent: Instant },
-    Busy { holder: Option<Holder>, stale_pid: Option<i32> },
+    Taken {
+        epoch: i64,
+        sent: Instant,
+    },
+    Busy {
+        holder: Option<Holder>,
+        stale_pid: Option<i32>,
+    },
 }
 
 /// The lease's life: connect, campaign, hold and renew; a standby campaigns again after a loss,
@@ -251,7 +260,11 @@ async fn keep(options: PgConnectOptions, request: LeaseRequest, shared: Arc<Shar
     }
 }
 
-async fn try_take(conn: &mut PgConnection, holder: &str, ttl: Duration) -> Result<Take, sqlx::Error> {
+async fn try_take(
+    conn: &mut PgConnection,
+    holder: &str,
+    ttl: Duration,
+) -> Result<Take, sqlx::Error> {
     let sent = Instant::now();
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(LOCK_KEY)
@@ -357,7 +370,10 @@ mod tests {
             if let Some(epoch) = state.lease_epoch() {
                 return epoch;
             }
-            assert!(Instant::now() < deadline, "the standby never took the lease");
+            assert!(
+                Instant::now() < deadline,
+                "the standby never took the lease"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

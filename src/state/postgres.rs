@@ -47,12 +47,8 @@ pub(super) fn connect_options(url: &StateUrl) -> Result<PgConnectOptions, StateE
         .map_err(|e| open_err(url, e))?
         .application_name("dpss-sync");
     if let Some(file) = password_file {
-        let password = std::fs::read_to_string(file).map_err(|e| {
-            open_err(
-                url,
-                format!("state.password_file {}: {e}", file.display()),
-            )
-        })?;
+        let password = std::fs::read_to_string(file)
+            .map_err(|e| open_err(url, format!("state.password_file {}: {e}", file.display())))?;
         options = options.password(password.trim_end_matches(['\r', '\n']));
     }
     Ok(options)
@@ -60,7 +56,10 @@ pub(super) fn connect_options(url: &StateUrl) -> Result<PgConnectOptions, StateE
 
 /// Opens the pool and migrates, then takes the lease as `request` says (a standby returns at
 /// once and takes it when it comes free).
-pub(super) async fn open_writer(url: &StateUrl, request: &LeaseRequest) -> Result<State, StateError> {
+pub(super) async fn open_writer(
+    url: &StateUrl,
+    request: &LeaseRequest,
+) -> Result<State, StateError> {
     let options = connect_options(url)?;
     let pool = PgPoolOptions::new()
         .max_connections(WRITER_CONNECTIONS)
@@ -73,7 +72,12 @@ pub(super) async fn open_writer(url: &StateUrl, request: &LeaseRequest) -> Resul
         .await
         .map_err(|e| StateError::Migrate(e.to_string()))?;
     let lease = PgLease::acquire(url, options, request).await?;
-    Ok(State::new(Db::Postgres(pool), url, Some(Arc::new(lease)), false))
+    Ok(State::new(
+        Db::Postgres(pool),
+        url,
+        Some(Arc::new(lease)),
+        false,
+    ))
 }
 
 /// Opens the database for reading: every transaction read-only, nothing migrated.

@@ -1,10 +1,10 @@
 //! The runs table: one row per command that wrote, with its totals and outcome, so a killed run
 //! is recognised and resumed and `status` can show the recent history.
 
-use chrono::{DateTime, NaiveDate, Utc};
 use super::{Fields, State, StateError, day_text, in_tx, now, on_db};
 use crate::model::Counts;
 use crate::product::Product;
+use chrono::{DateTime, NaiveDate, Utc};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunRow {
@@ -47,14 +47,14 @@ impl State {
         range: Option<(NaiveDate, NaiveDate)>,
     ) -> Result<i64, StateError> {
         Ok(in_tx!(self, |tx| {
-        sqlx::query_scalar("INSERT INTO runs (command, product, started_at, day_from, day_to) VALUES ($1, $2, $3, $4, $5) RETURNING id")
-            .bind(command)
-            .bind(product.map(|p| p.config_name()))
-            .bind(now())
-            .bind(range.map(|r| day_text(r.0)))
-            .bind(range.map(|r| day_text(r.1)))
-            .fetch_one(&mut *tx)
-            .await?
+            sqlx::query_scalar("INSERT INTO runs (command, product, started_at, day_from, day_to) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+                .bind(command)
+                .bind(product.map(|p| p.config_name()))
+                .bind(now())
+                .bind(range.map(|r| day_text(r.0)))
+                .bind(range.map(|r| day_text(r.1)))
+                .fetch_one(&mut *tx)
+                .await?
         }))
     }
 
@@ -69,7 +69,13 @@ impl State {
         range: Option<(NaiveDate, NaiveDate)>,
         recent: Option<std::time::Duration>,
     ) -> Result<Option<String>, StateError> {
-        type Run = (String, Option<String>, Option<String>, Option<String>, String);
+        type Run = (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            String,
+        );
         let rows: Vec<Run> = on_db!(self, |pool| {
             sqlx::query(
                 "SELECT command, day_from, day_to, finished_at, started_at FROM runs WHERE product = $1 ORDER BY id DESC LIMIT 1000",
@@ -112,22 +118,22 @@ impl State {
             "failed"
         };
         in_tx!(self, |tx| {
-        sqlx::query(
-            "UPDATE runs SET finished_at = $1, outcome = $2, windows_committed = $3, windows_failed = $4,
-               rows_read = $5, rows_written = $6, rows_quarantined = $7, rows_duplicate = $8, error = $9 WHERE id = $10",
-        )
-        .bind(now())
-        .bind(outcome)
-        .bind(totals.committed)
-        .bind(totals.failed)
-        .bind(totals.counts.read as i64)
-        .bind(totals.counts.written as i64)
-        .bind(totals.counts.quarantined as i64)
-        .bind(totals.counts.duplicates as i64)
-        .bind(error)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+            sqlx::query(
+                "UPDATE runs SET finished_at = $1, outcome = $2, windows_committed = $3, windows_failed = $4,
+                   rows_read = $5, rows_written = $6, rows_quarantined = $7, rows_duplicate = $8, error = $9 WHERE id = $10",
+            )
+            .bind(now())
+            .bind(outcome)
+            .bind(totals.committed)
+            .bind(totals.failed)
+            .bind(totals.counts.read as i64)
+            .bind(totals.counts.written as i64)
+            .bind(totals.counts.quarantined as i64)
+            .bind(totals.counts.duplicates as i64)
+            .bind(error)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         });
         Ok(())
     }
@@ -138,7 +144,7 @@ impl State {
                 .bind(limit)
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| Self::run_from_row(r)).collect()
+            rows.iter().map(Self::run_from_row).collect()
         })
     }
 

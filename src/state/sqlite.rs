@@ -68,7 +68,12 @@ pub(super) async fn open_writer(path: &Path, request: &LeaseRequest) -> Result<S
         .await
         .map_err(|e| StateError::Migrate(e.to_string()))?;
     let url = StateUrl::Sqlite(path.to_path_buf());
-    Ok(State::new(Db::Sqlite(pool), &url, Some(Arc::new(lease)), false))
+    Ok(State::new(
+        Db::Sqlite(pool),
+        &url,
+        Some(Arc::new(lease)),
+        false,
+    ))
 }
 
 /// Opens the database read-only; a file that does not exist yet reads as an empty state and is

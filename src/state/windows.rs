@@ -208,7 +208,7 @@ impl State {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|r| Self::window_from_row(r))
+                .map(Self::window_from_row)
                 .collect()
         })
     }
@@ -318,8 +318,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::RunTotals;
     use crate::model::StateUrl;
+    use crate::state::RunTotals;
     use crate::state::test_support::{backends, d, writer, writer_at};
 
     #[tokio::test]

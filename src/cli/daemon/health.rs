@@ -141,7 +141,10 @@ pub(super) async fn readyz(AxState(shared): AxState<Arc<Shared>>) -> (StatusCode
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
     }
     if shared.standby() {
-        return (StatusCode::OK, "standby: ready to take over the writer lease\n".into());
+        return (
+            StatusCode::OK,
+            "standby: ready to take over the writer lease\n".into(),
+        );
     }
     let mut problems = Vec::new();
     for (product, max_age) in &shared.max_commit_age {

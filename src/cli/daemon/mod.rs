@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use health::{CycleClock, Limits, Running, healthz, lock, metrics_page, readyz, recorder, schedule_period};
+use health::{
+    CycleClock, Limits, Running, healthz, lock, metrics_page, readyz, recorder, schedule_period,
+};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path as AxPath, Query, State as AxState};
@@ -203,7 +205,9 @@ async fn trigger(
         };
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("this replica is a standby; the writer lease is held by {leader}: trigger that one"),
+            format!(
+                "this replica is a standby; the writer lease is held by {leader}: trigger that one"
+            ),
         );
     }
     let work = match (what.as_str(), q.from, q.to) {
