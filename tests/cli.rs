@@ -622,6 +622,7 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
         keys(&status),
         [
             "lake",
+            "lease",
             "products",
             "runs",
             "state",

@@ -47,6 +47,7 @@ struct Replica {
     child: Child,
     log: PathBuf,
     config: PathBuf,
+    port: u16,
 }
 
 impl Replica {
@@ -78,7 +79,29 @@ impl Replica {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Self { child, log, config }
+        Self {
+            child,
+            log,
+            config,
+            port,
+        }
+    }
+
+    /// `path`'s status and body on this replica's server.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The value of the metric line that starts with `prefix`.
+    async fn metric(&self, prefix: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
     }
 
     fn pid(&self) -> u32 {
@@ -206,6 +229,13 @@ async fn failover(fault: Fault) {
     assert!(status.status.success(), "{status:?}");
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(doc["writer"]["pid"], a.pid(), "{doc}");
+    // The standby is alive and ready to take over, and says it is not the leader.
+    let (code, body) = b.get("/readyz").await;
+    assert_eq!((code, body.contains("standby")), (200, true), "{body}");
+    assert_eq!(b.get("/healthz").await.0, 200);
+    assert_eq!(b.metric("dpss_sync_leader{").await, 0.0);
+    assert_eq!(a.metric("dpss_sync_leader{").await, 1.0);
+    assert!(b.metric("dpss_sync_lease_age_seconds").await < LEASE_TTL.as_secs_f64());
     let plan = run_child(&b.config, &["plan"], None);
     assert!(plan.status.success(), "{plan:?}");
     assert!(
@@ -279,6 +309,13 @@ async fn failover(fault: Fault) {
         got == want,
         "{fault:?}: the lake differs from the served rows"
     );
+    if let Fault::Kill | Fault::Pause = fault {
+        assert_eq!(
+            survivor.metric("dpss_sync_lease_takeovers_total").await,
+            1.0
+        );
+        assert_eq!(survivor.metric("dpss_sync_leader{").await, 1.0);
+    }
     let survivor_log = survivor.stop();
     assert!(
         survivor_log.contains("holding the writer lease"),
