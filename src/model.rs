@@ -37,6 +37,9 @@ pub enum WindowKind {
 pub struct PartitionState {
     /// Rows per status day.
     pub day_rows: BTreeMap<NaiveDate, u64>,
+    /// Each status day's content hash (`lake::content_hashes`): a day served again unchanged
+    /// leaves the partition as it is.
+    pub day_hashes: BTreeMap<NaiveDate, u64>,
     pub rows: u64,
     pub objects: Vec<String>,
     pub bytes: u64,

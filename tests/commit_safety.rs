@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -293,5 +293,119 @@ async fn a_day_that_keeps_failing_backs_off_and_the_days_around_it_are_not_re_ex
     assert!(status.contains("ended with status `Failed`"), "{status}");
     let plan = ok(&run_child(&config, &["plan"], None), "plan");
     assert!(plan.contains(&format!("{bad} waiting until")), "{plan}");
+    sim.shutdown().await;
+}
+
+/// Three status days whose rows spread over twelve event-date partitions; `changed` alters the
+/// reason of row 7 only.
+fn spread_csv(path: &Path, changed: bool) {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(
+        w,
+        "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId"
+    )
+    .unwrap();
+    let first = Utc::now().date_naive() - chrono::Duration::days(20);
+    for i in 0..600u32 {
+        let day = first + chrono::Duration::days(i64::from(i % 3));
+        let event = day - chrono::Duration::days(i64::from(i % 10));
+        let reason = if changed && i == 7 {
+            "re-served and edited"
+        } else {
+            "loose neutral"
+        };
+        writeln!(
+            w,
+            "SP{i:05},{},ISS{i:05},Open,{day}T10:{:02}:00Z,{reason},{event},WO{i:06}",
+            1 + i % 4,
+            i % 60
+        )
+        .unwrap();
+    }
+    w.flush().unwrap();
+}
+
+/// Each data object of the lake with when it was last written.
+fn lake_objects(dir: &Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.join("lake/hid_work_orders")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), e.metadata().unwrap().modified().unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A cycle costs what changed: days served again unchanged leave their partitions as they are
+/// (not read, not rewritten), and one changed row rewrites only the partition holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn days_served_again_unchanged_leave_their_partitions_alone() {
+    let sim = sim_with(20, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path());
+    let (same, edited) = (dir.path().join("same.csv"), dir.path().join("edited.csv"));
+    spread_csv(&same, false);
+    spread_csv(&edited, true);
+    let import = |file: &Path| {
+        ok(
+            &run_child(
+                &config,
+                &[
+                    "import",
+                    "--product",
+                    "hid_work_orders",
+                    file.to_str().unwrap(),
+                ],
+                None,
+            ),
+            "import",
+        )
+    };
+    import(&same);
+    let first = lake_objects(dir.path());
+    assert_eq!(first.len(), 12, "{first:?}");
+    let rows = lake_rows(dir.path()).await;
+    // The same three days again: every row is delivered, no partition is written.
+    let out = import(&same);
+    assert!(out.contains("written 600"), "{out}");
+    assert_eq!(lake_objects(dir.path()), first);
+    assert_eq!(lake_rows(dir.path()).await, rows);
+    // One row edited: only its partition (event date of row 7) is rewritten.
+    import(&edited);
+    let after = lake_objects(dir.path());
+    let rewritten: Vec<_> = after
+        .iter()
+        .filter(|(p, t)| first.get(*p) != Some(t))
+        .map(|(p, _)| {
+            p.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    // Row 7: status day first + 1, event date 7 days before it.
+    let seven =
+        Utc::now().date_naive() - chrono::Duration::days(20) + chrono::Duration::days(1 - 7);
+    assert_eq!(rewritten, [format!("event_date={seven}")], "{after:?}");
+    let reasons: Vec<String> = lake_rows(dir.path())
+        .await
+        .into_iter()
+        .map(|r| r.5)
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| *r == "re-served and edited")
+            .count(),
+        1
+    );
     sim.shutdown().await;
 }

@@ -194,6 +194,24 @@ impl InternalEvent for ObjectsWritten {
     }
 }
 
+/// Partitions a window left as they were: every day it replaces in them came back unchanged.
+pub struct PartitionsUnchanged<'a> {
+    pub product: Product,
+    pub window: &'a str,
+    pub partitions: usize,
+}
+
+impl InternalEvent for PartitionsUnchanged<'_> {
+    fn emit(self) {
+        if self.partitions > 0 {
+            tracing::info!(product = %self.product, window = self.window, partitions = self.partitions,
+                "partitions unchanged: not rewritten");
+        }
+        counter!("dpss_sync_partitions_unchanged_total", "product" => self.product.config_name())
+            .increment(self.partitions as u64);
+    }
+}
+
 /// A window committed: its rows are in the lake and its counts reconcile.
 pub struct WindowCommitted<'a> {
     pub product: Product,
@@ -520,6 +538,7 @@ pub fn register_metrics(products: &[Product]) {
             "dpss_sync_jobs_submitted_total",
             "dpss_sync_written_bytes_total",
             "dpss_sync_objects_written_total",
+            "dpss_sync_partitions_unchanged_total",
             "dpss_sync_unknown_columns_total",
             "dpss_sync_shrink_refused_total",
             "dpss_sync_submissions_unknown_total",

@@ -58,3 +58,116 @@ pub fn count_by_status_day(batches: &[(NaiveDate, RecordBatch)]) -> BTreeMap<Nai
     }
     out
 }
+
+/// The columns a row's content is: everything but the lineage (`_job_id`, `_ingested_at`), so a
+/// day served again unchanged hashes the same whichever job brought it.
+const CONTENT: [&str; 6] = [
+    "service_point_id",
+    "issue_id",
+    "status",
+    "reason",
+    "work_order_id",
+    "phase",
+];
+
+/// A hash of each status day's rows in `b`, independent of their order (a wrapping sum of
+/// per-row hashes, so a multiset: a row twice counts twice). Equal hashes for a day in a
+/// partition mean the day's rows there are the same: the partition need not be rewritten.
+pub fn content_hashes(b: &RecordBatch) -> BTreeMap<NaiveDate, u64> {
+    use std::hash::BuildHasher;
+    let texts: Vec<&StringArray> = CONTENT[..5].iter().map(|c| text_column(b, c)).collect();
+    let phase = b
+        .column_by_name(CONTENT[5])
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::Int8Array>())
+        .expect("lake batches have an Int8 phase column");
+    let ts = status_column(b);
+    let seed = foldhash::quality::FixedState::with_seed(0x0063_6f6e_7465_6e74);
+    let mut out: BTreeMap<NaiveDate, u64> = BTreeMap::new();
+    for i in 0..b.num_rows() {
+        let text: [&str; 5] = std::array::from_fn(|k| texts[k].value(i));
+        let h = seed.hash_one((text, phase.value(i), ts.value(i)));
+        let sum = out
+            .entry(crate::normalize::time::day_of_micros(ts.value(i)))
+            .or_insert(0);
+        *sum = sum.wrapping_add(h);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int8Array, TimestampMicrosecondArray};
+
+    use super::*;
+    use crate::product::Product;
+
+    /// Work order, reason, status µs, job.
+    type Row<'a> = (&'a str, &'a str, i64, &'a str);
+
+    /// A lake batch of `rows`.
+    fn batch(rows: &[Row<'_>]) -> RecordBatch {
+        let text = |f: &dyn Fn(&Row<'_>) -> String| {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as _
+        };
+        let ts =
+            |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as _;
+        RecordBatch::try_new(
+            Product::HidWorkOrders.lake_schema(),
+            vec![
+                text(&|_| "SP1".into()),
+                Arc::new(Int8Array::from(vec![2; rows.len()])),
+                text(&|_| "I1".into()),
+                text(&|_| "Open".into()),
+                ts(rows.iter().map(|r| r.2).collect()),
+                text(&|r| r.1.into()),
+                text(&|r| r.0.into()),
+                text(&|r| r.3.into()),
+                ts(vec![0; rows.len()]),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_days_hash_ignores_order_and_lineage_and_sees_any_change() {
+        const DAY: i64 = 86_400_000_000;
+        let rows = [
+            ("WO1", "a", 10, "job-1"),
+            ("WO2", "b", 20, "job-1"),
+            ("WO3", "c", DAY + 5, "job-1"),
+        ];
+        let h = content_hashes(&batch(&rows));
+        assert_eq!(h.len(), 2);
+        let mut again = rows;
+        again.reverse();
+        for r in &mut again {
+            r.3 = "job-2";
+        }
+        assert_eq!(
+            content_hashes(&batch(&again)),
+            h,
+            "order and lineage do not count"
+        );
+        let mut edited = rows;
+        edited[1].1 = "B";
+        let e = content_hashes(&batch(&edited));
+        assert_ne!(
+            e.values().next(),
+            h.values().next(),
+            "an edited reason counts"
+        );
+        assert_eq!(
+            e.values().nth(1),
+            h.values().nth(1),
+            "the other day is untouched"
+        );
+        let twice = content_hashes(&batch(&[rows[0], rows[0], rows[2]]));
+        assert_ne!(
+            twice.values().next(),
+            h.values().next(),
+            "a row twice is not a row once"
+        );
+    }
+}

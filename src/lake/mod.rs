@@ -29,7 +29,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-pub use columns::{Identity, count_by_status_day, identities, status_day_rows};
+pub use columns::{Identity, content_hashes, count_by_status_day, identities, status_day_rows};
 pub use select::{Replace, Selection};
 pub use store::open_store;
 
@@ -300,12 +300,14 @@ impl Lake {
         }
         let rows = concat_batches(&schema, &keep).expect("batches share the lake schema");
         let day_rows = rows_per_day(status_column(&rows).values());
+        let day_hashes = content_hashes(&rows);
         let count = rows.num_rows() as u64;
         let parts = self.encode(&prefix, rows, Order::ByTime).await?;
         let generation = (parts.len() > 1).then_some(generation);
         let (objects, bytes) = self.put_parts(&prefix, generation, parts).await?;
         Ok(PartitionState {
             day_rows,
+            day_hashes,
             rows: count,
             objects,
             bytes,

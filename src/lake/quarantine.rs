@@ -65,23 +65,6 @@ impl Lake {
         default_day: Option<NaiveDate>,
     ) -> Result<(), LakeError> {
         let root = self.quarantine_root(product);
-        let mut existing: BTreeMap<String, Vec<object_store::ObjectMeta>> = BTreeMap::new();
-        for meta in self.list(&root).await? {
-            let dir = meta
-                .location
-                .prefix_match(&root)
-                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>())
-                .unwrap_or_default();
-            let key = match dir.first().map(String::as_str) {
-                Some("status_date=unknown") => format!(
-                    "status_date=unknown/{}",
-                    dir.get(1).cloned().unwrap_or_default()
-                ),
-                Some(d) => d.to_string(),
-                None => continue,
-            };
-            existing.entry(key).or_default().push(meta);
-        }
         // Where each day the rows name goes: rows that name none go to the job's day, if any.
         let mut groups: BTreeMap<Option<NaiveDate>, Vec<Option<NaiveDate>>> = BTreeMap::new();
         for day in rows.days() {
@@ -91,19 +74,28 @@ impl Lake {
         let mut dirs: BTreeSet<String> = replaced
             .iter()
             .map(|d| format!("status_date={d}"))
-            .filter(|k| existing.contains_key(k))
             .collect();
         dirs.extend(groups.keys().map(|d| match d {
             Some(d) => format!("status_date={d}"),
             None => format!("status_date=unknown/window={window}"),
         }));
-        let jobs: Vec<_> = dirs
-            .into_iter()
+        // Only the directories this write touches are listed, never the whole quarantine: a
+        // cycle costs what it touches, however many days the lake holds.
+        let listed: Vec<(String, Vec<object_store::ObjectMeta>)> = futures::stream::iter(dirs)
             .map(|dir| {
+                let prefix = dir_prefix(&root, &dir);
+                async move { Ok::<_, LakeError>((dir, self.list(&prefix).await?)) }
+            })
+            .buffer_unordered(WRITERS)
+            .try_collect()
+            .await?;
+        let jobs: Vec<_> = listed
+            .into_iter()
+            .filter_map(|(dir, old)| {
                 let day = dir_day(&dir);
                 let named = groups.remove(&day).unwrap_or_default();
-                let old = existing.remove(&dir).unwrap_or_default();
-                (dir, day, named, old)
+                // A replaced day with no quarantine before or now: nothing to write.
+                (!named.is_empty() || !old.is_empty()).then_some((dir, day, named, old))
             })
             .collect();
         // Days at once, as partitions are: a day's write is mostly waiting on the store.
@@ -131,8 +123,7 @@ impl Lake {
                             path: dir.clone(),
                             source,
                         })?;
-                    // One path part per segment: joining "a/b" whole would escape the slash.
-                    let prefix = dir.split('/').fold(root.clone(), |p, part| p.join(part));
+                    let prefix = dir_prefix(root, &dir);
                     let parts = self.encode(&prefix, rows, Order::AsIs).await?;
                     self.replace_objects(&prefix, &old, parts).await
                 }
@@ -149,6 +140,12 @@ impl Lake {
         let objects = self.list(&prefix).await?;
         self.read_objects(&objects).await
     }
+}
+
+/// The path of a quarantine directory under `root`: one path part per segment, since joining
+/// "a/b" whole would escape the slash.
+fn dir_prefix(root: &Path, dir: &str) -> Path {
+    dir.split('/').fold(root.clone(), |p, part| p.join(part))
 }
 
 /// The status day of a quarantine directory (`status_date=YYYY-MM-DD`), none for `unknown`.

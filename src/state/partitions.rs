@@ -36,6 +36,30 @@ impl State {
             .collect()
     }
 
+    /// Each partition's content hash per status day, for the partitions whose hashes are known
+    /// (written since they were kept).
+    pub async fn partition_hashes(
+        &self,
+        product: Product,
+    ) -> Result<BTreeMap<NaiveDate, BTreeMap<NaiveDate, u64>>, StateError> {
+        let rows: Vec<(String, String)> = on_db!(self, |pool| {
+            sqlx::query_as(
+                "SELECT event_date, day_hashes FROM partitions
+                 WHERE product = $1 AND day_hashes IS NOT NULL",
+            )
+            .bind(product.config_name())
+            .fetch_all(pool)
+            .await?
+        });
+        rows.iter()
+            .map(|(date, hashes)| {
+                let hashes: BTreeMap<NaiveDate, u64> = serde_json::from_str(hashes)
+                    .map_err(|e| StateError::Corrupt(format!("partition day_hashes: {e}")))?;
+                Ok((day(date)?, hashes))
+            })
+            .collect()
+    }
+
     /// Rows the lake holds per status day, summed over partitions; `None` for a day some
     /// partition holds rows of without a count (written before counts were kept).
     pub async fn status_day_rows(
@@ -207,12 +231,18 @@ impl State {
                 }
                 let day_rows: BTreeMap<String, u64> =
                     p.day_rows.iter().map(|(d, n)| (day_text(*d), *n)).collect();
+                let day_hashes: BTreeMap<String, u64> = p
+                    .day_hashes
+                    .iter()
+                    .map(|(d, h)| (day_text(*d), *h))
+                    .collect();
                 sqlx::query(
-                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at, day_rows)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at, day_rows, day_hashes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days,
                    objects = excluded.objects, rows = excluded.rows, bytes = excluded.bytes,
-                   job_id = excluded.job_id, updated_at = excluded.updated_at, day_rows = excluded.day_rows",
+                   job_id = excluded.job_id, updated_at = excluded.updated_at, day_rows = excluded.day_rows,
+                   day_hashes = excluded.day_hashes",
             )
             .bind(product.config_name())
             .bind(day_text(*event_date))
@@ -223,6 +253,7 @@ impl State {
             .bind(job_id)
             .bind(&t)
             .bind(serde_json::to_string(&day_rows).expect("a map serializes"))
+            .bind(serde_json::to_string(&day_hashes).expect("a map serializes"))
             .execute(&mut *tx)
             .await?;
             }
@@ -323,8 +354,12 @@ mod tests {
             "generations never repeat"
         );
         assert_eq!(st.partition_days(p).await.unwrap()[&part].len(), 2);
+        // No hashes before the first commit that records them.
+        assert!(st.partition_hashes(p).await.unwrap().is_empty());
         let state = PartitionState {
             day_rows: BTreeMap::from([(d("2026-01-03"), 5)]),
+            // Above i64::MAX: stored as JSON text, both backends keep it whole.
+            day_hashes: BTreeMap::from([(d("2026-01-03"), u64::MAX - 7)]),
             rows: 5,
             objects: vec!["t/new-0".into()],
             bytes: 10,
@@ -340,6 +375,10 @@ mod tests {
         assert_eq!(
             st.status_day_rows(p).await.unwrap(),
             BTreeMap::from([(d("2026-01-03"), Some(5))])
+        );
+        assert_eq!(
+            st.partition_hashes(p).await.unwrap(),
+            BTreeMap::from([(part, BTreeMap::from([(d("2026-01-03"), u64::MAX - 7)]))])
         );
         assert_eq!(st.doomed_objects(p).await.unwrap(), before[&part]);
         st.forget_doomed(&before[&part]).await.unwrap();

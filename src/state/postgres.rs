@@ -13,11 +13,18 @@ use super::pg_lease::PgLease;
 use super::{Db, LeaseRequest, Migrations, State, StateError, migrator};
 use crate::model::StateUrl;
 
-pub(super) const MIGRATIONS: &Migrations = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+pub(super) const MIGRATIONS: &Migrations = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "content hashes",
+        include_str!("../../migrations/postgres/0002_content_hashes.sql"),
+    ),
+];
 
 /// The schema version this binary writes and reads.
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

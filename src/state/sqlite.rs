@@ -30,6 +30,11 @@ pub(super) const MIGRATIONS: &Migrations = &[
         "commit safety",
         include_str!("../../migrations/sqlite/0003_commit_safety.sql"),
     ),
+    (
+        4,
+        "content hashes",
+        include_str!("../../migrations/sqlite/0004_content_hashes.sql"),
+    ),
 ];
 
 /// The schema version this binary writes and reads.

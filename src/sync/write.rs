@@ -13,8 +13,10 @@ use futures::{StreamExt, TryStreamExt};
 use super::cleanup::repair_lake;
 use super::{Pipeline, SyncError};
 use crate::decode::{self, DecodeError};
-use crate::events::{InternalEvent, ObjectsWritten, ShrinkRefused, UnknownColumns};
-use crate::lake::{Identity, Replace, Selection};
+use crate::events::{
+    InternalEvent, ObjectsWritten, PartitionsUnchanged, ShrinkRefused, UnknownColumns,
+};
+use crate::lake::{Identity, Replace, Selection, content_hashes};
 use crate::model::{Counts, PartitionState};
 use crate::normalize::time::day_of_micros;
 use crate::normalize::{self, Normalized, Normalizer};
@@ -122,6 +124,21 @@ impl Pipeline {
                 "the export holds rows of days it was not asked for; they are merged by identity"
             );
         }
+        // A partition whose replaced days come back unchanged is left as it is: a cycle that
+        // re-syncs days costs what changed, not every partition the days touch.
+        let unchanged = self
+            .unchanged(product, &normalized, &touched, &replaced, &merged)
+            .await?;
+        PartitionsUnchanged {
+            product,
+            window: window_key,
+            partitions: unchanged.len(),
+        }
+        .emit();
+        let touched: BTreeSet<NaiveDate> = touched
+            .into_iter()
+            .filter(|d| !unchanged.contains_key(d))
+            .collect();
         let arriving: BTreeMap<NaiveDate, BTreeSet<NaiveDate>> = normalized
             .rows
             .partitions
@@ -189,6 +206,10 @@ impl Pipeline {
             .collect()
             .await;
         let mut counts = normalized.counts;
+        for (added, dropped) in unchanged.values() {
+            counts.written += added;
+            counts.duplicates += dropped;
+        }
         let mut partitions = Vec::with_capacity(results.len());
         let mut doomed = Vec::new();
         for r in results {
@@ -223,6 +244,39 @@ impl Pipeline {
             partitions,
             doomed,
         })
+    }
+
+    /// The partitions among `touched` that the write would leave as they are, with the rows
+    /// (and duplicates dropped) it delivers to each: every new row is of a day replaced whole,
+    /// and each replaced day's content hash matches the one the state recorded. Only partitions
+    /// with recorded hashes are looked at, and none when rows merge by identity.
+    async fn unchanged(
+        &self,
+        product: Product,
+        normalized: &Arc<Normalized>,
+        touched: &BTreeSet<NaiveDate>,
+        replaced: &BTreeSet<NaiveDate>,
+        merged: &HashSet<Identity>,
+    ) -> Result<BTreeMap<NaiveDate, (u64, u64)>, SyncError> {
+        if !merged.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let recorded = self.state.partition_hashes(product).await?;
+        let mut out = BTreeMap::new();
+        for date in touched {
+            let Some(before) = recorded.get(date) else {
+                continue;
+            };
+            let (hashes, added) = match load(normalized, *date).await? {
+                Some((b, dropped)) => (content_hashes(&b), (b.num_rows() as u64, dropped)),
+                None => (BTreeMap::new(), (0, 0)),
+            };
+            let only_replaced = hashes.keys().all(|d| replaced.contains(d));
+            if only_replaced && replaced.iter().all(|d| hashes.get(d) == before.get(d)) {
+                out.insert(*date, added);
+            }
+        }
+        Ok(out)
     }
 
     /// The shrink guard: for each closed status day this result replaces and the lake holds
