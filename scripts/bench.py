@@ -11,8 +11,14 @@ are not); runs alternate between the tools. Prints wall seconds, rows/s, MB/s of
 and output size per shape, format and size, and writes docs/performance.md. Also times an
 end-to-end `sync` of the largest simulator CSV export.
 
+Then the steady state: lakes of 1x, 10x and 100x rows (`--steady`, uniform shape) each get the
+same cycle, the rows of their three latest status days imported again, once unchanged and once
+with 1% of those rows edited; from dpss-sync's `lake write cost` line it reports the partitions
+rewritten and left alone, rows and bytes rewritten per row delivered, the store requests, and
+the cycle's wall time.
+
 Usage: scripts/bench.sh [--sizes 1000000,10000000] [--formats csv,json,parquet] [--runs 3]
-                        [--shapes simulator,uniform,wide,messy]
+                        [--shapes simulator,uniform,wide,messy] [--steady 100000,1000000,10000000]
 """
 import argparse
 import glob
@@ -182,6 +188,7 @@ def main():
     ap.add_argument("--formats", default="csv,json,parquet")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--shapes", default="simulator,uniform,wide,messy")
+    ap.add_argument("--steady", default="100000,1000000,10000000", help="lake sizes, or none")
     ap.add_argument("--out", default="docs/performance.md")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -216,9 +223,65 @@ def main():
                 finally:
                     if sim:
                         sim.stop()
+        if a.steady != "none":
+            results += steady_state([int(n) for n in a.steady.split(",")], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(results, a.out)
+
+
+def cycle_files(lake_csv, out_dir):
+    """The rows of the lake export's three latest status days, as served again unchanged and
+    with 1% of their reasons edited."""
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+    names = ["ServicePointId", "Phase", "IssueId", "Status", "StatusDatetime", "Reason", "EventDate", "WorkOrderId"]
+    import pyarrow as pa
+    t = pacsv.read_csv(lake_csv, convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
+    day = pc.utf8_slice_codeunits(t["StatusDatetime"], 0, 10)
+    latest = sorted(set(day.to_pylist()))[-3:]
+    same = t.filter(pc.is_in(day, pa.array(latest)))
+    edited = same.column("Reason").to_pylist()
+    for i in range(0, len(edited), 100):
+        edited[i] = edited[i] + " (edited)"
+    changed = same.set_column(names.index("Reason"), "Reason", pa.array(edited, pa.string()))
+    paths = {}
+    for label, table in [("unchanged", same), ("1% edited", changed)]:
+        paths[label] = os.path.join(out_dir, f"cycle-{label.split()[0].replace('%', '')}.csv")
+        pacsv.write_csv(table, paths[label])
+    return paths, same.num_rows
+
+
+def steady_state(sizes, work):
+    """The same cycle into lakes of each size: what it rewrites, requests and takes."""
+    results = []
+    for rows in sizes:
+        d = os.path.join(work, f"steady-{rows}")
+        os.makedirs(d)
+        lake_csv = os.path.join(d, "lake.csv")
+        subprocess.run([sys.executable, "scripts/exportgen.py", "uniform", str(rows), "csv", lake_csv], check=True,
+                       stdout=subprocess.DEVNULL)
+        cfg = os.path.join(d, "dpss.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[lake]\nurl = "file://{d}/lake"\n[state]\nurl = "sqlite://{d}/state/state.db"\n'
+                    "[products.hid_work_orders]\n")
+        timed([BIN, "--config", cfg, "import", "--product", "hid_work_orders", lake_csv],
+              env=dict(os.environ, RUST_LOG="warn"))
+        cycles, delivered = cycle_files(lake_csv, d)
+        os.remove(lake_csv)
+        for label, path in cycles.items():
+            secs, rss, _, log = timed([BIN, "--config", cfg, "import", "--product", "hid_work_orders", path],
+                                      env=dict(os.environ, RUST_LOG="info", NO_COLOR="1"), log=True)
+            line = next(l for l in log.splitlines() if "lake write cost" in l)
+            cost = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+            r = {"tool": "steady", "lake_rows": rows, "cycle": label, "secs": secs, "rss": rss, **cost}
+            results.append(r)
+            print(f"steady lake {rows:>11,} {label:10}: {secs:5.2f} s, {cost['partitions_rewritten']} partitions "
+                  f"rewritten, {cost['partitions_unchanged']} unchanged, {cost['rows_rewritten']:,} rows rewritten "
+                  f"for {cost['delivered']:,} delivered; lists {cost['lists']} gets {cost['gets']} puts {cost['puts']}",
+                  flush=True)
+        shutil.rmtree(d, ignore_errors=True)
+    return results
 
 
 def compare(files, fmt, rows, shape, runs, work):
@@ -296,7 +359,7 @@ def kept_section(path):
 
 def report(results, path):
     def best(rows, fmt, tool, shape):
-        xs = [r for r in results if r["rows"] == rows and r["format"] == fmt and r["tool"] == tool
+        xs = [r for r in results if r.get("rows") == rows and r.get("format") == fmt and r["tool"] == tool
               and r.get("shape", "simulator") == shape]
         return min(xs, key=lambda r: r["secs"]) if xs else None
 
@@ -314,7 +377,7 @@ def report(results, path):
              "| shape | format | rows | tool | wall s | rows/s | input MB/s | peak RSS MiB | output MB | vs DuckDB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for shape in shapes:
-        for rows in sorted({r["rows"] for r in results}):
+        for rows in sorted({r["rows"] for r in results if "rows" in r}):
             for fmt in ["csv", "json", "parquet"]:
                 duck = best(rows, fmt, "duckdb", shape)
                 for tool in ["dpss-sync", "duckdb", "polars", "sync"]:
@@ -325,8 +388,8 @@ def report(results, path):
                     lines.append(f"| {shape} | {fmt} | {rows:,} | {tool} | {r['secs']:.2f} | {rows / r['secs']:,.0f} | "
                                  f"{r['mb'] / r['secs']:.1f} | {r['rss']:.0f} | {r['out_mb']:.1f} | {ratio} |")
     lines += ["", "## Against the targets", ""]
-    sizes = sorted({r["rows"] for r in results})
-    small, large = sizes[0], sizes[-1]
+    sizes = sorted({r["rows"] for r in results if "rows" in r})
+    small, large = (sizes[0], sizes[-1]) if sizes else (0, 0)
     goals = {"csv": 1.5, "json": 1.5, "parquet": 1.0}
     for shape in shapes:
         for fmt in ["csv", "json", "parquet"]:
@@ -351,6 +414,21 @@ def report(results, path):
         lines.append(f"- sync of the simulator's csv {large:,}-row export: {sync['secs'] / imp['secs']:.2f}x the "
                      f"import's time (target 1.3), besides {sync['vendor_job_secs']:.1f} s of the simulator building "
                      "the export.")
+    steady = [r for r in results if r.get("tool") == "steady"]
+    if steady:
+        lines += ["", "## Steady state", "",
+                  "The same cycle into lakes of three sizes (uniform shape): the rows of the three latest status",
+                  "days imported again, unchanged, then with 1% of them edited. Rewritten rows and bytes are",
+                  "those of the partitions the cycle rewrote, per row it delivered; requests are to the object",
+                  "store (a local directory here).", "",
+                  "| lake rows | cycle | rows delivered | partitions rewritten | unchanged | rows rewritten / row "
+                  "delivered | bytes rewritten / row delivered | lists | gets | puts | deletes | wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in steady:
+            n = max(r["delivered"], 1)
+            lines.append(f"| {r['lake_rows']:,} | {r['cycle']} | {r['delivered']:,} | {r['partitions_rewritten']} | "
+                         f"{r['partitions_unchanged']} | {r['rows_rewritten'] / n:.2f} | {r['bytes_rewritten'] / n:.1f} | "
+                         f"{r['lists']} | {r['gets']} | {r['puts']} | {r['deletes']} | {r['secs']:.2f} |")
     lines += ["", "`vs DuckDB` is DuckDB's wall time over the tool's: above 1 is faster than DuckDB.",
               "`sync` is a first sync of the same export served by `dpss-sync simulate`: its wall time less the",
               "vendor's export job (the simulator building the zip while sync polls, taken from sync's own",

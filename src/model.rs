@@ -173,3 +173,28 @@ pub enum LeaseStatus {
     /// This process held it and lost it; nothing more is written under that epoch.
     Lost { epoch: i64, reason: String },
 }
+
+/// Requests a lake made of its object store, and the bytes they moved: what a cycle cost.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LakeTraffic {
+    pub lists: u64,
+    pub gets: u64,
+    pub get_bytes: u64,
+    pub puts: u64,
+    pub put_bytes: u64,
+    pub deletes: u64,
+}
+
+impl LakeTraffic {
+    /// The traffic between `earlier` and this.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            lists: self.lists - earlier.lists,
+            gets: self.gets - earlier.gets,
+            get_bytes: self.get_bytes - earlier.get_bytes,
+            puts: self.puts - earlier.puts,
+            put_bytes: self.put_bytes - earlier.put_bytes,
+            deletes: self.deletes - earlier.deletes,
+        }
+    }
+}

@@ -9,7 +9,9 @@ use metrics::{counter, gauge, histogram};
 use crate::model::Counts;
 use crate::product::Product;
 
+mod lake;
 mod lease;
+pub use lake::WriteCost;
 pub use lease::{LeaseAge, LeaseChanged};
 
 pub trait InternalEvent {
@@ -191,24 +193,6 @@ impl InternalEvent for ObjectsWritten {
             .increment(self.objects as u64);
         counter!("dpss_sync_written_bytes_total", "product" => self.product.config_name())
             .increment(self.bytes);
-    }
-}
-
-/// Partitions a window left as they were: every day it replaces in them came back unchanged.
-pub struct PartitionsUnchanged<'a> {
-    pub product: Product,
-    pub window: &'a str,
-    pub partitions: usize,
-}
-
-impl InternalEvent for PartitionsUnchanged<'_> {
-    fn emit(self) {
-        if self.partitions > 0 {
-            tracing::info!(product = %self.product, window = self.window, partitions = self.partitions,
-                "partitions unchanged: not rewritten");
-        }
-        counter!("dpss_sync_partitions_unchanged_total", "product" => self.product.config_name())
-            .increment(self.partitions as u64);
     }
 }
 
@@ -539,6 +523,7 @@ pub fn register_metrics(products: &[Product]) {
             "dpss_sync_written_bytes_total",
             "dpss_sync_objects_written_total",
             "dpss_sync_partitions_unchanged_total",
+            "dpss_sync_rewritten_rows_total",
             "dpss_sync_unknown_columns_total",
             "dpss_sync_shrink_refused_total",
             "dpss_sync_submissions_unknown_total",

@@ -14,6 +14,7 @@ mod encode;
 mod quarantine;
 mod select;
 mod store;
+mod traffic;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use columns::status_column;
 use encode::{Order, conform, encode_parts, sort_rows};
 
 use crate::config::LakeSettings;
-use crate::model::PartitionState;
+use crate::model::{LakeTraffic, PartitionState};
 use crate::normalize::time::{day_of_micros, rows_per_day};
 use crate::product::Product;
 
@@ -105,6 +106,7 @@ pub struct Lake {
     target_file_size: u64,
     /// The directory of a `file://` lake, where a killed put can leave a staging file.
     local: Option<std::path::PathBuf>,
+    traffic: Arc<traffic::Counters>,
 }
 
 impl Lake {
@@ -119,7 +121,13 @@ impl Lake {
             local: (settings.url.scheme() == "file")
                 .then(|| store::local_dir(&settings.url))
                 .flatten(),
+            traffic: Arc::default(),
         })
+    }
+
+    /// The requests this lake has made of its store so far.
+    pub fn traffic(&self) -> LakeTraffic {
+        self.traffic.snapshot()
     }
 
     pub fn location(&self) -> &str {
@@ -159,6 +167,7 @@ impl Lake {
     pub async fn delete_objects(&self, paths: &[String]) -> Result<(), LakeError> {
         for p in paths {
             let path = Path::from(p.as_str());
+            self.traffic.deleted();
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(store_err(&path)(e)),
@@ -177,6 +186,7 @@ impl Lake {
     }
 
     async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>, LakeError> {
+        self.traffic.listed();
         let mut objects: Vec<_> = self
             .store
             .list(Some(prefix))
@@ -205,6 +215,7 @@ impl Lake {
                 .bytes()
                 .await
                 .map_err(store_err(&meta.location))?;
+            self.traffic.got(bytes.len());
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
                 .map_err(parquet_err(&meta.location))?
                 .with_batch_size(65_536)
@@ -352,6 +363,7 @@ impl Lake {
         for (n, part) in parts.into_iter().enumerate() {
             let path = prefix.clone().join(Self::part_name(generation, n));
             bytes += part.len() as u64;
+            self.traffic.put(part.len());
             // Small parts go in one put; big ones as a multipart upload completed at the end.
             let mut sink = object_store::buffered::BufWriter::with_capacity(
                 self.store.clone(),

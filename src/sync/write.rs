@@ -13,9 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::cleanup::repair_lake;
 use super::{Pipeline, SyncError};
 use crate::decode::{self, DecodeError};
-use crate::events::{
-    InternalEvent, ObjectsWritten, PartitionsUnchanged, ShrinkRefused, UnknownColumns,
-};
+use crate::events::{InternalEvent, ObjectsWritten, ShrinkRefused, UnknownColumns, WriteCost};
 use crate::lake::{Identity, Replace, Selection, content_hashes};
 use crate::model::{Counts, PartitionState};
 use crate::normalize::time::day_of_micros;
@@ -88,6 +86,7 @@ impl Pipeline {
         replace: Replace,
         force: bool,
     ) -> Result<Written, SyncError> {
+        let traffic = self.lake.traffic();
         // A write that failed earlier in this process left its rewrites open: undo them first.
         repair_lake(&self.state, &self.lake, product).await?;
         let held = self.state.partition_days(product).await?;
@@ -129,12 +128,6 @@ impl Pipeline {
         let unchanged = self
             .unchanged(product, &normalized, &touched, &replaced, &merged)
             .await?;
-        PartitionsUnchanged {
-            product,
-            window: window_key,
-            partitions: unchanged.len(),
-        }
-        .emit();
         let touched: BTreeSet<NaiveDate> = touched
             .into_iter()
             .filter(|d| !unchanged.contains_key(d))
@@ -233,6 +226,17 @@ impl Pipeline {
                 default_day,
             )
             .await?;
+        WriteCost {
+            product,
+            window: window_key,
+            traffic: self.lake.traffic().since(traffic),
+            delivered: counts.read,
+            rewritten: partitions.len(),
+            rewritten_rows: partitions.iter().map(|(_, p)| p.rows).sum(),
+            rewritten_bytes: partitions.iter().map(|(_, p)| p.bytes).sum(),
+            unchanged: unchanged.len(),
+        }
+        .emit();
         if !counts.reconciles() {
             return Err(SyncError::Reconcile {
                 window: window_key.to_string(),
