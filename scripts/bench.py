@@ -19,6 +19,7 @@ the cycle's wall time.
 
 Usage: scripts/bench.sh [--sizes 1000000,10000000] [--formats csv,json,parquet] [--runs 3]
                         [--shapes simulator,uniform,wide,messy] [--steady 100000,1000000,10000000]
+                        [--large-formats csv]
 """
 import argparse
 import glob
@@ -188,6 +189,8 @@ def main():
     ap.add_argument("--formats", default="csv,json,parquet")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--shapes", default="simulator,uniform,wide,messy")
+    ap.add_argument("--large-formats", default=None,
+                    help="formats the largest size runs (default: all of --formats)")
     ap.add_argument("--steady", default="100000,1000000,10000000", help="lake sizes, or none")
     ap.add_argument("--out", default="docs/performance.md")
     a = ap.parse_args()
@@ -201,7 +204,8 @@ def main():
             for shape in shapes:
                 sim = Sim(rows) if shape == "simulator" else None
                 try:
-                    for fmt in formats:
+                    large = a.large_formats.split(",") if a.large_formats and rows == max(sizes) else formats
+                    for fmt in [f for f in formats if f in large]:
                         parts_dir = os.path.join(work, f"{shape}-{fmt}-{rows}")
                         os.makedirs(parts_dir)
                         if sim:
