@@ -210,6 +210,17 @@ fn migrator(migrations: &Migrations) -> sqlx::migrate::Migrator {
     )
 }
 
+/// Pool options without sqlx's maintenance task. In sqlx 0.9 that task reads the pool's idle
+/// count, which goes below zero for an instant when one thread returns a connection as another
+/// takes it; the task then loops near 2^64 times without yielding, so the runtime can never shut
+/// down (seen as a `plan` at 100% CPU that never exited). Connections are tested before use
+/// (sqlx's default), so reaping idle ones buys nothing here.
+fn pool_options<DB: sqlx::Database>() -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .idle_timeout(None)
+        .max_lifetime(None)
+}
+
 /// How long a reader waits for a writer's migrations to finish.
 const MIGRATION_PATIENCE: Duration = Duration::from_millis(10_000);
 
@@ -461,6 +472,15 @@ mod tests {
     use super::test_support::{d, writer};
     use super::*;
     use crate::product::Product;
+
+    #[test]
+    fn pools_run_no_maintenance_task() {
+        // See `pool_options`: with either timeout set, sqlx spawns the task that can spin.
+        let o = pool_options::<sqlx::Sqlite>();
+        assert_eq!((o.get_idle_timeout(), o.get_max_lifetime()), (None, None));
+        let o = pool_options::<sqlx::Postgres>();
+        assert_eq!((o.get_idle_timeout(), o.get_max_lifetime()), (None, None));
+    }
 
     #[tokio::test]
     async fn readers_open_read_only_beside_the_writer_and_never_migrate() {

@@ -7,10 +7,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 
 use super::pg_lease::PgLease;
-use super::{Db, LeaseRequest, Migrations, State, StateError, migrator};
+use super::{Db, LeaseRequest, Migrations, State, StateError, migrator, pool_options};
 use crate::model::StateUrl;
 
 pub(super) const MIGRATIONS: &Migrations = &[
@@ -68,7 +68,7 @@ pub(super) async fn open_writer(
     request: &LeaseRequest,
 ) -> Result<State, StateError> {
     let options = connect_options(url)?;
-    let pool = PgPoolOptions::new()
+    let pool = pool_options()
         .max_connections(WRITER_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(options.clone())
@@ -90,7 +90,7 @@ pub(super) async fn open_writer(
 /// Opens the database for reading: every transaction read-only, nothing migrated.
 pub(super) async fn open_reader(url: &StateUrl) -> Result<State, StateError> {
     let options = connect_options(url)?.options([("default_transaction_read_only", "on")]);
-    let pool = PgPoolOptions::new()
+    let pool = pool_options()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(options)

@@ -8,10 +8,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use super::lease::{self, FileLease};
-use super::{Db, LeaseRequest, LeaseRow, Migrations, State, StateError, migrator};
+use super::{Db, LeaseRequest, LeaseRow, Migrations, State, StateError, migrator, pool_options};
 use crate::model::StateUrl;
 
 pub(super) const MIGRATIONS: &Migrations = &[
@@ -63,7 +63,7 @@ pub(super) async fn open_writer(path: &Path, request: &LeaseRequest) -> Result<S
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(30))
         .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
+    let pool = pool_options()
         .max_connections(1)
         .connect_with(options)
         .await
@@ -92,7 +92,7 @@ pub(super) async fn open_reader(path: &Path) -> Result<State, StateError> {
         .filename(path)
         .read_only(true)
         .busy_timeout(Duration::from_secs(30));
-    let pool = SqlitePoolOptions::new()
+    let pool = pool_options()
         .max_connections(1)
         .connect_with(options)
         .await
@@ -107,10 +107,8 @@ pub(super) async fn open_reader(path: &Path) -> Result<State, StateError> {
 
 /// What a reader sees where no writer has made a state yet: an empty one, in memory.
 pub(super) async fn empty(url: &StateUrl) -> Result<State, StateError> {
-    let pool = SqlitePoolOptions::new()
+    let pool = pool_options()
         .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
         .connect_with(SqliteConnectOptions::from_str("sqlite::memory:")?)
         .await
         .map_err(|e| StateError::Open {
