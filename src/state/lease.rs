@@ -65,6 +65,17 @@ impl LeaseRequest {
     }
 }
 
+/// The lease as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaseRow {
+    pub holder: Holder,
+    /// Whether the holder holds it now (a SQLite lock is probed; a PostgreSQL lease is unexpired).
+    pub held: bool,
+    /// PostgreSQL only: the epoch, and seconds since the holder last renewed.
+    pub epoch: Option<i64>,
+    pub renewed_secs_ago: Option<f64>,
+}
+
 /// The writer lease as the state sees it, whatever keeps it.
 pub trait Lease: Send + Sync + std::fmt::Debug {
     fn holder(&self) -> &Holder;
@@ -78,7 +89,6 @@ pub trait Lease: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct FileLease {
     _file: File,
-    path: PathBuf,
     holder: Holder,
     status: tokio::sync::watch::Sender<LeaseStatus>,
 }
@@ -103,8 +113,8 @@ impl Lease for FileLease {
 /// How often a waiting writer tries again.
 const RETRY: Duration = Duration::from_millis(100);
 
-/// How long a writer without --wait keeps trying.
-const PROBE_GRACE: Duration = Duration::from_millis(500);
+/// How long a writer without --wait keeps trying (either backend).
+pub(super) const PROBE_GRACE: Duration = Duration::from_millis(500);
 
 impl FileLease {
     /// The lock file of the database at `db`.
@@ -169,14 +179,9 @@ impl FileLease {
             .map_err(io_err)?;
         Ok(Self {
             _file: file,
-            path,
             holder: request.holder.clone(),
             status: tokio::sync::watch::Sender::new(LeaseStatus::Held { epoch: FILE_EPOCH }),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -36,9 +36,8 @@ use sqlx::{Postgres, Sqlite};
 use crate::model::StateUrl;
 
 pub use jobs::JobRow;
-pub use lease::{Holder, Lease, LeaseRequest, LeaseStatus};
+pub use lease::{Holder, Lease, LeaseRequest, LeaseRow, LeaseStatus};
 pub use partitions::Rewrite;
-pub use pg_lease::LeaseRow;
 pub use runs::{RunRow, RunTotals};
 pub use windows::{Stage, WindowRow};
 
@@ -339,11 +338,8 @@ impl State {
     /// if this process takes it again later, that cycle writes nothing more (another writer may
     /// have changed what it was working on in between).
     pub fn pinned(&self) -> Result<Self, StateError> {
-        let epoch = self.lease_epoch().ok_or(StateError::LeaseLost {
-            epoch: self.pin.unwrap_or(0),
-        })?;
         Ok(Self {
-            pin: Some(epoch),
+            pin: self.epoch()?,
             ..self.clone()
         })
     }
@@ -378,10 +374,6 @@ impl State {
             (_, StateUrl::Sqlite(path)) => Ok(sqlite::lease_row(path)),
             _ => Ok(None),
         }
-    }
-
-    pub fn url(&self) -> &StateUrl {
-        &self.url
     }
 
     /// A reader's state did not exist: nothing has run yet.

@@ -22,25 +22,12 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::lease::{Holder, Lease, LeaseRequest, LeaseStatus};
+use super::lease::{Holder, Lease, LeaseRequest, LeaseRow, LeaseStatus, PROBE_GRACE};
 use super::{Fields, StateError};
 use crate::model::StateUrl;
 
 /// The advisory lock's key ("dpss"); advisory locks are per database, so one state, one lock.
 const LOCK_KEY: i64 = 0x6470_7373;
-
-/// How long a one-shot writer without --wait tries before it is refused.
-const PROBE_GRACE: Duration = Duration::from_millis(500);
-
-/// The lease as `status` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LeaseRow {
-    pub holder: Holder,
-    /// Whether the holder holds it now (a SQLite lock is probed; a PostgreSQL lease is unexpired).
-    pub held: bool,
-    pub epoch: Option<i64>,
-    pub renewed_secs_ago: Option<f64>,
-}
 
 pub(super) async fn lease_row(pool: &PgPool) -> Result<Option<LeaseRow>, StateError> {
     let Some(r) = sqlx::query(
