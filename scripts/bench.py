@@ -7,7 +7,8 @@ typed Parquet). `uniform`, `wide`, `messy`: scripts/exportgen.py's, written with
 project's code (see there). Each tool turns them into Hive-partitioned zstd Parquet by
 event_date, DuckDB and polars with the simplest query that is correct for the shape (a plain
 cast where timestamps are uniform; every form, de-duplication and the bad-row filter where they
-are not); runs alternate between the tools. Prints wall seconds, rows/s, MB/s of input, peak RSS
+are not); runs alternate between the tools. On generated exports, a dpss-sync run must write
+exactly the generator's count of valid distinct rows, or the benchmark stops. Prints wall seconds, rows/s, MB/s of input, peak RSS
 and output size per shape, format and size, and writes docs/performance.md. Also times an
 end-to-end `sync` of the largest simulator CSV export.
 
@@ -215,6 +216,7 @@ def main():
                     for fmt in [f for f in formats if f in large]:
                         parts_dir = os.path.join(work, f"{shape}-{fmt}-{rows}")
                         os.makedirs(parts_dir)
+                        expect = None
                         if sim:
                             z = os.path.join(work, f"{fmt}-{rows}.zip")
                             sim.export(fmt, z)
@@ -222,11 +224,12 @@ def main():
                                 zf.extractall(parts_dir)
                             os.remove(z)
                         else:
-                            subprocess.run([sys.executable, "scripts/exportgen.py", shape, str(rows), fmt,
-                                            os.path.join(parts_dir, f"part-00000.{fmt}")], check=True,
-                                           stdout=subprocess.DEVNULL)
+                            made = subprocess.run([sys.executable, "scripts/exportgen.py", shape, str(rows), fmt,
+                                                   os.path.join(parts_dir, f"part-00000.{fmt}")], check=True,
+                                                  capture_output=True, text=True)
+                            expect = json.loads(made.stdout)["valid_distinct"]
                         files = sorted(glob.glob(parts_dir + f"/part-*.{fmt}"))
-                        results += compare(files, fmt, rows, shape, a.runs, work)
+                        results += compare(files, fmt, rows, shape, a.runs, work, expect)
                         if sim and fmt == "csv" and rows == max(sizes):
                             mb = sum(os.path.getsize(f) for f in files) / 1e6
                             results.append(sync_run(sim, rows, work, mb))
@@ -295,8 +298,10 @@ def steady_state(sizes, work):
     return results
 
 
-def compare(files, fmt, rows, shape, runs, work):
-    """Every tool on the same files, alternating, `runs` times."""
+def compare(files, fmt, rows, shape, runs, work, expect=None):
+    """Every tool on the same files, alternating, `runs` times. With `expect` (the generator's
+    count of valid distinct rows), a dpss-sync run that wrote any other number stops the
+    benchmark: a fast wrong import is no result."""
     mb = sum(os.path.getsize(f) for f in files) / 1e6
     tools = ["dpss-sync", "duckdb"] + (["polars"] if fmt == "csv" else [])
     results = []
@@ -304,7 +309,10 @@ def compare(files, fmt, rows, shape, runs, work):
         for tool in tools:
             out = os.path.join(work, f"out-{tool}-{shape}-{fmt}-{rows}-{run}")
             if tool == "dpss-sync":
-                secs, rss, _ = run_dpss(files, out)
+                secs, rss, written = run_dpss(files, out)
+                if expect is not None and written != expect:
+                    raise SystemExit(f"{shape} {fmt} {rows:,}: dpss-sync wrote {written:,} rows, "
+                                     f"the generator made {expect:,} valid distinct rows")
             elif tool == "duckdb":
                 secs, rss = run_duckdb(files, out, fmt, shape)
             else:
