@@ -440,6 +440,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_holder_gone_in_the_middle_of_a_write_does_not_block_the_takeover() {
+        let Some(url) = postgres_db().await else {
+            return;
+        };
+        let ttl = Duration::from_secs(2);
+        let request =
+            |command| LeaseRequest::new(command, Some(Duration::from_secs(10))).with_ttl(ttl);
+        let st = State::open_writer(&url, &request("test")).await.unwrap();
+        let crate::state::Db::Postgres(pool) = &st.db else {
+            unreachable!()
+        };
+        // A write transaction left open, its fence holding the lease row, as a writer paused
+        // (or cut off) mid-write leaves it; then the holder's lock goes.
+        let mut tx = pool.begin().await.unwrap();
+        crate::state::postgres::fence(&mut tx, Some(1))
+            .await
+            .unwrap();
+        drop(st);
+        let started = Instant::now();
+        let taker = State::open_writer(&url, &request("run")).await.unwrap();
+        assert_eq!(taker.lease_epoch(), Some(2));
+        assert!(started.elapsed() < ttl * 3, "took {:?}", started.elapsed());
+        assert!(
+            tx.commit().await.is_err(),
+            "the stale transaction was ended"
+        );
+    }
+
+    #[tokio::test]
     async fn an_expired_holder_that_still_holds_the_lock_is_cut_off() {
         let Some(url) = postgres_db().await else {
             return;

@@ -68,17 +68,29 @@ pub(super) async fn open_writer(
     request: &LeaseRequest,
 ) -> Result<State, StateError> {
     let options = connect_options(url)?;
+    // A writer paused inside a transaction holds its fence's share lock on the lease row, and a
+    // standby's takeover (which updates that row) would wait for it for as long as the pause
+    // lasts. The server ends such a session once it has idled in its transaction for a lease
+    // period, so the takeover waits at most that long; the writer's own transactions never idle.
+    let ttl_ms = request.ttl.as_millis().to_string();
     let pool = pool_options()
         .max_connections(WRITER_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(30))
-        .connect_with(options.clone())
+        .connect_with(
+            options
+                .clone()
+                .options([("idle_in_transaction_session_timeout", ttl_ms.as_str())]),
+        )
         .await
         .map_err(|e| open_err(url, e))?;
     migrator(MIGRATIONS)
         .run(&pool)
         .await
         .map_err(|e| StateError::Migrate(e.to_string()))?;
-    let lease = PgLease::acquire(url, options, request).await?;
+    // The lease's own statements give up on a lock after a lease period and try again, rather
+    // than hang behind a session that is about to be ended.
+    let lease_options = options.options([("lock_timeout", ttl_ms.as_str())]);
+    let lease = PgLease::acquire(url, lease_options, request).await?;
     Ok(State::new(
         Db::Postgres(pool),
         url,
