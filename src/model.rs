@@ -33,7 +33,7 @@ pub enum WindowKind {
 }
 
 /// What one lake partition holds after a rewrite.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionState {
     /// Rows per status day.
     pub day_rows: BTreeMap<NaiveDate, u64>,

@@ -161,7 +161,8 @@ async fn status_and_plan_in_a_loop_beside_a_spilling_import() {
         beside_spills > 0,
         "no reader ran while the import spilled ({reads} reads)"
     );
-    let lake = dpss_sync::lake::Lake::open(&local_lake(&dir.path().join("lake"))).unwrap();
+    let lake =
+        dpss_sync::lake::Lake::open(&local_lake(&dir.path().join("lake")), dir.path()).unwrap();
     let mut count = 0;
     let mut ids = HashSet::new();
     for (_, b) in lake.read_table(P).await.unwrap() {

@@ -188,7 +188,8 @@ async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
     );
     assert!(metric(&metrics, "dpss_sync_downloaded_bytes_total", &[]) > 0.0);
     // Bytes written are the objects' sizes.
-    let lake = dpss_sync::lake::Lake::open(&local_lake(&dir.path().join("lake"))).unwrap();
+    let lake =
+        dpss_sync::lake::Lake::open(&local_lake(&dir.path().join("lake")), dir.path()).unwrap();
     let objects = lake.objects(P).await.unwrap();
     let on_disk: u64 = objects.iter().map(|(_, size)| size).sum();
     let written = metric(&metrics, "dpss_sync_written_bytes_total", &[p]);

@@ -479,7 +479,7 @@ async fn online_checks(settings: &Settings) -> Result<(Vec<String>, Vec<String>)
             Err(e) => failures.push(format!("{product}: {e}")),
         }
     }
-    match Lake::open(&settings.lake) {
+    match Lake::open(&settings.lake, &settings.work_dir()) {
         Ok(lake) => match lake.probe().await {
             Ok(()) => passed.push("lake: write-read-delete probe OK".into()),
             Err(e) => failures.push(format!("lake: {e}")),

@@ -96,39 +96,8 @@ pub fn content_hashes(b: &RecordBatch) -> BTreeMap<NaiveDate, u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{Int8Array, TimestampMicrosecondArray};
-
     use super::*;
-    use crate::product::Product;
-
-    /// Work order, reason, status µs, job.
-    type Row<'a> = (&'a str, &'a str, i64, &'a str);
-
-    /// A lake batch of `rows`.
-    fn batch(rows: &[Row<'_>]) -> RecordBatch {
-        let text = |f: &dyn Fn(&Row<'_>) -> String| {
-            Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as _
-        };
-        let ts =
-            |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as _;
-        RecordBatch::try_new(
-            Product::HidWorkOrders.lake_schema(),
-            vec![
-                text(&|_| "SP1".into()),
-                Arc::new(Int8Array::from(vec![2; rows.len()])),
-                text(&|_| "I1".into()),
-                text(&|_| "Open".into()),
-                ts(rows.iter().map(|r| r.2).collect()),
-                text(&|r| r.1.into()),
-                text(&|r| r.0.into()),
-                text(&|r| r.3.into()),
-                ts(vec![0; rows.len()]),
-            ],
-        )
-        .unwrap()
-    }
+    use crate::lake::test_support::batch;
 
     #[test]
     fn a_days_hash_ignores_order_and_lineage_and_sees_any_change() {

@@ -1,14 +1,17 @@
 //! Encoding a partition as Parquet: the writer's settings per column, the order of rows, and the
-//! split into parts near `lake.target_file_size`.
+//! split into parts near `lake.target_file_size`, spooled to the work directory once they grow.
+
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
 
 use arrow::array::RecordBatch;
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Schema};
-use bytes::Bytes;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use tempfile::SpooledTempFile;
 
 use super::columns::status_column;
 
@@ -55,34 +58,91 @@ fn writer_properties(schema: &Schema) -> WriterProperties {
     .build()
 }
 
-/// How rows are ordered in the objects: data by time, the quarantine as it came.
-pub(super) enum Order {
-    ByTime,
-    AsIs,
+/// Encoded bytes kept in memory before a part goes to a file in the work directory: a part this
+/// small goes to the store in one put, and bigger ones stream from the file in chunks this size.
+pub(super) const SPOOL_BYTES: usize = 8 << 20;
+
+/// Encoded bytes of a row group still in memory before the writer ends it: row groups stay large
+/// for scans, while wide rows cannot make one grow with the partition (1M rows of long text
+/// would otherwise sit in memory, compressed, until the group closed).
+const ROW_GROUP_BYTES: usize = 64 << 20;
+
+/// One encoded part, in memory while small, else in an unnamed file in the work directory (gone
+/// with the process, however it ends).
+pub(super) struct Spooled {
+    pub(super) data: tempfile::SpooledData,
+    pub(super) len: u64,
 }
 
-/// One Parquet object, or numbered parts once one passes `target` bytes. Rows go to the writer in
-/// chunks small enough that a part ends near the target, whatever the target: a chunk is at most
-/// the rows whose in-memory size is the target.
-pub(super) fn encode_parts(rows: &RecordBatch, target: u64) -> Result<Vec<Bytes>, ParquetError> {
-    let props = writer_properties(&rows.schema());
-    let per_row = (rows.get_array_memory_size() / rows.num_rows().max(1)).max(1) as u64;
-    let chunk = (target / per_row).clamp(1, WRITE_CHUNK_ROWS as u64) as usize;
-    let mut objects = Vec::new();
-    let mut offset = 0;
-    while offset < rows.num_rows() {
-        let mut w = ArrowWriter::try_new(Vec::new(), rows.schema(), Some(props.clone()))?;
+/// Writes a partition's rows, batch by batch, as Parquet parts that end near `target` bytes, so
+/// memory holds a row group and a batch, whatever the partition's size.
+pub(super) struct PartWriter {
+    schema: SchemaRef,
+    props: WriterProperties,
+    target: u64,
+    scratch: PathBuf,
+    current: Option<ArrowWriter<SpooledTempFile>>,
+    done: Vec<Spooled>,
+}
+
+impl PartWriter {
+    pub(super) fn new(schema: SchemaRef, target: u64, scratch: &std::path::Path) -> Self {
+        Self {
+            props: writer_properties(&schema),
+            schema,
+            target,
+            scratch: scratch.to_path_buf(),
+            current: None,
+            done: Vec::new(),
+        }
+    }
+
+    /// Rows go to the writer in chunks small enough that a part ends near the target, whatever
+    /// the target: a chunk is at most the rows whose in-memory size is the target.
+    pub(super) fn write(&mut self, rows: &RecordBatch) -> Result<(), ParquetError> {
+        let per_row = (rows.get_array_memory_size() / rows.num_rows().max(1)).max(1) as u64;
+        let chunk = (self.target / per_row).clamp(1, WRITE_CHUNK_ROWS as u64) as usize;
+        let mut offset = 0;
         while offset < rows.num_rows() {
             let len = chunk.min(rows.num_rows() - offset);
+            let w = match &mut self.current {
+                Some(w) => w,
+                None => self.current.insert(ArrowWriter::try_new(
+                    tempfile::spooled_tempfile_in(SPOOL_BYTES, &self.scratch),
+                    self.schema.clone(),
+                    Some(self.props.clone()),
+                )?),
+            };
             w.write(&rows.slice(offset, len))?;
             offset += len;
-            if (w.bytes_written() + w.in_progress_size()) as u64 >= target {
-                break;
+            if w.in_progress_size() >= ROW_GROUP_BYTES {
+                w.flush()?;
+            }
+            if (w.bytes_written() + w.in_progress_size()) as u64 >= self.target {
+                self.end_part()?;
             }
         }
-        objects.push(Bytes::from(w.into_inner()?));
+        Ok(())
     }
-    Ok(objects)
+
+    fn end_part(&mut self) -> Result<(), ParquetError> {
+        if let Some(w) = self.current.take() {
+            let mut file = w.into_inner()?;
+            let len = file.seek(SeekFrom::End(0))?;
+            file.rewind()?;
+            self.done.push(Spooled {
+                data: file.into_inner(),
+                len,
+            });
+        }
+        Ok(())
+    }
+
+    /// The parts, in order; none when no row was written.
+    pub(super) fn finish(mut self) -> Result<Vec<Spooled>, ParquetError> {
+        self.end_part()?;
+        Ok(self.done)
+    }
 }
 
 /// Old files read back with the lake schema's field names; checks instead of trusting.
@@ -131,8 +191,31 @@ mod tests {
     use super::*;
     use crate::product::Product;
     use arrow::array::{ArrayRef, Int8Array, StringArray, TimestampMicrosecondArray};
+    use bytes::Bytes;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// The parts `PartWriter` makes of `batch`, read back into memory.
+    fn encode(batch: &RecordBatch, target: u64) -> Vec<Bytes> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PartWriter::new(batch.schema(), target, dir.path());
+        w.write(batch).unwrap();
+        w.finish()
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                let mut out = Vec::new();
+                match s.data {
+                    tempfile::SpooledData::InMemory(c) => out = c.into_inner(),
+                    tempfile::SpooledData::OnDisk(mut f) => {
+                        std::io::Read::read_to_end(&mut f, &mut out).unwrap();
+                    }
+                }
+                assert_eq!(out.len() as u64, s.len);
+                Bytes::from(out)
+            })
+            .collect()
+    }
 
     /// `n` rows a minute apart, with text that does not compress away.
     fn sample(n: usize) -> RecordBatch {
@@ -166,7 +249,7 @@ mod tests {
     fn timestamps_are_delta_encoded_and_read_back_unchanged() {
         let batch = sample(1000);
         let ts = status_column(&batch).values().to_vec();
-        let object = encode_parts(&batch, u64::MAX).unwrap().remove(0);
+        let object = encode(&batch, u64::MAX).remove(0);
         let meta = SerializedFileReader::new(object.clone()).unwrap();
         let chunk = meta.metadata().row_group(0).column(4);
         assert_eq!(chunk.column_path().string(), "status_datetime");
@@ -188,7 +271,7 @@ mod tests {
     fn a_partition_splits_near_a_small_target_and_reads_back_whole() {
         let n = 2000;
         let batch = sample(n);
-        let parts = encode_parts(&batch, 16 << 10).unwrap();
+        let parts = encode(&batch, 16 << 10);
         assert!(parts.len() >= 3, "{} parts", parts.len());
         let mut read = Vec::new();
         for p in &parts {
@@ -202,7 +285,40 @@ mod tests {
             }
         }
         assert_eq!(read, status_column(&batch).values().to_vec());
-        assert_eq!(encode_parts(&batch, 256 << 20).unwrap().len(), 1);
+        assert_eq!(encode(&batch, 256 << 20).len(), 1);
+    }
+
+    #[test]
+    fn a_part_past_the_spool_streams_from_a_file_and_reads_back_whole() {
+        let n = 500_000;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let noise = StringArray::from_iter_values((0..n).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}{:016x}", x.rotate_left(29))
+        }));
+        let base = sample(n);
+        let mut columns = base.columns().to_vec();
+        columns[5] = Arc::new(noise);
+        let batch = RecordBatch::try_new(base.schema(), columns).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PartWriter::new(batch.schema(), 256 << 20, dir.path());
+        w.write(&batch).unwrap();
+        let mut parts = w.finish().unwrap();
+        assert_eq!(parts.len(), 1);
+        let part = parts.remove(0);
+        assert!(part.len > SPOOL_BYTES as u64, "{} bytes", part.len);
+        let tempfile::SpooledData::OnDisk(file) = part.data else {
+            panic!("a part past the spool stays in memory");
+        };
+        let read: usize = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap().num_rows())
+            .sum();
+        assert_eq!(read, n);
     }
 
     #[test]
@@ -214,7 +330,7 @@ mod tests {
         )]));
         let column = Arc::new(StringArray::from(vec!["2024-06-15:00:00:13"; 10])) as ArrayRef;
         let batch = RecordBatch::try_new(schema, vec![column]).unwrap();
-        let object = encode_parts(&batch, u64::MAX).unwrap().remove(0);
+        let object = encode(&batch, u64::MAX).remove(0);
         let meta = SerializedFileReader::new(object).unwrap();
         let chunk = meta.metadata().row_group(0).column(0);
         assert!(

@@ -1,7 +1,9 @@
 //! The lake: Hive-partitioned Parquet through `object_store`, on a local directory or any cloud.
 //!
 //! A partition `event_date=YYYY-MM-DD` is rewritten whole: the rows of the days being replaced
-//! come out, the new rows go in. A partition that fits in one object is `part-00000.parquet`,
+//! come out, the new rows go in. The old rows stream through a row group at a time and the new
+//! objects are spooled to the work directory once they outgrow memory (`rewrite.rs`), so a
+//! rewrite's memory does not grow with the partition. A partition that fits in one object is `part-00000.parquet`,
 //! replaced in one put (single-part or a completed multipart upload), so a reader sees the old
 //! file or the new one, never a half. A partition beyond `lake.target_file_size` is written as
 //! parts named by the rewrite's generation (`part-g<generation>-00000.parquet`, …), which never
@@ -12,15 +14,16 @@
 mod columns;
 mod encode;
 mod quarantine;
+mod read;
+mod rewrite;
 mod select;
 mod store;
+#[cfg(test)]
+mod test_support;
 mod traffic;
 
-use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::compute::{concat_batches, filter_record_batch};
 use bytes::Bytes;
 use chrono::NaiveDate;
 use futures::TryStreamExt;
@@ -28,18 +31,16 @@ use tokio::io::AsyncWriteExt;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 pub use columns::{Identity, content_hashes, count_by_status_day, identities, status_day_rows};
+pub use rewrite::Dropped;
 pub use select::{Replace, Selection};
 pub use store::open_store;
 
-use columns::status_column;
-use encode::{Order, conform, encode_parts, sort_rows};
+use encode::Spooled;
 
 use crate::config::LakeSettings;
-use crate::model::{LakeTraffic, PartitionState};
-use crate::normalize::time::{day_of_micros, rows_per_day};
+use crate::model::LakeTraffic;
 use crate::product::Product;
 
 /// Objects written at once. Two leave a core idle part of the write phase, while a partition
@@ -47,6 +48,10 @@ use crate::product::Product;
 /// peak memory grow with the export again, which the memory bound forbids. Two it is
 /// (docs/performance.md has the figures).
 pub const WRITERS: usize = 2;
+
+/// Chunks of one multipart upload in flight at once: enough to keep the link busy, few enough
+/// that a big part's upload holds a bounded number of chunks in memory.
+const UPLOADS_PER_OBJECT: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -106,12 +111,15 @@ pub struct Lake {
     target_file_size: u64,
     /// The directory of a `file://` lake, where a killed put can leave a staging file.
     local: Option<std::path::PathBuf>,
+    /// Where parts that outgrow memory are spooled before their upload (the work directory).
+    scratch: std::path::PathBuf,
     traffic: Arc<traffic::Counters>,
 }
 
 impl Lake {
-    /// Opens the store; changes nothing in it (readers open the lake too).
-    pub fn open(settings: &LakeSettings) -> Result<Self, LakeError> {
+    /// Opens the store; changes nothing in it (readers open the lake too). Writes spool parts
+    /// that outgrow memory in `scratch`.
+    pub fn open(settings: &LakeSettings, scratch: &std::path::Path) -> Result<Self, LakeError> {
         let (store, root) = open_store(&settings.url)?;
         Ok(Self {
             store,
@@ -121,6 +129,7 @@ impl Lake {
             local: (settings.url.scheme() == "file")
                 .then(|| store::local_dir(&settings.url))
                 .flatten(),
+            scratch: scratch.to_path_buf(),
             traffic: Arc::default(),
         })
     }
@@ -197,68 +206,6 @@ impl Lake {
         Ok(objects)
     }
 
-    async fn read_objects(
-        &self,
-        objects: &[object_store::ObjectMeta],
-    ) -> Result<Vec<RecordBatch>, LakeError> {
-        let mut out = Vec::new();
-        for meta in objects
-            .iter()
-            .filter(|m| m.location.as_ref().ends_with(".parquet"))
-        {
-            // Partitions are rewritten whole, so the whole object is needed anyway: one GET.
-            let bytes = self
-                .store
-                .get(&meta.location)
-                .await
-                .map_err(store_err(&meta.location))?
-                .bytes()
-                .await
-                .map_err(store_err(&meta.location))?;
-            self.traffic.got(bytes.len());
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .map_err(parquet_err(&meta.location))?
-                .with_batch_size(65_536)
-                .build()
-                .map_err(parquet_err(&meta.location))?;
-            for b in reader {
-                out.push(b.map_err(|source| LakeError::Arrow {
-                    path: meta.location.to_string(),
-                    source,
-                })?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every row of one partition.
-    pub async fn read_partition(
-        &self,
-        product: Product,
-        date: NaiveDate,
-    ) -> Result<Vec<RecordBatch>, LakeError> {
-        let objects = self.list(&self.partition(product, date)).await?;
-        self.read_objects(&objects).await
-    }
-
-    /// Every row of the table, with the partition date of each batch.
-    pub async fn read_table(
-        &self,
-        product: Product,
-    ) -> Result<Vec<(NaiveDate, RecordBatch)>, LakeError> {
-        let objects = self.list(&self.table(product)).await?;
-        let mut out = Vec::new();
-        for meta in &objects {
-            let Some(date) = partition_date(&meta.location) else {
-                continue;
-            };
-            for b in self.read_objects(std::slice::from_ref(meta)).await? {
-                out.push((date, b));
-            }
-        }
-        Ok(out)
-    }
-
     /// Every data object of the table: (path, size).
     pub async fn objects(&self, product: Product) -> Result<Vec<(String, u64)>, LakeError> {
         Ok(self
@@ -270,114 +217,49 @@ impl Lake {
             .collect())
     }
 
-    /// Rewrites one partition whose objects are `existing`: its rows of `replaced` status days
-    /// are dropped, and so are rows whose identity is in `merged` (rows this job delivers for
-    /// days it does not replace whole); then `new` is added. The new objects are put; the old
-    /// ones the result does not reuse are left for the caller to delete once the state records
-    /// the new set. `generation` names the parts of a multi-object result.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn rewrite_partition(
-        &self,
-        product: Product,
-        date: NaiveDate,
-        existing_objects: &[object_store::ObjectMeta],
-        generation: i64,
-        replaced: &BTreeSet<NaiveDate>,
-        merged: &HashSet<Identity>,
-        new: Option<&RecordBatch>,
-    ) -> Result<PartitionState, LakeError> {
-        let prefix = self.partition(product, date);
-        let existing = self.read_objects(existing_objects).await?;
-        let schema = product.lake_schema();
-        let mut keep = Vec::with_capacity(existing.len() + 1);
-        for b in existing {
-            let b = conform(&b, &schema).map_err(|detail| LakeError::Schema {
-                path: prefix.to_string(),
-                detail,
-            })?;
-            let ts = status_column(&b);
-            let ids = (!merged.is_empty()).then(|| identities(&b));
-            let mask: arrow::array::BooleanArray = (0..b.num_rows())
-                .map(|i| {
-                    let replaced_day = replaced.contains(&day_of_micros(ts.value(i)));
-                    let superseded = ids.as_ref().is_some_and(|ids| merged.contains(&ids[i]));
-                    Some(!replaced_day && !superseded)
-                })
-                .collect();
-            keep.push(filter_record_batch(&b, &mask).expect("mask length matches"));
-        }
-        if let Some(n) = new {
-            keep.push(n.clone());
-        }
-        let rows = concat_batches(&schema, &keep).expect("batches share the lake schema");
-        let day_rows = rows_per_day(status_column(&rows).values());
-        let day_hashes = content_hashes(&rows);
-        let count = rows.num_rows() as u64;
-        let parts = self.encode(&prefix, rows, Order::ByTime).await?;
-        let generation = (parts.len() > 1).then_some(generation);
-        let (objects, bytes) = self.put_parts(&prefix, generation, parts).await?;
-        Ok(PartitionState {
-            day_rows,
-            day_hashes,
-            rows: count,
-            objects,
-            bytes,
-        })
-    }
-
-    /// Sorts and encodes `rows` on a blocking thread: this is most of a sync's CPU, and on the
-    /// async threads it would run one partition at a time however many are written at once.
-    async fn encode(
-        &self,
-        prefix: &Path,
-        rows: RecordBatch,
-        order: Order,
-    ) -> Result<Vec<Bytes>, LakeError> {
-        let target = self.target_file_size;
-        tokio::task::spawn_blocking(move || {
-            let rows = match order {
-                Order::ByTime => sort_rows(&rows),
-                Order::AsIs => rows,
-            };
-            encode_parts(&rows, target)
-        })
-        .await
-        .map_err(|source| LakeError::Task {
-            path: prefix.to_string(),
-            source,
-        })?
-        .map_err(parquet_err(prefix))
-    }
-
     /// Puts the encoded parts under `prefix` (nothing when there are none), named as
-    /// [`Self::part_name`] says.
+    /// [`Self::part_name`] says. A part spooled to a file streams from it as a multipart upload,
+    /// completed at the end, so the store shows the whole object or none of it.
     async fn put_parts(
         &self,
         prefix: &Path,
         generation: Option<i64>,
-        parts: Vec<Bytes>,
+        parts: Vec<Spooled>,
     ) -> Result<(Vec<String>, u64), LakeError> {
         let mut written = Vec::with_capacity(parts.len());
         let mut bytes = 0;
         let count = parts.len();
         for (n, part) in parts.into_iter().enumerate() {
             let path = prefix.clone().join(Self::part_name(generation, n));
-            bytes += part.len() as u64;
-            self.traffic.put(part.len());
-            // Small parts go in one put; big ones as a multipart upload completed at the end.
-            let mut sink = object_store::buffered::BufWriter::with_capacity(
-                self.store.clone(),
-                path.clone(),
-                8 << 20,
-            );
-            sink.put(part).await.map_err(store_err(&path))?;
-            sink.shutdown().await.map_err(|e| LakeError::Store {
+            bytes += part.len;
+            self.traffic.put(part.len as usize);
+            let io_err = |e: std::io::Error| LakeError::Store {
                 path: path.to_string(),
                 source: object_store::Error::Generic {
                     store: "lake",
                     source: Box::new(e),
                 },
-            })?;
+            };
+            let mut sink = object_store::buffered::BufWriter::with_capacity(
+                self.store.clone(),
+                path.clone(),
+                encode::SPOOL_BYTES,
+            )
+            .with_max_concurrency(UPLOADS_PER_OBJECT);
+            match part.data {
+                tempfile::SpooledData::InMemory(cursor) => {
+                    sink.put(Bytes::from(cursor.into_inner()))
+                        .await
+                        .map_err(store_err(&path))?;
+                }
+                tempfile::SpooledData::OnDisk(file) => {
+                    let mut file = tokio::fs::File::from_std(file);
+                    tokio::io::copy(&mut file, &mut sink)
+                        .await
+                        .map_err(io_err)?;
+                }
+            }
+            sink.shutdown().await.map_err(io_err)?;
             written.push(path.to_string());
             if n + 1 < count {
                 crate::fail_point!("between-puts");

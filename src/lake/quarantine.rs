@@ -6,14 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use arrow::array::{Array, RecordBatch, StringArray};
-use arrow::compute::{concat_batches, filter_record_batch};
-use bytes::Bytes;
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 
-use super::encode::Order;
-use super::{Lake, LakeError, WRITERS, store};
+use super::encode::{PartWriter, Spooled};
+use super::{Lake, LakeError, WRITERS, parquet_err, store};
 use crate::normalize::QuarantineRows;
 use crate::product::Product;
 
@@ -25,6 +25,28 @@ impl Lake {
         };
         let rel = self.quarantine_root(product);
         store::remove_staging_files(&dir.join(rel.as_ref()))
+    }
+
+    /// Encodes quarantined rows in the order given, on a blocking thread as partitions are.
+    async fn encode_as_is(
+        &self,
+        prefix: &Path,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Vec<Spooled>, LakeError> {
+        let mut writer = PartWriter::new(schema, self.target_file_size, &self.scratch);
+        tokio::task::spawn_blocking(move || {
+            for b in &batches {
+                writer.write(b)?;
+            }
+            writer.finish()
+        })
+        .await
+        .map_err(|source| LakeError::Task {
+            path: prefix.to_string(),
+            source,
+        })?
+        .map_err(parquet_err(prefix))
     }
 
     fn quarantine_root(&self, product: Product) -> Path {
@@ -41,7 +63,7 @@ impl Lake {
         &self,
         prefix: &Path,
         existing: &[object_store::ObjectMeta],
-        parts: Vec<Bytes>,
+        parts: Vec<Spooled>,
     ) -> Result<(), LakeError> {
         let (written, _) = self.put_parts(prefix, None, parts).await?;
         let stale: Vec<String> = existing
@@ -118,13 +140,8 @@ impl Lake {
                                 .push(filter_record_batch(&b, &mask).expect("mask length matches"));
                         }
                     }
-                    let rows =
-                        concat_batches(schema, &batches).map_err(|source| LakeError::Arrow {
-                            path: dir.clone(),
-                            source,
-                        })?;
                     let prefix = dir_prefix(root, &dir);
-                    let parts = self.encode(&prefix, rows, Order::AsIs).await?;
+                    let parts = self.encode_as_is(&prefix, schema.clone(), batches).await?;
                     self.replace_objects(&prefix, &old, parts).await
                 }
             })

@@ -203,7 +203,7 @@ impl Pipeline {
         } else {
             None
         };
-        let lake = Lake::open(&settings.lake)?;
+        let lake = Lake::open(&settings.lake, &settings.work_dir())?;
         let state = match &access {
             Access::Read => State::open_reader(&settings.state.url).await?,
             Access::Write(request) => {

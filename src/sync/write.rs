@@ -14,7 +14,7 @@ use super::cleanup::repair_lake;
 use super::{Pipeline, SyncError};
 use crate::decode::{self, DecodeError};
 use crate::events::{InternalEvent, ObjectsWritten, ShrinkRefused, UnknownColumns, WriteCost};
-use crate::lake::{Identity, Replace, Selection, content_hashes};
+use crate::lake::{Dropped, Identity, Replace, Selection, content_hashes};
 use crate::model::{Counts, PartitionState};
 use crate::normalize::time::day_of_micros;
 use crate::normalize::{self, Normalized, Normalizer};
@@ -155,19 +155,19 @@ impl Pipeline {
             .state
             .begin_rewrites(product, &arriving, &before_paths)
             .await?;
-        let (replaced, merged, before) = (Arc::new(replaced), Arc::new(merged), Arc::new(before));
+        let dropped = Arc::new(Dropped {
+            replaced: Arc::new(replaced),
+            merged: Arc::new(merged),
+        });
+        let before = Arc::new(before);
         crate::progress::writing(generations.len() as u64);
         let results: Vec<Result<Rewritten, SyncError>> = futures::stream::iter(generations)
             .map(|(date, generation)| {
-                let (normalized, replaced, merged, before) = (
-                    normalized.clone(),
-                    replaced.clone(),
-                    merged.clone(),
-                    before.clone(),
-                );
+                let (normalized, dropped, before) =
+                    (normalized.clone(), dropped.clone(), before.clone());
                 async move {
                     let new = load(&normalized, date).await?;
-                    let batch = new.as_ref().map(|(b, _)| b);
+                    let batch = new.as_ref().map(|(b, _)| b.clone());
                     // No object goes into the lake once another replica may be writing it.
                     self.state.ensure_writer()?;
                     let state = self
@@ -177,8 +177,7 @@ impl Pipeline {
                             date,
                             &before[&date],
                             generation,
-                            &replaced,
-                            &merged,
+                            &dropped,
                             batch,
                         )
                         .await?;
@@ -222,7 +221,7 @@ impl Pipeline {
                 product,
                 window_key,
                 &normalized.quarantine,
-                &replaced,
+                &dropped.replaced,
                 default_day,
             )
             .await?;

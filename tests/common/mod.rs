@@ -139,7 +139,7 @@ pub async fn lake_rows(dir: &Path) -> Vec<Row> {
 
 /// Every row of a local lake rooted at `root`.
 pub async fn lake_rows_at(root: &Path) -> Vec<Row> {
-    let lake = Lake::open(&local_lake(root)).unwrap();
+    let lake = Lake::open(&local_lake(root), root).unwrap();
     let mut out = Vec::new();
     for (date, b) in lake.read_table(P).await.unwrap() {
         let phase = b
@@ -232,7 +232,7 @@ pub fn expected_invalid(
 
 /// The quarantine's (work_order_id, issue_id, status, reason, raw status_datetime).
 pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String, String)> {
-    let lake = Lake::open(&local_lake(&dir.join("lake"))).unwrap();
+    let lake = Lake::open(&local_lake(&dir.join("lake")), dir).unwrap();
     let mut out = Vec::new();
     for b in lake.read_quarantine(P).await.unwrap() {
         let (wo, issue, status, reason, ts) = (
