@@ -16,11 +16,13 @@ Then the steady state: lakes of 1x, 10x and 100x rows (`--steady`, uniform shape
 same cycle, the rows of their three latest status days imported again, once unchanged and once
 with 1% of those rows edited; from dpss-sync's `lake write cost` line it reports the partitions
 rewritten and left alone, rows and bytes rewritten per row delivered, the store requests, and
-the cycle's wall time.
+the cycle's wall time and peak memory. One more lake (`--one-partition`, 2M rows by default)
+puts every row in one event_date partition over 30 status days, so the cycle rewrites that one
+big partition: its peak memory shows whether a rewrite holds the partition or a row group.
 
 Usage: scripts/bench.sh [--sizes 1000000,10000000] [--formats csv,json,parquet] [--runs 3]
                         [--shapes simulator,uniform,wide,messy] [--steady 100000,1000000,10000000]
-                        [--large-formats csv]
+                        [--large-formats csv] [--one-partition 2000000]
 """
 import argparse
 import glob
@@ -38,7 +40,8 @@ import urllib.request
 import uuid
 import zipfile
 
-BIN = os.path.abspath("target/release/dpss-sync")
+# DPSS_BENCH_BIN runs another build (an older one, to compare).
+BIN = os.path.abspath(os.environ.get("DPSS_BENCH_BIN", "target/release/dpss-sync"))
 SUB = "00000000-0000-4000-8000-00000000cafe"
 HDR_SUB = "00000000-0000-4000-8000-00000000beef"
 
@@ -193,6 +196,8 @@ def main():
     ap.add_argument("--large-formats", default=None,
                     help="formats the largest size runs (default: all of --formats)")
     ap.add_argument("--steady", default="100000,1000000,10000000", help="lake sizes, or none")
+    ap.add_argument("--one-partition", default="2000000",
+                    help="rows of a steady-state lake held in one partition, or none")
     ap.add_argument("--out", default="docs/performance.md")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite --out from the raw runs it already holds, running nothing")
@@ -204,7 +209,7 @@ def main():
         return
     sizes = [int(s) for s in a.sizes.split(",")]
     formats = a.formats.split(",")
-    shapes = a.shapes.split(",")
+    shapes = [] if a.shapes == "none" else a.shapes.split(",")
     work = tempfile.mkdtemp(prefix="dpss-bench-")
     results = []
     try:
@@ -237,8 +242,11 @@ def main():
                 finally:
                     if sim:
                         sim.stop()
-        if a.steady != "none":
-            results += steady_state([int(n) for n in a.steady.split(",")], work)
+        lakes = [] if a.steady == "none" else [(int(n), False) for n in a.steady.split(",")]
+        if a.one_partition != "none":
+            lakes.append((int(a.one_partition), True))
+        if lakes:
+            results += steady_state(lakes, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(results, a.out)
@@ -266,15 +274,17 @@ def cycle_files(lake_csv, out_dir):
     return paths, same.num_rows
 
 
-def steady_state(sizes, work):
-    """The same cycle into lakes of each size: what it rewrites, requests and takes."""
+def steady_state(lakes, work):
+    """The same cycle into lakes of each (rows, all in one partition): what it rewrites, requests,
+    takes and holds in memory."""
     results = []
-    for rows in sizes:
-        d = os.path.join(work, f"steady-{rows}")
+    for rows, one in lakes:
+        d = os.path.join(work, f"steady-{rows}-{one}")
         os.makedirs(d)
         lake_csv = os.path.join(d, "lake.csv")
-        subprocess.run([sys.executable, "scripts/exportgen.py", "uniform", str(rows), "csv", lake_csv], check=True,
-                       stdout=subprocess.DEVNULL)
+        spread = ["--days", "30", "--one-partition"] if one else []
+        subprocess.run([sys.executable, "scripts/exportgen.py", "uniform", str(rows), "csv", lake_csv, *spread],
+                       check=True, stdout=subprocess.DEVNULL)
         cfg = os.path.join(d, "dpss.toml")
         with open(cfg, "w") as f:
             f.write(f'[lake]\nurl = "file://{d}/lake"\n[state]\nurl = "sqlite://{d}/state/state.db"\n'
@@ -288,9 +298,11 @@ def steady_state(sizes, work):
                                       env=dict(os.environ, RUST_LOG="info", NO_COLOR="1"), log=True)
             line = next(l for l in log.splitlines() if "lake write cost" in l)
             cost = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
-            r = {"tool": "steady", "lake_rows": rows, "cycle": label, "secs": secs, "rss": rss, **cost}
+            r = {"tool": "steady", "lake_rows": rows, "one_partition": one, "cycle": label, "secs": secs,
+                 "rss": rss, **cost}
             results.append(r)
-            print(f"steady lake {rows:>11,} {label:10}: {secs:5.2f} s, {cost['partitions_rewritten']} partitions "
+            print(f"steady lake {rows:>11,}{' (one partition)' if one else ''} {label:10}: {secs:5.2f} s, "
+                  f"{rss:.0f} MiB, {cost['partitions_rewritten']} partitions "
                   f"rewritten, {cost['partitions_unchanged']} unchanged, {cost['rows_rewritten']:,} rows rewritten "
                   f"for {cost['delivered']:,} delivered; lists {cost['lists']} gets {cost['gets']} puts {cost['puts']}",
                   flush=True)
@@ -445,15 +457,19 @@ def report(results, path):
                   "The same cycle into lakes of three sizes (uniform shape): the rows of the three latest status",
                   "days imported again, unchanged, then with 1% of them edited. Rewritten rows and bytes are",
                   "those of the partitions the cycle rewrote, per row it delivered; requests are to the object",
-                  "store (a local directory here).", "",
+                  "store (a local directory here). The lake marked *one partition* holds all its rows in one",
+                  "event_date over 30 status days, so the cycle rewrites one big partition: its peak memory is",
+                  "what a rewrite holds.", "",
                   "| lake rows | cycle | rows delivered | partitions rewritten | unchanged | rows rewritten / row "
-                  "delivered | bytes rewritten / row delivered | lists | gets | puts | deletes | wall s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "delivered | bytes rewritten / row delivered | lists | gets | puts | deletes | wall s | peak RSS MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in steady:
             n = max(r["delivered"], 1)
-            lines.append(f"| {r['lake_rows']:,} | {r['cycle']} | {r['delivered']:,} | {r['partitions_rewritten']} | "
+            lake = f"{r['lake_rows']:,}" + (" (one partition)" if r.get("one_partition") else "")
+            lines.append(f"| {lake} | {r['cycle']} | {r['delivered']:,} | {r['partitions_rewritten']} | "
                          f"{r['partitions_unchanged']} | {r['rows_rewritten'] / n:.2f} | {r['bytes_rewritten'] / n:.1f} | "
-                         f"{r['lists']} | {r['gets']} | {r['puts']} | {r['deletes']} | {r['secs']:.2f} |")
+                         f"{r['lists']} | {r['gets']} | {r['puts']} | {r['deletes']} | {r['secs']:.2f} | "
+                         f"{r['rss']:.0f} |")
     lines += ["", "`vs DuckDB` is DuckDB's wall time over the tool's: above 1 is faster than DuckDB.",
               "`sync` is a first sync of the same export served by `dpss-sync simulate`: its wall time less the",
               "vendor's export job (the simulator building the zip while sync polls, taken from sync's own",

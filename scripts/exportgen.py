@@ -45,10 +45,10 @@ def hex_ids(rng, n):
     return np.char.add(np.char.mod("%016x", hi), np.char.mod("%016x", lo))
 
 
-def generate(shape, rows, seed):
+def generate(shape, rows, seed, days=395, one_partition=False):
     rng = np.random.default_rng(seed)
     base = 1_764_547_200  # 2025-12-01T00:00:00Z
-    secs = base - rng.integers(0, 395 * 86400, rows)
+    secs = base - rng.integers(0, days * 86400, rows)
     if shape == "wide":
         ms = rng.integers(0, 1000, rows)
         stamp = np.datetime_as_string(secs.astype("datetime64[s]") + ms.astype("timedelta64[ms]"),
@@ -65,6 +65,9 @@ def generate(shape, rows, seed):
             ts = np.where(form == 3, iso, ts)
     status_day = secs // 86400
     event_day = status_day - rng.integers(0, 30, rows) + (rng.random(rows) < 0.05)
+    if one_partition:
+        # Every row's event on the first day: one partition holding every status day.
+        event_day = np.full(rows, base // 86400 - days)
     event_date = np.datetime_as_string((event_day * 86400).astype("datetime64[s]"), unit="D")
     if shape == "wide":
         sp = hex_ids(rng, rows)
@@ -110,12 +113,16 @@ def main():
     ap.add_argument("format", choices=("csv", "json", "parquet"))
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--days", type=int, default=395, help="status days the rows spread over")
+    ap.add_argument("--one-partition", action="store_true",
+                    help="every row in one event_date partition (the worst case for a rewrite)")
     a = ap.parse_args()
     total = valid = 0
     writer = None
     with open(a.out, "wb") as sink:
         for k, start in enumerate(range(0, a.rows, CHUNK)):
-            table, distinct = generate(a.shape, min(CHUNK, a.rows - start), a.seed + k)
+            table, distinct = generate(a.shape, min(CHUNK, a.rows - start), a.seed + k, a.days,
+                                       a.one_partition)
             total += table.num_rows
             valid += distinct
             if a.format == "csv":
