@@ -187,11 +187,19 @@ impl Lake {
 
     /// Half-written staging files a killed put left in the partition's directory (local lakes
     /// only: the other stores never show an incomplete object).
-    pub fn remove_staging(&self, product: Product, date: NaiveDate) -> usize {
+    pub fn remove_staging(
+        &self,
+        product: Product,
+        date: NaiveDate,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> usize {
         let Some(dir) = &self.local else {
             return 0;
         };
-        store::remove_staging_files(&dir.join(self.partition(product, date).as_ref()))
+        store::remove_staging_files(
+            &dir.join(self.partition(product, date).as_ref()),
+            since.into(),
+        )
     }
 
     async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>, LakeError> {

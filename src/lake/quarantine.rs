@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 
@@ -18,13 +18,19 @@ use crate::normalize::QuarantineRows;
 use crate::product::Product;
 
 impl Lake {
-    /// The same for the product's quarantine.
-    pub fn remove_quarantine_staging(&self, product: Product) -> usize {
+    /// The same for the product's quarantine, in the directories modified since `since` (when
+    /// the crashed write began). Rows with no day sit a level deeper, under
+    /// `status_date=unknown/window=…`, whose parent a rerun of the same window does not touch:
+    /// that level is looked at on its own.
+    pub fn remove_quarantine_staging(&self, product: Product, since: DateTime<Utc>) -> usize {
         let Some(dir) = &self.local else {
             return 0;
         };
-        let rel = self.quarantine_root(product);
-        store::remove_staging_files(&dir.join(rel.as_ref()))
+        let root = dir.join(self.quarantine_root(product).as_ref());
+        [root.clone(), root.join("status_date=unknown")]
+            .iter()
+            .map(|d| store::remove_staging_files(d, since.into()))
+            .sum()
     }
 
     /// Encodes quarantined rows in the order given, on a blocking thread as partitions are.

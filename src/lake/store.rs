@@ -3,6 +3,7 @@
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -59,14 +60,23 @@ pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), LakeError> 
 /// process killed in between leaves that staging file, which no listing shows. Only the holder
 /// of the writer lease calls this, for directories a crashed rewrite was writing: anywhere else
 /// the file may be a live writer's put in progress.
-pub fn remove_staging_files(dir: &FsPath) -> usize {
+///
+/// Below `dir`, only directories modified since `since` are entered: creating a staging file
+/// touches its directory, so one the crashed write never touched holds none, and a quarantine
+/// of 400 days costs one read of its top directory, not 400.
+pub fn remove_staging_files(dir: &FsPath, since: SystemTime) -> usize {
+    // Coarse file system clocks (2 s on some) must not hide a directory touched at `since`.
+    let since = since - Duration::from_secs(2);
     let mut removed = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                if meta.modified().is_ok_and(|m| m >= since) {
+                    stack.push(path);
+                }
                 continue;
             }
             let staging = path
@@ -98,15 +108,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn staging_leftovers_are_removed_and_objects_kept() {
+    fn staging_leftovers_of_recently_touched_directories_are_removed_and_objects_kept() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t/event_date=2024-06-13");
         std::fs::create_dir_all(&p).unwrap();
         for name in ["part-00000.parquet", "part-00000.parquet#12", "odd#name"] {
             std::fs::write(p.join(name), "x").unwrap();
         }
-        assert_eq!(remove_staging_files(dir.path()), 1);
+        let old = dir.path().join("t/event_date=2024-06-12");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("part-00000.parquet#7"), "x").unwrap();
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let since = SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(remove_staging_files(dir.path(), since), 1);
         assert!(p.join("part-00000.parquet").exists() && p.join("odd#name").exists());
+        assert!(
+            old.join("part-00000.parquet#7").exists(),
+            "a directory untouched since the crashed write began is not entered"
+        );
     }
 
     #[test]

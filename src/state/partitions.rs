@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{State, StateError, day, day_text, days_text, in_tx, now, on_db, parse_days};
 use crate::model::{Counts, PartitionState};
 use crate::product::Product;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
 /// A partition rewrite begun and not yet committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,7 @@ pub struct Rewrite {
     pub event_date: NaiveDate,
     /// The partition's objects before the rewrite began.
     pub before: Vec<String>,
+    pub started_at: DateTime<Utc>,
 }
 
 impl State {
@@ -147,21 +148,24 @@ impl State {
 
     /// Rewrites begun and not committed: what a crash (or a failed write) left.
     pub async fn open_rewrites(&self, product: Product) -> Result<Vec<Rewrite>, StateError> {
-        let rows: Vec<(i64, String, String)> = on_db!(self, |pool| {
+        let rows: Vec<(i64, String, String, String)> = on_db!(self, |pool| {
             sqlx::query_as(
-                "SELECT id, event_date, before FROM rewrites WHERE product = $1 ORDER BY id",
+                "SELECT id, event_date, before, started_at FROM rewrites WHERE product = $1 ORDER BY id",
             )
             .bind(product.config_name())
             .fetch_all(pool)
             .await?
         });
         rows.iter()
-            .map(|(id, event_date, before)| {
+            .map(|(id, event_date, before, started_at)| {
                 Ok(Rewrite {
                     id: *id,
                     event_date: day(event_date)?,
                     before: serde_json::from_str(before)
                         .map_err(|e| StateError::Corrupt(format!("rewrite objects: {e}")))?,
+                    started_at: DateTime::parse_from_rfc3339(started_at)
+                        .map_err(|_| StateError::Corrupt(format!("rewrite start `{started_at}`")))?
+                        .with_timezone(&Utc),
                 })
             })
             .collect()

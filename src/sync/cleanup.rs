@@ -18,11 +18,11 @@ use crate::state::State;
 pub async fn repair_lake(state: &State, lake: &Lake, product: Product) -> Result<(), SyncError> {
     let rewrites = state.open_rewrites(product).await?;
     let mut orphans = 0;
-    if !rewrites.is_empty() {
-        orphans += lake.remove_quarantine_staging(product);
+    if let Some(since) = rewrites.iter().map(|r| r.started_at).min() {
+        orphans += lake.remove_quarantine_staging(product, since);
     }
     for r in rewrites {
-        orphans += lake.remove_staging(product, r.event_date);
+        orphans += lake.remove_staging(product, r.event_date, r.started_at);
         let extra: Vec<String> = lake
             .list_partition(product, r.event_date)
             .await?
