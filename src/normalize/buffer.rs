@@ -1,7 +1,7 @@
 //! Rows as they arrive, in one set of column vectors that become Arrow arrays without a copy,
 //! and the grouping of buffered chunks by partition.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -15,6 +15,7 @@ use arrow::datatypes::{
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
 
+use super::dedupe::Mixed;
 use super::time::{date_of_day, day_number};
 use crate::product::Product;
 
@@ -255,8 +256,10 @@ pub(super) struct Grouped {
 
 impl Grouped {
     pub(super) fn new(chunks: Vec<(RecordBatch, Vec<i32>)>) -> Self {
-        let mut by_day: BTreeMap<i32, Vec<(u32, u32)>> = BTreeMap::new();
-        let mut days: BTreeSet<(i32, i32)> = BTreeSet::new();
+        // Hashed, not ordered, while rows come in: a lookup per row is most of the grouping's
+        // cost, and export rows come in any order. Ordered once at the end.
+        let mut by_day: HashMap<i32, Vec<(u32, u32)>, Mixed> = HashMap::default();
+        let mut days: HashSet<(i32, i32), Mixed> = HashSet::default();
         for (c, (batch, event_days)) in chunks.iter().enumerate() {
             let ts = column::<TimestampMicrosecondArray>(batch, "status_datetime").values();
             let mut last = None;
