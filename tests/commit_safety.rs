@@ -410,3 +410,75 @@ async fn days_served_again_unchanged_leave_their_partitions_alone() {
     );
     sim.shutdown().await;
 }
+
+/// The quarantine's `lists=` on a write's `lake write cost` line, and its partitions rewritten.
+fn import_cost(config: &Path, file: &Path) -> (u64, u64) {
+    let out = Command::new(bin())
+        .args(["--config", config.to_str().unwrap()])
+        .args([
+            "import",
+            "--product",
+            "hid_work_orders",
+            file.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("lake write cost"))
+        .unwrap_or_else(|| panic!("no cost line: {log}"));
+    let field = |name: &str| -> u64 {
+        let at = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+        line[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    (field("lists"), field("partitions_rewritten"))
+}
+
+/// An import of 60 days with one bad row lists the quarantine's top level once, then only the
+/// day directories that exist: not one listing per day it replaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_of_many_days_lists_only_the_quarantine_days_that_exist() {
+    let sim = sim_with(1, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path());
+    let file = dir.path().join("days.csv");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+    writeln!(
+        w,
+        "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId"
+    )
+    .unwrap();
+    let first = Utc::now().date_naive() - chrono::Duration::days(90);
+    for i in 0..60u32 {
+        let day = first + chrono::Duration::days(i64::from(i));
+        // Row 30 has a phase out of range: the one quarantined row.
+        let phase = if i == 30 { 9 } else { 1 + i % 4 };
+        writeln!(
+            w,
+            "SP{i:05},{phase},ISS{i:05},Open,{day}T10:00:00Z,loose neutral,{day},WO{i:06}"
+        )
+        .unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    let (lists, partitions) = import_cost(&config, &file);
+    assert_eq!(partitions, 59);
+    assert_eq!(
+        lists,
+        59 + 1,
+        "each partition's objects, then the quarantine's top level"
+    );
+    // Again, unchanged: no partition is touched, and only the one quarantine day is listed.
+    let (lists, partitions) = import_cost(&config, &file);
+    assert_eq!(partitions, 0);
+    assert_eq!(
+        lists,
+        1 + 1,
+        "the top level and the day holding the bad row"
+    );
+    sim.shutdown().await;
+}
