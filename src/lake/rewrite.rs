@@ -23,6 +23,7 @@ use crate::product::Product;
 const READ_AHEAD: usize = 2;
 
 /// What a rewrite drops from a partition's old rows.
+#[derive(Clone)]
 pub struct Dropped {
     /// Status days whose rows are replaced whole.
     pub replaced: Arc<BTreeSet<NaiveDate>>,
@@ -49,10 +50,11 @@ impl Lake {
         // Decoding old rows, merging and encoding are CPU work: on a blocking thread, or the
         // partitions written at once would take turns on one async thread.
         let encoder = {
-            let mut merge = Merge::new(product, &prefix, dropped, new);
+            let (prefix, dropped) = (prefix.clone(), dropped.clone());
             let mut writer =
                 PartWriter::new(product.lake_schema(), self.target_file_size, &self.scratch);
             tokio::task::spawn_blocking(move || {
+                let mut merge = Merge::new(product, &prefix, dropped, new);
                 while let Some(old) = rx.blocking_recv() {
                     if let Some(b) = merge.next(old)? {
                         merge.tally(&b);
@@ -105,12 +107,13 @@ struct Merge {
 }
 
 impl Merge {
-    fn new(product: Product, prefix: &Path, dropped: &Dropped, new: Option<RecordBatch>) -> Self {
+    /// Sorts the new rows: CPU work, so built on the encoder's thread.
+    fn new(product: Product, prefix: &Path, dropped: Dropped, new: Option<RecordBatch>) -> Self {
         Self {
             prefix: prefix.clone(),
             schema: product.lake_schema(),
-            replaced: dropped.replaced.clone(),
-            merged: dropped.merged.clone(),
+            replaced: dropped.replaced,
+            merged: dropped.merged,
             new: new.filter(|b| b.num_rows() > 0).map(|b| sort_rows(&b)),
             cursor: 0,
             state: PartitionState::default(),
@@ -238,12 +241,7 @@ mod tests {
             ("H", "h", DAY + 40, "j2"),
             ("I", "i", 3 * DAY, "j2"),
         ]);
-        let mut merge = Merge::new(
-            Product::HidWorkOrders,
-            &Path::from("t"),
-            &dropped,
-            Some(new),
-        );
+        let mut merge = Merge::new(Product::HidWorkOrders, &Path::from("t"), dropped, Some(new));
         let mut out = Vec::new();
         for b in old {
             out.extend(merge.next(b).unwrap());
