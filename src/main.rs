@@ -12,11 +12,14 @@ use dpss_sync::progress;
 /// With `progress`, log lines print above the progress line instead of through it.
 fn init_logging(log: Option<&LogSettings>, quiet: bool, progress: bool) {
     let level = log.map(|l| l.level.as_str()).unwrap_or("info");
+    // The Delta kernel logs every snapshot it builds at info, and at error what it returns to us
+    // anyway (which our own events report, once, with context): quiet unless RUST_LOG asks.
+    let level = format!("{level},buoyant_kernel=off,buoyant_kernel_engine=off,deltalake_core=warn");
     let filter = if quiet {
         tracing_subscriber::EnvFilter::new("error")
     } else {
         tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&level))
     };
     // Colour only for a person at a terminal who has not asked for none (NO_COLOR, any value);
     // journald, files and log shippers get plain text.

@@ -33,7 +33,7 @@ pub enum WindowKind {
 }
 
 /// What one lake partition holds after a rewrite.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionState {
     /// Rows per status day.
     pub day_rows: BTreeMap<NaiveDate, u64>,
@@ -42,6 +42,10 @@ pub struct PartitionState {
     pub day_hashes: BTreeMap<NaiveDate, u64>,
     pub rows: u64,
     pub objects: Vec<String>,
+    /// Bytes and rows of each object, in the order of `objects`: what a Delta commit's add
+    /// actions record.
+    #[serde(default)]
+    pub object_sizes: Vec<(u64, u64)>,
     pub bytes: u64,
 }
 

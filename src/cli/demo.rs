@@ -15,7 +15,7 @@ use crate::state::LeaseRequest;
 use crate::sync::{Access, Pipeline};
 
 /// Text (see [`Summary::print`]), or with `--json` one document: `{"simulator", "run": {...}, "summary": {...}}`.
-pub async fn run(output: Output) -> Result<ExitCode, CliError> {
+pub async fn run(output: Output, lake_format: &str) -> Result<ExitCode, CliError> {
     let sim_cfg = SimConfig {
         job_delay: Duration::from_secs(1),
         ..SimConfig::default()
@@ -30,7 +30,7 @@ pub async fn run(output: Output) -> Result<ExitCode, CliError> {
         ));
     }
     let overrides = format!(
-        "[api]\nbase_url = \"{}\"\n[auth]\ntoken_url = \"{}\"\n",
+        "[api]\nbase_url = \"{}\"\n[auth]\ntoken_url = \"{}\"\n[lake]\nformat = \"{lake_format}\"\n",
         handle.base_url(),
         handle.token_url()
     );
@@ -83,6 +83,7 @@ pub async fn run(output: Output) -> Result<ExitCode, CliError> {
         quarantined,
         lake: "./lake",
         state: "./state/state.db",
+        delta: lake.is_delta(),
     };
     match output {
         Output::Json => {
@@ -119,6 +120,8 @@ struct Summary {
     quarantined: usize,
     lake: &'static str,
     state: &'static str,
+    /// A Delta Lake table rather than the Hive layout.
+    delta: bool,
 }
 
 impl Summary {
@@ -146,6 +149,20 @@ impl Summary {
             "  rows quarantined {} (see ./lake/_quarantine/hid_work_orders/)",
             self.quarantined
         );
+        if self.delta {
+            println!(
+                "  lake ./lake/hid_work_orders (a Delta table: _delta_log/ says which files are current), state ./state/state.db"
+            );
+            println!("read it with DuckDB (the delta extension):");
+            println!(
+                "  duckdb -c \"SELECT event_date, status, count(*) FROM delta_scan('lake/hid_work_orders') GROUP BY ALL ORDER BY ALL\""
+            );
+            println!("or Polars:");
+            println!(
+                "  python -c \"import polars as pl; print(pl.scan_delta('lake/hid_work_orders').collect())\""
+            );
+            return;
+        }
         println!(
             "  lake ./lake/hid_work_orders/event_date=YYYY-MM-DD/part-00000.parquet, state ./state/state.db"
         );

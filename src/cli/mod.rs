@@ -120,6 +120,9 @@ pub enum Command {
     Demo {
         #[command(flatten)]
         format: JsonArg,
+        /// The lake's table format: the Hive layout (`parquet`) or a Delta Lake table (`delta`).
+        #[arg(long, value_name = "FORMAT", default_value = "parquet", value_parser = ["parquet", "delta"])]
+        lake_format: String,
     },
     /// Ask the running daemon to sync or backfill now, wait for it, and print its report (the
     /// daemon holds the writer lease, so a second process could not).
@@ -269,7 +272,7 @@ impl Command {
             Command::Sync { format, .. }
             | Command::Backfill { format, .. }
             | Command::Import { format, .. }
-            | Command::Demo { format } => !format.json,
+            | Command::Demo { format, .. } => !format.json,
             _ => false,
         }
     }
@@ -382,7 +385,10 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             Ok(outcome(&runs))
         }
         Command::Simulate(args) => simulate::run(args).await,
-        Command::Demo { format } => demo::run(format.output(quiet)).await,
+        Command::Demo {
+            format,
+            lake_format,
+        } => demo::run(format.output(quiet), &lake_format).await,
         Command::Trigger { what } => trigger::run(&need()?, what, quiet).await,
         Command::Completions { shell } => Ok(shell::completions(shell, &mut std::io::stdout())),
         Command::Man { dir } => shell::manual(dir.as_deref(), &mut std::io::stdout()),

@@ -90,6 +90,31 @@ pub struct LakeSettings {
     pub max_uncompressed_size: u64,
     /// The share of a closed status day's rows a window may remove without being forced.
     pub max_shrink: f64,
+    /// `lake.format`: the plain Hive layout or a Delta Lake table over the same paths.
+    pub format: TableFormat,
+    /// `lake.retention` (Delta): how long files a commit removed stay for time travel and slow
+    /// readers before `VACUUM` deletes them.
+    pub retention: Duration,
+    /// `lake.checkpoint_interval` (Delta): a checkpoint (and a vacuum) every this many commits.
+    pub checkpoint_interval: u64,
+}
+
+/// How the lake's objects are published to readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    /// Hive-partitioned Parquet: a reader lists the directories.
+    Parquet,
+    /// A Delta Lake table: a reader follows the transaction log, one commit per window.
+    Delta,
+}
+
+impl TableFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableFormat::Parquet => "parquet",
+            TableFormat::Delta => "delta",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +274,16 @@ impl Settings {
                 target_file_size: lake.size("target_file_size", "256MiB")?,
                 max_uncompressed_size: lake.size("max_uncompressed_size", "64GiB")?,
                 max_shrink: lake.fraction("max_shrink", "0.5")?,
+                format: match lake.string("format", "parquet")?.as_str() {
+                    "parquet" => TableFormat::Parquet,
+                    "delta" => TableFormat::Delta,
+                    other => {
+                        return Err(lake
+                            .invalid("format", format!("`{other}` is not one of parquet, delta")));
+                    }
+                },
+                retention: lake.duration("retention", "7days")?,
+                checkpoint_interval: lake.positive("checkpoint_interval", 10)? as u64,
             },
             state: StateSettings {
                 url: match state.state_url("url", "sqlite:///var/lib/dpss-sync/state.db")? {
@@ -469,6 +504,8 @@ mod tests {
                 "products.hid_work_orders.file_type",
             ),
             ("[log]\nformat = \"yaml\"\n", "log.format"),
+            ("[lake]\nformat = \"iceberg\"\n", "lake.format"),
+            ("[lake]\nretention = \"a week\"\n", "lake.retention"),
             (
                 "[products.hid_work_orders]\nschedule_timezone = \"Mars/Olympus\"\n",
                 "products.hid_work_orders.schedule_timezone",

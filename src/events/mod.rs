@@ -9,8 +9,10 @@ use metrics::{counter, gauge, histogram};
 use crate::model::Counts;
 use crate::product::Product;
 
+mod delta;
 mod lake;
 mod lease;
+pub use delta::{DeltaCommitResolved, DeltaCommitted, DeltaVacuumed};
 pub use lake::WriteCost;
 pub use lease::{LeaseAge, LeaseChanged};
 

@@ -75,6 +75,7 @@ const ROW_GROUP_BYTES: usize = 64 << 20;
 pub(super) struct Spooled {
     pub(super) data: tempfile::SpooledData,
     pub(super) len: u64,
+    pub(super) rows: u64,
 }
 
 /// Writes a partition's rows, batch by batch, as Parquet parts that end near `target` bytes, so
@@ -85,6 +86,8 @@ pub(super) struct PartWriter {
     target: u64,
     scratch: PathBuf,
     current: Option<ArrowWriter<SpooledTempFile>>,
+    /// Rows in the current part.
+    rows: u64,
     done: Vec<Spooled>,
 }
 
@@ -96,6 +99,7 @@ impl PartWriter {
             target,
             scratch: scratch.to_path_buf(),
             current: None,
+            rows: 0,
             done: Vec::new(),
         }
     }
@@ -117,6 +121,7 @@ impl PartWriter {
                 )?),
             };
             w.write(&rows.slice(offset, len))?;
+            self.rows += len as u64;
             offset += len;
             if w.in_progress_size() >= ROW_GROUP_BYTES {
                 w.flush()?;
@@ -136,6 +141,7 @@ impl PartWriter {
             self.done.push(Spooled {
                 data: file.into_inner(),
                 len,
+                rows: std::mem::take(&mut self.rows),
             });
         }
         Ok(())

@@ -12,6 +12,7 @@
 //! state's record of the rewrite (see `sync::repair_lake`).
 
 mod columns;
+pub mod delta;
 mod encode;
 mod quarantine;
 mod read;
@@ -39,7 +40,7 @@ pub use store::open_store;
 
 use encode::Spooled;
 
-use crate::config::LakeSettings;
+use crate::config::{LakeSettings, TableFormat};
 use crate::model::LakeTraffic;
 use crate::product::Product;
 
@@ -87,6 +88,8 @@ pub enum LakeError {
     Schema { path: String, detail: String },
     #[error("quarantined rows: {0}")]
     Quarantine(#[from] crate::normalize::SpillError),
+    #[error(transparent)]
+    Delta(#[from] delta::DeltaError),
 }
 
 fn store_err(path: &Path) -> impl FnOnce(object_store::Error) -> LakeError + '_ {
@@ -107,8 +110,12 @@ fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Lak
 pub struct Lake {
     store: Arc<dyn ObjectStore>,
     root: Path,
+    url: url::Url,
     display: String,
     target_file_size: u64,
+    format: TableFormat,
+    retention: std::time::Duration,
+    checkpoint_interval: u64,
     /// The directory of a `file://` lake, where a killed put can leave a staging file.
     local: Option<std::path::PathBuf>,
     /// Where parts that outgrow memory are spooled before their upload (the work directory).
@@ -124,8 +131,12 @@ impl Lake {
         Ok(Self {
             store,
             root,
+            url: settings.url.clone(),
             display: settings.url.to_string(),
             target_file_size: settings.target_file_size,
+            format: settings.format,
+            retention: settings.retention,
+            checkpoint_interval: settings.checkpoint_interval,
             local: (settings.url.scheme() == "file")
                 .then(|| store::local_dir(&settings.url))
                 .flatten(),
@@ -143,6 +154,19 @@ impl Lake {
         &self.display
     }
 
+    pub fn format(&self) -> TableFormat {
+        self.format
+    }
+
+    pub fn is_delta(&self) -> bool {
+        self.format == TableFormat::Delta
+    }
+
+    /// How long a Delta table keeps the files its commits removed.
+    pub fn retention(&self) -> std::time::Duration {
+        self.retention
+    }
+
     fn table(&self, product: Product) -> Path {
         self.root.clone().join(product.config_name())
     }
@@ -154,11 +178,14 @@ impl Lake {
     }
 
     /// A one-object partition keeps one fixed name, replaced in one put; the parts of a larger
-    /// one carry the rewrite's generation, so they never overwrite what readers see now.
-    fn part_name(generation: Option<i64>, n: usize) -> String {
-        match generation {
-            None => format!("part-{n:05}.parquet"),
-            Some(g) => format!("part-g{g:010}-{n:05}.parquet"),
+    /// one carry the rewrite's generation, so they never overwrite what readers see now. In a
+    /// Delta table no object is ever overwritten (older versions still name it): every part has
+    /// a name of its own, unique across writers.
+    fn part_name(&self, generation: Option<i64>, n: usize) -> String {
+        match (self.format, generation) {
+            (TableFormat::Delta, _) => format!("part-{n:05}-{}.parquet", uuid::Uuid::new_v4()),
+            (TableFormat::Parquet, None) => format!("part-{n:05}.parquet"),
+            (TableFormat::Parquet, Some(g)) => format!("part-g{g:010}-{n:05}.parquet"),
         }
     }
 
@@ -217,12 +244,33 @@ impl Lake {
     /// Every data object of the table: (path, size).
     pub async fn objects(&self, product: Product) -> Result<Vec<(String, u64)>, LakeError> {
         Ok(self
-            .list(&self.table(product))
+            .published(product, delta::TableKind::Data, &self.table(product))
             .await?
             .into_iter()
             .filter(|m| m.location.as_ref().ends_with(".parquet"))
             .map(|m| (m.location.to_string(), m.size))
             .collect())
+    }
+
+    /// The objects under `prefix` a reader is meant to see: all of them in the Hive layout, the
+    /// current version's files of a Delta table (never a removed or uncommitted one).
+    async fn published(
+        &self,
+        product: Product,
+        kind: delta::TableKind,
+        prefix: &Path,
+    ) -> Result<Vec<object_store::ObjectMeta>, LakeError> {
+        match self.format {
+            TableFormat::Parquet => self.list(prefix).await,
+            TableFormat::Delta => Ok(match self.open_table(product, kind).await? {
+                Some(t) => t
+                    .all_files()
+                    .filter(|m| m.location.prefix_matches(prefix))
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            }),
+        }
     }
 
     /// Puts the encoded parts under `prefix` (nothing when there are none), named as
@@ -233,13 +281,11 @@ impl Lake {
         prefix: &Path,
         generation: Option<i64>,
         parts: Vec<Spooled>,
-    ) -> Result<(Vec<String>, u64), LakeError> {
+    ) -> Result<Vec<(String, u64, u64)>, LakeError> {
         let mut written = Vec::with_capacity(parts.len());
-        let mut bytes = 0;
         let count = parts.len();
         for (n, part) in parts.into_iter().enumerate() {
-            let path = prefix.clone().join(Self::part_name(generation, n));
-            bytes += part.len;
+            let path = prefix.clone().join(self.part_name(generation, n));
             self.traffic.put(part.len as usize);
             let io_err = |e: std::io::Error| LakeError::Store {
                 path: path.to_string(),
@@ -268,12 +314,12 @@ impl Lake {
                 }
             }
             sink.shutdown().await.map_err(io_err)?;
-            written.push(path.to_string());
+            written.push((path.to_string(), part.len, part.rows));
             if n + 1 < count {
                 crate::fail_point!("between-puts");
             }
         }
-        Ok((written, bytes))
+        Ok(written)
     }
 
     /// A write-read-delete round trip, for `check-config --online`.

@@ -12,6 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 
+use super::delta::{Change, Table};
 use super::encode::{PartWriter, Spooled};
 use super::{Lake, LakeError, WRITERS, parquet_err, store};
 use crate::normalize::QuarantineRows;
@@ -70,7 +71,7 @@ impl Lake {
             .collect())
     }
 
-    fn quarantine_root(&self, product: Product) -> Path {
+    pub(super) fn quarantine_root(&self, product: Product) -> Path {
         self.root
             .clone()
             .join("_quarantine")
@@ -86,11 +87,11 @@ impl Lake {
         existing: &[object_store::ObjectMeta],
         parts: Vec<Spooled>,
     ) -> Result<(), LakeError> {
-        let (written, _) = self.put_parts(prefix, None, parts).await?;
+        let written = self.put_parts(prefix, None, parts).await?;
         let stale: Vec<String> = existing
             .iter()
             .map(|m| m.location.to_string())
-            .filter(|l| !written.contains(l))
+            .filter(|l| !written.iter().any(|(w, _, _)| w == l))
             .collect();
         self.delete_objects(&stale).await
     }
@@ -99,6 +100,9 @@ impl Lake {
     /// StatusDatetime names, else `default_day`, the job's one day), mirroring the data: the
     /// quarantine of a `replaced` day is replaced, other days gain the new rows without copies
     /// of ones already there. Rows with no day go to `status_date=unknown/window=<window>`.
+    ///
+    /// With a Delta quarantine `table`, what each directory holds comes from its log, nothing is
+    /// deleted, and the change is returned for the window's commit.
     pub async fn write_quarantine(
         &self,
         product: Product,
@@ -106,7 +110,8 @@ impl Lake {
         rows: &QuarantineRows,
         replaced: &BTreeSet<NaiveDate>,
         default_day: Option<NaiveDate>,
-    ) -> Result<(), LakeError> {
+        table: Option<&Table>,
+    ) -> Result<Change, LakeError> {
         let root = self.quarantine_root(product);
         // Where each day the rows name goes: rows that name none go to the job's day, if any.
         let mut groups: BTreeMap<Option<NaiveDate>, Vec<Option<NaiveDate>>> = BTreeMap::new();
@@ -125,7 +130,10 @@ impl Lake {
         // One listing of the top level (a request per thousand days) says which day directories
         // exist; of those, only the ones this write touches are listed. A cycle costs what it
         // touches, and an import of a year of days with few bad rows lists a handful, not 400.
-        let present = self.subdirectories(&root).await?;
+        let present = match table {
+            Some(_) => BTreeSet::new(),
+            None => self.subdirectories(&root).await?,
+        };
         let listed: Vec<(String, Vec<object_store::ObjectMeta>)> = futures::stream::iter(dirs)
             .map(|dir| {
                 let prefix = dir_prefix(&root, &dir);
@@ -134,10 +142,14 @@ impl Lake {
                     .next()
                     .is_some_and(|top| present.contains(top));
                 async move {
-                    let old = if exists {
-                        self.list(&prefix).await?
-                    } else {
-                        Vec::new()
+                    let old = match table {
+                        Some(t) => t
+                            .all_files()
+                            .filter(|m| m.location.prefix_matches(&prefix))
+                            .cloned()
+                            .collect(),
+                        None if exists => self.list(&prefix).await?,
+                        None => Vec::new(),
                     };
                     Ok::<_, LakeError>((dir, old))
                 }
@@ -155,7 +167,7 @@ impl Lake {
             })
             .collect();
         // Days at once, as partitions are: a day's write is mostly waiting on the store.
-        futures::stream::iter(jobs)
+        let changes = futures::stream::iter(jobs)
             .map(|(dir, day, named, old)| {
                 let (root, schema) = (&root, &schema);
                 async move {
@@ -176,19 +188,41 @@ impl Lake {
                     }
                     let prefix = dir_prefix(root, &dir);
                     let parts = self.encode_as_is(&prefix, schema.clone(), batches).await?;
-                    self.replace_objects(&prefix, &old, parts).await
+                    match table {
+                        Some(t) => {
+                            let written = self.put_parts(&prefix, None, parts).await?;
+                            Ok(Change {
+                                removes: t.removes(&old),
+                                adds: t.adds(&written),
+                            })
+                        }
+                        None => {
+                            self.replace_objects(&prefix, &old, parts).await?;
+                            Ok::<_, LakeError>(Change::default())
+                        }
+                    }
                 }
             })
             .buffer_unordered(WRITERS)
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<Change>>()
             .await?;
-        Ok(())
+        Ok(Change::merge(changes))
+    }
+
+    /// Every object under the product's quarantine, whatever publishes it (for a repair).
+    pub async fn list_quarantine(
+        &self,
+        product: Product,
+    ) -> Result<Vec<object_store::ObjectMeta>, LakeError> {
+        self.list(&self.quarantine_root(product)).await
     }
 
     /// Every quarantined row of a product.
     pub async fn read_quarantine(&self, product: Product) -> Result<Vec<RecordBatch>, LakeError> {
         let prefix = self.quarantine_root(product);
-        let objects = self.list(&prefix).await?;
+        let objects = self
+            .published(product, super::delta::TableKind::Quarantine, &prefix)
+            .await?;
         self.read_objects(&objects).await
     }
 }

@@ -16,6 +16,7 @@ use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuil
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
+use super::delta::TableKind;
 use super::{Lake, LakeError, parquet_err, partition_date, traffic::Counters};
 use crate::product::Product;
 
@@ -159,7 +160,9 @@ impl Lake {
         product: Product,
         date: NaiveDate,
     ) -> Result<Vec<RecordBatch>, LakeError> {
-        let objects = self.list(&self.partition(product, date)).await?;
+        let objects = self
+            .published(product, TableKind::Data, &self.partition(product, date))
+            .await?;
         self.read_objects(&objects).await
     }
 
@@ -168,7 +171,9 @@ impl Lake {
         &self,
         product: Product,
     ) -> Result<Vec<(NaiveDate, RecordBatch)>, LakeError> {
-        let objects = self.list(&self.table(product)).await?;
+        let objects = self
+            .published(product, TableKind::Data, &self.table(product))
+            .await?;
         let mut out = Vec::new();
         for meta in &objects {
             let Some(date) = partition_date(&meta.location) else {

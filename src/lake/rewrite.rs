@@ -88,7 +88,11 @@ impl Lake {
         read?;
         let (parts, mut state) = encoded?;
         let generation = (parts.len() > 1).then_some(generation);
-        (state.objects, state.bytes) = self.put_parts(&prefix, generation, parts).await?;
+        for (path, bytes, rows) in self.put_parts(&prefix, generation, parts).await? {
+            state.objects.push(path);
+            state.object_sizes.push((bytes, rows));
+            state.bytes += bytes;
+        }
         Ok(state)
     }
 }

@@ -39,6 +39,9 @@ pub(super) fn memory_lake(target: u64, scratch: &std::path::Path) -> super::Lake
         target_file_size: target,
         max_uncompressed_size: u64::MAX,
         max_shrink: 0.5,
+        format: crate::config::TableFormat::Parquet,
+        retention: std::time::Duration::from_secs(7 * 86_400),
+        checkpoint_interval: 10,
     };
     super::Lake::open(&settings, scratch).unwrap()
 }

@@ -84,7 +84,7 @@ mod tests {
         // 01 and 02 committed, 03 still has its job, 05 committed after the watermark.
         for w in [&windows[0], &windows[1], &windows[3]] {
             let job = w.job_id.clone().unwrap();
-            st.commit_partitions(p, &[], &[], &job, Some((w.id, Counts::default())))
+            st.commit_partitions(p, &[], &[], &job, Some((w.id, Counts::default())), None)
                 .await
                 .unwrap();
         }

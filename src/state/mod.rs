@@ -13,6 +13,7 @@
 //! Writers open the state through the lease and migrate it; readers (`status`, `plan`,
 //! `check-config`, `query`) open it read-only, migrate nothing and work beside a running daemon.
 
+mod commits;
 mod history;
 mod jobs;
 pub mod lease;
@@ -35,6 +36,7 @@ use sqlx::{Postgres, Sqlite};
 
 use crate::model::StateUrl;
 
+pub use commits::{PendingCommit, TableCommit};
 pub use jobs::JobRow;
 pub use lease::{Holder, Lease, LeaseRequest, LeaseRow, LeaseStatus};
 pub use partitions::Rewrite;

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::commits::TableCommit;
 use super::{State, StateError, day, day_text, days_text, in_tx, now, on_db, parse_days};
 use crate::model::{Counts, PartitionState};
 use crate::product::Product;
@@ -207,7 +208,8 @@ impl State {
 
     /// The commit of a write, in one transaction: exactly what each rewritten partition now
     /// holds (or nothing), its rewrite closed, the objects it replaced marked for deletion, and
-    /// the window (if any) committed with its counts. A crash before it leaves the previous
+    /// the window (if any) committed with its counts and, in a Delta lake, the table version
+    /// its log commit landed at (the begun commit's record goes). A crash before it leaves the previous
     /// record whole; after it, the new one.
     pub async fn commit_partitions(
         &self,
@@ -216,9 +218,17 @@ impl State {
         doomed: &[String],
         job_id: &str,
         window: Option<(i64, Counts)>,
+        table: Option<TableCommit>,
     ) -> Result<(), StateError> {
         let t = now();
         in_tx!(self, |tx| {
+            if let Some(c) = table {
+                sqlx::query("DELETE FROM pending_commits WHERE product = $1 AND txn = $2")
+                    .bind(product.config_name())
+                    .bind(c.txn)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for (event_date, p) in written {
                 sqlx::query("DELETE FROM rewrites WHERE product = $1 AND event_date = $2")
                     .bind(product.config_name())
@@ -276,7 +286,7 @@ impl State {
                 sqlx::query(
                 "UPDATE windows SET stage = 'committed', rows_read = $1, rows_written = $2, rows_quarantined = $3,
                    rows_duplicate = $4, error = NULL, failures = 0, next_attempt_at = NULL,
-                   committed_at = $5, updated_at = $6 WHERE id = $7",
+                   committed_at = $5, updated_at = $6, table_version = $7 WHERE id = $8",
             )
             .bind(c.read as i64)
             .bind(c.written as i64)
@@ -284,6 +294,7 @@ impl State {
             .bind(c.duplicates as i64)
             .bind(&t)
             .bind(&t)
+            .bind(table.map(|c| c.version as i64))
             .bind(window_id)
             .execute(&mut *tx)
             .await?;
@@ -366,9 +377,10 @@ mod tests {
             day_hashes: BTreeMap::from([(d("2026-01-03"), u64::MAX - 7)]),
             rows: 5,
             objects: vec!["t/new-0".into()],
+            object_sizes: vec![(10, 5)],
             bytes: 10,
         };
-        st.commit_partitions(p, &[(part, state)], &before[&part], "j", None)
+        st.commit_partitions(p, &[(part, state)], &before[&part], "j", None, None)
             .await
             .unwrap();
         assert!(st.open_rewrites(p).await.unwrap().is_empty());

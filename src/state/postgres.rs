@@ -24,6 +24,11 @@ pub(super) const MIGRATIONS: &Migrations = &[
         "content hashes",
         include_str!("../../migrations/postgres/0002_content_hashes.sql"),
     ),
+    (
+        3,
+        "delta commits",
+        include_str!("../../migrations/postgres/0003_delta_commits.sql"),
+    ),
 ];
 
 /// The schema version this binary writes and reads.

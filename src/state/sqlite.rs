@@ -35,6 +35,11 @@ pub(super) const MIGRATIONS: &Migrations = &[
         "content hashes",
         include_str!("../../migrations/sqlite/0004_content_hashes.sql"),
     ),
+    (
+        5,
+        "delta commits",
+        include_str!("../../migrations/sqlite/0005_delta_commits.sql"),
+    ),
 ];
 
 /// The schema version this binary writes and reads.

@@ -378,7 +378,7 @@ mod tests {
             quarantined: 1,
             duplicates: 0,
         };
-        st.commit_partitions(p, &[], &[], "job-1", Some((w.id, counts)))
+        st.commit_partitions(p, &[], &[], "job-1", Some((w.id, counts)), None)
             .await
             .unwrap();
         let done = st.window(p, "2026-01-02").await.unwrap().unwrap();

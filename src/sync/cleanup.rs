@@ -20,9 +20,21 @@ pub async fn repair_lake(state: &State, lake: &Lake, product: Product) -> Result
     let mut orphans = 0;
     if let Some(since) = rewrites.iter().map(|r| r.started_at).min() {
         orphans += lake.remove_quarantine_staging(product, since);
+        for r in &rewrites {
+            orphans += lake.remove_staging(product, r.event_date, r.started_at);
+        }
+    }
+    if lake.is_delta() {
+        orphans += super::delta::repair(state, lake, product).await?;
+        LakeRepaired {
+            product,
+            orphans,
+            doomed: 0,
+        }
+        .emit();
+        return Ok(());
     }
     for r in rewrites {
-        orphans += lake.remove_staging(product, r.event_date, r.started_at);
         let extra: Vec<String> = lake
             .list_partition(product, r.event_date)
             .await?

@@ -39,7 +39,7 @@ impl Pipeline {
                 )
                 .await?;
             let counts = written.counts;
-            self.commit(product, &job_id, written, None).await?;
+            self.commit(product, &job_id, &key, written, None).await?;
             Ok::<_, SyncError>(counts)
         }
         .await;

@@ -7,6 +7,7 @@
 //! [`cleanup`] undoes what a killed process left.
 
 mod cleanup;
+mod delta;
 mod import;
 mod window;
 mod write;

@@ -171,7 +171,7 @@ impl Pipeline {
             .write(product, window_key, normalized, replace, force)
             .await?;
         let counts = written.counts;
-        self.commit(product, job_id, written, Some(window.id))
+        self.commit(product, job_id, &window.key, written, Some(window.id))
             .await?;
         WindowCommitted {
             product,
@@ -185,17 +185,24 @@ impl Pipeline {
 
     /// Records what a write put in the lake (and commits its window) in one state transaction,
     /// then deletes the objects it replaced. A delete that fails is left to the next repair:
-    /// the commit already names the new objects.
+    /// the commit already names the new objects. A Delta lake commits to the table's log first
+    /// (`sync::delta`).
     pub(super) async fn commit(
         &self,
         product: Product,
         job_id: &str,
-        written: Written,
+        key: &str,
+        mut written: Written,
         window: Option<i64>,
     ) -> Result<(), SyncError> {
         if let Some(id) = window {
             // The stage DESIGN.md records: objects are in the lake, the commit is next.
             self.state.set_stage(id, Stage::Written, None).await?;
+        }
+        if let Some(delta) = written.delta.take() {
+            return self
+                .commit_delta(product, job_id, key, written, delta, window)
+                .await;
         }
         crate::fail_point!("after-write");
         self.state
@@ -205,6 +212,7 @@ impl Pipeline {
                 &written.doomed,
                 job_id,
                 window.map(|id| (id, written.counts)),
+                None,
             )
             .await?;
         crate::fail_point!("after-commit");

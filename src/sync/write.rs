@@ -14,6 +14,7 @@ use super::cleanup::repair_lake;
 use super::{Pipeline, SyncError};
 use crate::decode::{self, DecodeError};
 use crate::events::{InternalEvent, ObjectsWritten, ShrinkRefused, UnknownColumns, WriteCost};
+use crate::lake::delta::{Change, Table, TableKind, day_value};
 use crate::lake::{Dropped, Identity, Replace, Selection, content_hashes};
 use crate::model::{Counts, PartitionState};
 use crate::normalize::time::day_of_micros;
@@ -89,6 +90,17 @@ impl Pipeline {
         let traffic = self.lake.traffic();
         // A write that failed earlier in this process left its rewrites open: undo them first.
         repair_lake(&self.state, &self.lake, product).await?;
+        // In a Delta lake, what a partition holds is what the table's current version says.
+        let tables = match self.lake.is_delta() {
+            true => Some(Tables {
+                data: self.lake.ensure_table(product, TableKind::Data).await?,
+                quarantine: self
+                    .lake
+                    .ensure_table(product, TableKind::Quarantine)
+                    .await?,
+            }),
+            false => None,
+        };
         let held = self.state.partition_days(product).await?;
         let Selection {
             replaced,
@@ -139,14 +151,21 @@ impl Pipeline {
             .map(|(date, p)| (*date, p.status_days.clone()))
             .collect();
         // What each partition holds now, recorded with the rewrite before anything is put.
-        let before: BTreeMap<NaiveDate, Vec<object_store::ObjectMeta>> =
-            futures::stream::iter(touched)
-                .map(|date| async move {
-                    Ok::<_, SyncError>((date, self.lake.list_partition(product, date).await?))
-                })
-                .buffer_unordered(LISTINGS)
-                .try_collect()
-                .await?;
+        let before: BTreeMap<NaiveDate, Vec<object_store::ObjectMeta>> = match &tables {
+            Some(t) => touched
+                .into_iter()
+                .map(|date| (date, t.data.partition(&day_value(date))))
+                .collect(),
+            None => {
+                futures::stream::iter(touched)
+                    .map(|date| async move {
+                        Ok::<_, SyncError>((date, self.lake.list_partition(product, date).await?))
+                    })
+                    .buffer_unordered(LISTINGS)
+                    .try_collect()
+                    .await?
+            }
+        };
         let before_paths: BTreeMap<NaiveDate, Vec<String>> = before
             .iter()
             .map(|(d, objects)| (*d, objects.iter().map(|m| m.location.to_string()).collect()))
@@ -204,25 +223,42 @@ impl Pipeline {
         }
         let mut partitions = Vec::with_capacity(results.len());
         let mut doomed = Vec::new();
+        let mut data = Change::default();
         for r in results {
             let (date, state, (added, dropped)) = r?;
             counts.written += added;
             counts.duplicates += dropped;
-            doomed.extend(
-                before_paths[&date]
-                    .iter()
-                    .filter(|p| !state.objects.contains(p))
-                    .cloned(),
-            );
+            match &tables {
+                // Nothing is deleted: the commit removes the old files from the table, and
+                // VACUUM deletes them once `lake.retention` has passed.
+                Some(t) => {
+                    data.removes.extend(t.data.removes(&before[&date]));
+                    let added: Vec<(String, u64, u64)> = state
+                        .objects
+                        .iter()
+                        .zip(&state.object_sizes)
+                        .map(|(path, (bytes, rows))| (path.clone(), *bytes, *rows))
+                        .collect();
+                    data.adds.extend(t.data.adds(&added));
+                }
+                None => doomed.extend(
+                    before_paths[&date]
+                        .iter()
+                        .filter(|p| !state.objects.contains(p))
+                        .cloned(),
+                ),
+            }
             partitions.push((date, state));
         }
-        self.lake
+        let quarantine = self
+            .lake
             .write_quarantine(
                 product,
                 window_key,
                 &normalized.quarantine,
                 &dropped.replaced,
                 default_day,
+                tables.as_ref().map(|t| &t.quarantine),
             )
             .await?;
         WriteCost {
@@ -246,6 +282,11 @@ impl Pipeline {
             counts,
             partitions,
             doomed,
+            delta: tables.map(|tables| DeltaWrite {
+                tables,
+                data,
+                quarantine,
+            }),
         })
     }
 
@@ -352,6 +393,21 @@ pub(super) struct Written {
     pub(super) partitions: Vec<(NaiveDate, PartitionState)>,
     /// Objects the rewritten partitions no longer use: deleted once the commit names the new ones.
     pub(super) doomed: Vec<String>,
+    /// In a Delta lake: the tables as the write found them and what it changes in each.
+    pub(super) delta: Option<DeltaWrite>,
+}
+
+/// A product's two Delta tables.
+pub(super) struct Tables {
+    pub(super) data: Table,
+    pub(super) quarantine: Table,
+}
+
+/// What a write changes in a product's Delta tables, committed with the window.
+pub(super) struct DeltaWrite {
+    pub(super) tables: Tables,
+    pub(super) data: Change,
+    pub(super) quarantine: Change,
 }
 
 /// Partition listings under way at once before a write: each is a round trip to the store.

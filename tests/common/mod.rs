@@ -186,6 +186,9 @@ pub fn local_lake(root: &Path) -> dpss_sync::config::LakeSettings {
         target_file_size: 256 << 20,
         max_uncompressed_size: 1 << 34,
         max_shrink: 0.5,
+        format: dpss_sync::config::TableFormat::Parquet,
+        retention: std::time::Duration::from_secs(7 * 86_400),
+        checkpoint_interval: 10,
     }
 }
 

@@ -1,0 +1,12 @@
+-- Delta commits begun and not yet recorded (as migrations/sqlite/0005).
+CREATE TABLE pending_commits (
+    product      TEXT NOT NULL,
+    txn          BIGINT NOT NULL,
+    commit_id    TEXT NOT NULL,
+    window_id    BIGINT,
+    base_version BIGINT NOT NULL,
+    detail       TEXT NOT NULL,
+    started_at   TEXT NOT NULL,
+    PRIMARY KEY (product, txn)
+);
+ALTER TABLE windows ADD COLUMN table_version BIGINT;
