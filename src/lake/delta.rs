@@ -267,9 +267,9 @@ impl Table {
     }
 
     /// Commits `change` on top of this version. A lost race is looked at commit by commit: our
-    /// own earlier attempt is success; another writer's commit of this product's `txn` at or past
-    /// ours, or one touching our partitions or the schema, fails the commit; anything else is
-    /// retried on the new version.
+    /// own earlier attempt is success; another writer's commit touching our partitions or the
+    /// schema, or holding this product's `txn` at or past ours, fails the commit; anything else
+    /// is retried on the new version.
     pub async fn commit(
         &mut self,
         change: &Change,
@@ -344,23 +344,6 @@ impl Table {
                                 checkpoint: false,
                             });
                         }
-                        if let Some(theirs) = seen.txns.get(note.product.config_name())
-                            && *theirs >= note.txn
-                        {
-                            return Err(LakeError::Delta(DeltaError::TxnTaken {
-                                table: self.display.clone(),
-                                version,
-                                app_id: note.product.config_name().to_string(),
-                                theirs: *theirs,
-                                ours: note.txn,
-                            }));
-                        }
-                        if seen.metadata {
-                            return Err(LakeError::Delta(DeltaError::MetadataChanged {
-                                table: self.display.clone(),
-                                version,
-                            }));
-                        }
                         let overlap: Vec<&String> = seen.partitions.intersection(&ours).collect();
                         if !overlap.is_empty() {
                             return Err(LakeError::Delta(DeltaError::Conflict {
@@ -371,6 +354,23 @@ impl Table {
                                     .map(|v| format!("{column}={v}"))
                                     .collect::<Vec<_>>()
                                     .join(", "),
+                            }));
+                        }
+                        if seen.metadata {
+                            return Err(LakeError::Delta(DeltaError::MetadataChanged {
+                                table: self.display.clone(),
+                                version,
+                            }));
+                        }
+                        if let Some(theirs) = seen.txns.get(note.product.config_name())
+                            && *theirs >= note.txn
+                        {
+                            return Err(LakeError::Delta(DeltaError::TxnTaken {
+                                table: self.display.clone(),
+                                version,
+                                app_id: note.product.config_name().to_string(),
+                                theirs: *theirs,
+                                ours: note.txn,
                             }));
                         }
                     }

@@ -1,0 +1,394 @@
+//! The lake as Delta Lake tables (`lake.format = "delta"`), end to end against the simulator and
+//! read back through the log by independent readers: the Python `deltalake` package (time travel
+//! included) and Polars' `scan_delta`. Two writers racing on one table, and crashes between the
+//! file puts, the log commits and the state commit.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use chrono::Utc;
+use common::*;
+use dpss_sync::config::{Settings, Sources};
+use dpss_sync::lake::Lake;
+use dpss_sync::lake::delta::{Change, CommitNote, TableKind};
+use dpss_sync::sim::SimConfig;
+use dpss_sync::sync::Pipeline;
+
+const DELTA: &str = "[lake]\nformat = \"delta\"\n";
+
+fn delta_settings(sim: &dpss_sync::sim::SimHandle, dir: &Path, file_type: &str) -> Settings {
+    Settings::load(&Sources {
+        inline: vec![config_text(sim, dir, file_type, 2), DELTA.to_string()],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn today_key() -> i64 {
+    Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+}
+
+fn closed(rows: Vec<Row>) -> Vec<Row> {
+    rows.into_iter().filter(|r| r.4 < today_key()).collect()
+}
+
+/// What the Python `deltalake` package reads through the log of the table at `table` (at
+/// `version`, or the newest): the version, the files it names, and the rows; Polars'
+/// `scan_delta` must read the same rows. `None` outside CI when Python lacks the packages.
+struct DeltaRead {
+    version: i64,
+    files: BTreeSet<String>,
+    rows: Vec<Row>,
+}
+
+fn read_delta(table: &Path, version: Option<i64>) -> Option<DeltaRead> {
+    let script = r#"
+import sys, json
+import deltalake, pyarrow.compute as pc
+path, version = sys.argv[1], sys.argv[2]
+dt = deltalake.DeltaTable(path, version=None if version == "-" else int(version))
+t = dt.to_pyarrow_table()
+def rows_of(t):
+    ts = pc.cast(t.column("status_datetime"), "int64").to_pylist()
+    ed = [d.isoformat() for d in t.column("event_date").to_pylist()]
+    c = {n: t.column(n).to_pylist() for n in ["service_point_id", "phase", "issue_id", "status", "reason", "work_order_id"]}
+    return sorted(
+        (c["service_point_id"][i], c["phase"][i], c["issue_id"][i], c["status"][i], ts[i], c["reason"][i], ed[i], c["work_order_id"][i])
+        for i in range(t.num_rows))
+rows = rows_of(t)
+if version == "-":
+    import polars as pl
+    other = rows_of(pl.scan_delta(path).collect().to_arrow())
+    if other != rows:
+        sys.exit(f"polars scan_delta reads {len(other)} rows, deltalake {len(rows)}")
+print(dt.version())
+import os
+print(json.dumps(sorted(os.path.relpath(u.removeprefix("file://"), path) for u in dt.file_uris())))
+for r in rows:
+    print(json.dumps(list(r), ensure_ascii=False))
+"#;
+    let v = version.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &table.display().to_string(), &v])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8(o.stdout).unwrap();
+            let mut lines = text.lines();
+            let version = lines.next().unwrap().parse().unwrap();
+            let files: BTreeSet<String> = serde_json::from_str(lines.next().unwrap()).unwrap();
+            let rows = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+            Some(DeltaRead {
+                version,
+                files,
+                rows,
+            })
+        }
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("the Delta reader (Python deltalake, polars) failed: {why}");
+            }
+            eprintln!("skipping the Delta read-back: {why}");
+            None
+        }
+    }
+}
+
+/// Every `txn` the log of `table` holds, by version: (appId, txn version).
+fn txns(table: &Path) -> BTreeMap<u64, (String, i64)> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(table.join("_delta_log")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(v) = name.strip_suffix(".json").and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
+        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(t) = action.get("txn") {
+                out.insert(
+                    v,
+                    (
+                        t["appId"].as_str().unwrap().to_string(),
+                        t["version"].as_i64().unwrap(),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn assert_txns_unique(table: &Path) {
+    let all = txns(table);
+    let distinct: BTreeSet<_> = all.values().collect();
+    assert_eq!(
+        distinct.len(),
+        all.len(),
+        "{}: two commits carry one txn version: {all:?}",
+        table.display()
+    );
+}
+
+/// Parquet objects under a table's directory, relative to it.
+fn files_on_disk(table: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") && !p.starts_with(root.join("_delta_log")) {
+                out.insert(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(table, table, &mut out);
+    out
+}
+
+/// The held-out scenario in Delta mode: a first sync, a re-sync that changes nothing, a late row
+/// that lands once; each read back through the log; the version before the late row's window
+/// read by time travel.
+async fn scenario(file_type: &str, seed: u64) {
+    let sim = start(SimConfig {
+        seed,
+        rows_per_day: 40,
+        ..quick_sim("")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("lake/hid_work_orders");
+    let pipeline = Pipeline::open(delta_settings(&sim, dir.path(), file_type), true, writer())
+        .await
+        .unwrap();
+    let report = pipeline.sync(P).await.unwrap();
+    assert!(report.ok(), "{file_type}: {report:?}");
+    let now = Utc::now();
+    let days: Vec<_> = dpss_sync::plan::available_from(now.date_naive())
+        .iter_days()
+        .take_while(|d| *d < now.date_naive())
+        .collect();
+    let want = expected(&sim, days, now);
+    let ours = closed(lake_rows(dir.path()).await);
+    assert!(ours == want, "{file_type}: the project's reader differs from the served rows");
+    let Some(first) = read_delta(&table, None) else {
+        sim.shutdown().await;
+        return;
+    };
+    assert!(
+        closed(first.rows.clone()) == want,
+        "{file_type}: the Delta reader sees {} closed rows, the simulator served {}",
+        closed(first.rows.clone()).len(),
+        want.len()
+    );
+    let quarantine = read_quarantine_rows(&dir.path().join("lake/_quarantine/hid_work_orders"));
+    let bad = expected_invalid(&sim, dpss_sync::plan::available_from(now.date_naive()).iter_days().take_while(|d| *d < now.date_naive()), now);
+    assert!(
+        bad.is_subset(&quarantine),
+        "{file_type}: {} invalid rows missing from the quarantine table",
+        bad.difference(&quarantine).count()
+    );
+
+    // A re-sync of unchanged days: the table reads the same.
+    assert!(pipeline.sync(P).await.unwrap().ok());
+    let again = read_delta(&table, None).unwrap();
+    assert!(closed(again.rows.clone()) == want, "{file_type}: a re-sync changed the table");
+
+    // A late row for yesterday lands once, in one commit; the version before it lacks it.
+    let yesterday = now.date_naive() - chrono::Duration::days(1);
+    let mut late = sim
+        .state
+        .rows_for_day(yesterday, Utc::now())
+        .into_iter()
+        .find(|r| r.is_valid())
+        .unwrap();
+    late.status = "Closed";
+    late.work_order_id = "LATE-1".into();
+    sim.state.inject_row(late);
+    assert!(pipeline.sync(P).await.unwrap().ok());
+    let after = read_delta(&table, None).unwrap();
+    let closed_after = closed(after.rows.clone());
+    assert_eq!(closed_after.len(), want.len() + 1, "{file_type}");
+    assert_eq!(closed_after.iter().filter(|r| r.7 == "LATE-1").count(), 1);
+    // Time travel: the first version holding the late row, and the one before it.
+    let landed = (again.version + 1..=after.version)
+        .find(|v| {
+            read_delta(&table, Some(*v))
+                .unwrap()
+                .rows
+                .iter()
+                .any(|r| r.7 == "LATE-1")
+        })
+        .expect("some version holds the late row");
+    let before = read_delta(&table, Some(landed - 1)).unwrap();
+    assert!(
+        closed(before.rows) == want,
+        "{file_type}: version {} (before the late row's window) is not the table before it",
+        landed - 1
+    );
+    // Old files stay on disk for time travel; readers of the log never read them.
+    let disk = files_on_disk(&table);
+    assert!(after.files.is_subset(&disk));
+    assert!(
+        disk.len() > after.files.len(),
+        "{file_type}: the replaced files should remain until VACUUM"
+    );
+    assert_txns_unique(&table);
+    assert_txns_unique(&dir.path().join("lake/_quarantine/hid_work_orders"));
+    // The state records the version each window committed at.
+    let versions = window_versions(dir.path()).await;
+    assert!(
+        versions.values().any(|v| *v == Some(landed)),
+        "{file_type}: no window records version {landed}: {versions:?}"
+    );
+    sim.shutdown().await;
+}
+
+/// The quarantine table's (work_order_id, issue_id, status), through its log.
+fn read_quarantine_rows(table: &Path) -> BTreeSet<(String, String, String)> {
+    let script = r#"
+import sys, json, deltalake
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
+c = {n: t.column(n).to_pylist() for n in ["work_order_id", "issue_id", "status"]}
+for i in range(t.num_rows):
+    print(json.dumps([c["work_order_id"][i] or "", c["issue_id"][i] or "", c["status"][i] or ""]))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &table.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn window_versions(dir: &Path) -> BTreeMap<String, Option<i64>> {
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        dir.join("state/state.db").display()
+    ))
+    .await
+    .unwrap();
+    let rows: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT window_key, table_version FROM windows WHERE stage = 'committed'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    rows.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_scenario_csv() {
+    scenario("csv", 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_scenario_json() {
+    scenario("json", 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_scenario_parquet() {
+    scenario("parquet", 13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_scenario_orc() {
+    scenario("orc", 14).await;
+}
+
+/// Two writers on one table, each from the same version, as two processes that nothing stops
+/// would be: the log's put-if-absent lets one commit per version; the other is retried on the
+/// new version when it touched other partitions, and refused, naming them, when it touched the
+/// same ones or reused the product's transaction version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_racing_never_both_commit_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = local_lake(&dir.path().join("lake"));
+    settings.format = dpss_sync::config::TableFormat::Delta;
+    let a = Lake::open(&settings, dir.path()).unwrap();
+    let b = Lake::open(&settings, dir.path()).unwrap();
+    let table_dir = dir.path().join("lake/hid_work_orders");
+    let base = a.ensure_table(P, TableKind::Data).await.unwrap();
+    let v0 = base.version();
+    let add = |t: &dpss_sync::lake::delta::Table, day: &str, name: &str| Change {
+        removes: Vec::new(),
+        adds: t.adds(&[(
+            format!("hid_work_orders/event_date={day}/{name}.parquet"),
+            10,
+            1,
+        )]),
+    };
+    let note = |txn: i64, id: &str| CommitNote {
+        product: P,
+        txn,
+        commit_id: id.into(),
+        window: Some("race".into()),
+        job_id: "j".into(),
+    };
+
+    // Both from the same version, other partitions: the second to commit finds the version
+    // taken, sees the winner touched none of its partitions, and lands on top of it.
+    let mut ta = a.ensure_table(P, TableKind::Data).await.unwrap();
+    let mut tb = b.ensure_table(P, TableKind::Data).await.unwrap();
+    let ca = add(&ta, "2024-06-01", "a");
+    let cb = add(&tb, "2024-06-02", "b");
+    assert_eq!(ta.commit(&ca, &note(1, "a")).await.unwrap().version, v0 + 1);
+    assert_eq!(tb.commit(&cb, &note(2, "b")).await.unwrap().version, v0 + 2);
+
+    // The same partition from the same version: exactly one commits; the other names it.
+    let mut ta = a.ensure_table(P, TableKind::Data).await.unwrap();
+    let mut tb = b.ensure_table(P, TableKind::Data).await.unwrap();
+    let ca = add(&ta, "2024-06-03", "c");
+    let cb = add(&tb, "2024-06-03", "d");
+    let (nc, nd) = (note(3, "c"), note(4, "d"));
+    let (ra, rb) = tokio::join!(ta.commit(&ca, &nc), tb.commit(&cb, &nd));
+    let (won, lost) = match (ra, rb) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        (ra, rb) => panic!("exactly one of two same-partition commits must land: {ra:?} {rb:?}"),
+    };
+    assert_eq!(won.version, v0 + 3);
+    assert!(
+        lost.to_string().contains("event_date=2024-06-03"),
+        "the refusal names the partition: {lost}"
+    );
+
+    // A transaction version another writer already used: refused, whatever the partitions.
+    let mut tb = b.ensure_table(P, TableKind::Data).await.unwrap();
+    let mut ta = a.open_table(P, TableKind::Data).await.unwrap().unwrap();
+    let cb = add(&tb, "2024-06-04", "e");
+    tb.commit(&cb, &note(5, "e")).await.unwrap();
+    let ca = add(&ta, "2024-06-05", "f");
+    let err = ta.commit(&ca, &note(5, "f")).await.unwrap_err();
+    assert!(err.to_string().contains("transaction hid_work_orders/5"), "{err}");
+
+    // A commit retried after its first attempt landed (an answer lost) is recognised, not doubled.
+    let mut ta = a.open_table(P, TableKind::Data).await.unwrap().unwrap();
+    let mut stale = a.open_table(P, TableKind::Data).await.unwrap().unwrap();
+    let ca = add(&ta, "2024-06-06", "g");
+    let first = ta.commit(&ca, &note(6, "g")).await.unwrap();
+    let again = stale.commit(&ca, &note(6, "g")).await.unwrap();
+    assert_eq!(first.version, again.version);
+
+    assert_txns_unique(&table_dir);
+    let log: Vec<_> = std::fs::read_dir(table_dir.join("_delta_log"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .collect();
+    assert_eq!(log.len() as u64, first.version + 1, "one log entry per version, none lost");
+}
