@@ -16,6 +16,10 @@ pub const POINTS: [&str; 6] = [
     "after-commit",
 ];
 
+/// The points only a Delta lake passes: between the quarantine table's commit and the data
+/// table's, and between the data table's commit and the state's.
+pub const DELTA_POINTS: [&str; 2] = ["between-log-commits", "after-log-commit"];
+
 pub fn hit(name: &str) {
     static ARMED: OnceLock<Option<(String, String)>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| {

@@ -285,18 +285,6 @@ async fn backfill_clamps_and_keeps_the_watermark() {
     sim.shutdown().await;
 }
 
-async fn recorded_jobs(state_path: &Path, keys: &[String]) -> BTreeMap<String, Vec<String>> {
-    let st = State::open_reader(&StateUrl::Sqlite(state_path.to_path_buf()))
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for k in keys {
-        out.insert(k.clone(), st.jobs_for_window(P, k).await.unwrap());
-    }
-    st.close().await;
-    out
-}
-
 /// A process killed at each stage boundary leaves a state the next run completes: no duplicate,
 /// no missing row, and no second job for a window whose job id was recorded. Run twice: with
 /// one-object partitions, and with a target file size so small that every partition has several
@@ -425,6 +413,16 @@ async fn manifest_and_objects(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>
 /// duplicate, no missing row, no window submitted twice, no leftover download.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
+    sigkill_at_random_moments("parquet").await;
+}
+
+/// The same in a Delta lake: the rows read through the log, and no txn version twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_in_a_delta_lake() {
+    sigkill_at_random_moments("delta").await;
+}
+
+async fn sigkill_at_random_moments(format: &str) {
     let sim = start(SimConfig {
         rows_per_day: 20,
         job_delay: Duration::from_millis(300),
@@ -440,7 +438,9 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     while kills < 15 {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("dpss-sync.toml");
-        std::fs::write(&config, config_text(&sim, dir.path(), "parquet", 2)).unwrap();
+        let text = config_text(&sim, dir.path(), "parquet", 2)
+            .replace("[lake]\n", &format!("[lake]\nformat = \"{format}\"\n"));
+        std::fs::write(&config, text).unwrap();
         let args = ["backfill", "--from", &keys[0], "--to", &keys[19]];
         let state = dir.path().join("state/state.db");
         let mut completed = false;
@@ -477,7 +477,20 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
                 String::from_utf8_lossy(&finished.stderr)
             );
         }
-        assert_eq!(lake_rows(dir.path()).await, want);
+        let mut lake = local_lake(&dir.path().join("lake"));
+        if format == "delta" {
+            lake.format = dpss_sync::config::TableFormat::Delta;
+            for table in ["lake/hid_work_orders", "lake/_quarantine/hid_work_orders"] {
+                let table = dir.path().join(table);
+                assert_txns_unique(&table);
+                let orphans: Vec<_> = files_on_disk(&table)
+                    .difference(&files_in_log(&table))
+                    .cloned()
+                    .collect();
+                assert!(orphans.is_empty(), "files no version names: {orphans:?}");
+            }
+        }
+        assert_eq!(lake_rows_in(&lake, dir.path()).await, want);
         let jobs = recorded_jobs(&state, &keys).await;
         assert!(jobs.values().all(|j| j.len() == 1), "{jobs:?}");
         let left = walk(&dir.path().join("state/downloads"));

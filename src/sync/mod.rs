@@ -227,16 +227,17 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    /// What the writer does before its first cycle: clean up the downloads and repair the lake
-    /// objects a killed (or superseded) writer left.
+    /// What the writer does before its first cycle: repair the lake objects a killed (or
+    /// superseded) writer left, then clean up the downloads. In that order: a Delta commit the
+    /// repair finds landed commits its window, whose download is then no longer needed.
     pub async fn take_over(&self) -> Result<(), SyncError> {
         let work = self.work_dir();
         std::fs::create_dir_all(&work)
             .map_err(|e| SyncError::Usage(format!("cannot create {}: {e}", work.display())))?;
-        clean_downloads(&work, &self.state).await?;
         for product in Product::ALL {
             repair_lake(&self.state, &self.lake, product).await?;
         }
+        clean_downloads(&work, &self.state).await?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! readers of the lake (the project's own, and DuckDB as an independent one).
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -139,7 +139,13 @@ pub async fn lake_rows(dir: &Path) -> Vec<Row> {
 
 /// Every row of a local lake rooted at `root`.
 pub async fn lake_rows_at(root: &Path) -> Vec<Row> {
-    let lake = Lake::open(&local_lake(root), root).unwrap();
+    lake_rows_in(&local_lake(root), root).await
+}
+
+/// Every row of the lake `settings` name, as the project's reader sees it (through the log of
+/// a Delta table).
+pub async fn lake_rows_in(settings: &dpss_sync::config::LakeSettings, scratch: &Path) -> Vec<Row> {
+    let lake = Lake::open(settings, scratch).unwrap();
     let mut out = Vec::new();
     for (date, b) in lake.read_table(P).await.unwrap() {
         let phase = b
@@ -311,6 +317,21 @@ for r in con.sql(q).fetchall():
     }
 }
 
+/// The jobs the state records for each window key.
+pub async fn recorded_jobs(state_path: &Path, keys: &[String]) -> BTreeMap<String, Vec<String>> {
+    let st = dpss_sync::state::State::open_reader(&dpss_sync::model::StateUrl::Sqlite(
+        state_path.to_path_buf(),
+    ))
+    .await
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        out.insert(k.clone(), st.jobs_for_window(P, k).await.unwrap());
+    }
+    st.close().await;
+    out
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_dpss-sync")
 }
@@ -345,4 +366,84 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Every `txn` the log of `table` holds, by version: (appId, txn version).
+pub fn txns(table: &Path) -> BTreeMap<u64, (String, i64)> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(v) = name
+            .strip_suffix(".json")
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(t) = action.get("txn") {
+                out.insert(
+                    v,
+                    (
+                        t["appId"].as_str().unwrap().to_string(),
+                        t["version"].as_i64().unwrap(),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn assert_txns_unique(table: &Path) {
+    let all = txns(table);
+    let distinct: BTreeSet<_> = all.values().collect();
+    assert_eq!(
+        distinct.len(),
+        all.len(),
+        "{}: two commits carry one txn version: {all:?}",
+        table.display()
+    );
+}
+
+/// Parquet objects under a table's directory, relative to it.
+pub fn files_on_disk(table: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet")
+                && !p.starts_with(root.join("_delta_log"))
+            {
+                out.insert(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(table, table, &mut out);
+    out
+}
+
+/// Every file any version of the table at `table` adds: what VACUUM and time travel know of.
+pub fn files_in_log(table: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .flatten()
+    {
+        if !e.file_name().to_string_lossy().ends_with(".json") {
+            continue;
+        }
+        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(path) = action.get("add").and_then(|a| a["path"].as_str()) {
+                out.insert(path.to_string());
+            }
+        }
+    }
+    out
 }
