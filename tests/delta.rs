@@ -442,3 +442,74 @@ async fn crash_at_every_delta_stage_is_resolved_from_the_log() {
     }
     sim.shutdown().await;
 }
+
+/// `check-config --online` and every write refuse a table this tool did not lay out, saying how
+/// it differs, and leave it alone.
+#[tokio::test]
+async fn a_table_that_differs_is_refused_with_the_difference_named() {
+    use deltalake_core::kernel::{DataType, StructField};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let table = root.join("hid_work_orders");
+    std::fs::create_dir_all(&table).unwrap();
+    deltalake_core::operations::create::CreateBuilder::new()
+        .with_location(url::Url::from_directory_path(&table).unwrap().to_string())
+        .with_columns([
+            StructField::new("work_order_id", DataType::STRING, true),
+            StructField::new("event_date", DataType::DATE, true),
+        ])
+        .with_partition_columns(["work_order_id"])
+        .await
+        .unwrap();
+    let mut settings = local_lake(&root);
+    settings.format = dpss_sync::config::TableFormat::Delta;
+    let lake = Lake::open(&settings, dir.path()).unwrap();
+    let err = lake.ensure_table(P, TableKind::Data).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("partitioned by [work_order_id], expected [event_date]"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(table.join("_delta_log")).unwrap().count(),
+        1,
+        "the refused table is left as it was"
+    );
+}
+
+/// A lake written in the Hive layout and then switched to `delta` keeps every row: the table's
+/// first version adopts the objects already there, and the next sync rewrites through the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parquet_lake_switched_to_delta_keeps_its_rows() {
+    let sim = sim_with(30, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hive = Pipeline::open(settings(&sim, dir.path(), "csv", 2), true, writer())
+        .await
+        .unwrap();
+    assert!(hive.sync(P).await.unwrap().ok());
+    let before = closed(lake_rows(dir.path()).await);
+    hive.state.close().await;
+    drop(hive);
+    let delta = Pipeline::open(delta_settings(&sim, dir.path(), "csv"), true, writer())
+        .await
+        .unwrap();
+    assert!(delta.sync(P).await.unwrap().ok());
+    if let Some(read) = read_delta(&dir.path().join("lake/hid_work_orders"), None) {
+        assert!(
+            closed(read.rows) == before,
+            "the switch lost or doubled rows"
+        );
+    }
+    // Back to the Hive layout is refused: its listing would read the files commits removed.
+    delta.state.close().await;
+    drop(delta);
+    let back = Pipeline::open(settings(&sim, dir.path(), "csv", 2), true, writer()).await;
+    let err = back
+        .err()
+        .expect("a parquet writer on a Delta table is refused");
+    assert!(
+        err.to_string().contains("set lake.format = \"delta\""),
+        "{err}"
+    );
+    sim.shutdown().await;
+}

@@ -8,6 +8,7 @@ use super::CliError;
 use crate::api::DpssClient;
 use crate::config::Settings;
 use crate::lake::Lake;
+use crate::lake::delta::TableKind;
 use crate::product::Product;
 use crate::sync::{Pipeline, RunReport};
 
@@ -208,6 +209,26 @@ pub fn print_plan(docs: &[serde_json::Value], output: Output) {
     }
 }
 
+/// What `status` says of a product's table: its format and, for Delta, the version readers see
+/// and the last commit. Reading the log changes nothing, so it runs beside the daemon.
+async fn table_status(lake: &Lake, product: Product) -> serde_json::Value {
+    if !lake.is_delta() {
+        return json!({ "format": "parquet" });
+    }
+    match lake.open_table(product, TableKind::Data).await {
+        Ok(None) => json!({ "format": "delta", "version": null }),
+        Ok(Some(t)) => json!({
+            "format": "delta",
+            "location": t.display(),
+            "version": t.version(),
+            "committed_at": t.committed_at(),
+            "txn": t.txn_version(product).await.ok().flatten(),
+            "files": t.all_files().count(),
+        }),
+        Err(e) => json!({ "format": "delta", "error": e.to_string() }),
+    }
+}
+
 pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
     let mut products = Vec::new();
     for (product, _) in p.settings.products.iter() {
@@ -234,8 +255,10 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
             c
         };
         let partitions = p.state.partition_days(*product).await?.len();
+        let table = table_status(&p.lake, *product).await;
         products.push(json!({
             "product": product.config_name(),
+            "table": table,
             "watermark": watermark,
             "watermark_age_days": watermark.map(|w| (chrono::Utc::now().date_naive() - w).num_days()),
             "partitions": partitions,
@@ -291,6 +314,23 @@ pub async fn print_status(p: &Pipeline, as_json: bool) -> Result<(), CliError> {
             prod["watermark_age_days"],
             prod["partitions"]
         );
+        let table = &prod["table"];
+        if table["format"] == "delta" {
+            match table["error"].as_str() {
+                Some(e) => println!("  Delta table: {e}"),
+                None if table["version"].is_null() => {
+                    println!("  Delta table: not created yet (the first write creates it)")
+                }
+                None => println!(
+                    "  Delta table {} at version {}, last commit {} (txn {}), {} file(s)",
+                    table["location"].as_str().unwrap_or_default(),
+                    table["version"],
+                    table["committed_at"].as_str().unwrap_or("-"),
+                    table["txn"],
+                    table["files"]
+                ),
+            }
+        }
         for (label, key) in [
             ("in flight", "in_flight"),
             ("failed", "failed"),
@@ -385,6 +425,7 @@ pub async fn check_config(
         "api_base_url": settings.api.base_url.as_str(),
         "token_url": settings.auth.token_url.as_str(),
         "lake_url": settings.lake.url.as_str(),
+        "lake_format": settings.lake.format.as_str(),
         "state_path": settings.state.url.to_string(),
         "products": products,
     });
@@ -393,6 +434,7 @@ pub async fn check_config(
         println!("  api.base_url   {}", settings.api.base_url);
         println!("  auth.token_url {}", settings.auth.token_url);
         println!("  lake.url       {}", settings.lake.url);
+        println!("  lake.format    {}", settings.lake.format.as_str());
         println!("  state          {}", settings.state.url);
         for (p, s) in &settings.products {
             println!(
@@ -443,6 +485,28 @@ pub async fn check_config(
     }
 }
 
+/// Each product's Delta tables: created where missing, refused (the difference named) where
+/// their schema or partitioning is not what this tool writes.
+async fn delta_checks(
+    lake: &Lake,
+    settings: &Settings,
+    passed: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    for product in settings.products.keys() {
+        for kind in [TableKind::Data, TableKind::Quarantine] {
+            match lake.ensure_table(*product, kind).await {
+                Ok(t) => passed.push(format!(
+                    "{product}: Delta table {} OK at version {}",
+                    t.display(),
+                    t.version()
+                )),
+                Err(e) => failures.push(format!("{product}: {e}")),
+            }
+        }
+    }
+}
+
 /// The online checks: what passed, and what failed.
 async fn online_checks(settings: &Settings) -> Result<(Vec<String>, Vec<String>), CliError> {
     settings.require_api()?;
@@ -481,7 +545,12 @@ async fn online_checks(settings: &Settings) -> Result<(Vec<String>, Vec<String>)
     }
     match Lake::open(&settings.lake, &settings.work_dir()) {
         Ok(lake) => match lake.probe().await {
-            Ok(()) => passed.push("lake: write-read-delete probe OK".into()),
+            Ok(()) => {
+                passed.push("lake: write-read-delete probe OK".into());
+                if lake.is_delta() {
+                    delta_checks(&lake, settings, &mut passed, &mut failures).await;
+                }
+            }
             Err(e) => failures.push(format!("lake: {e}")),
         },
         Err(e) => failures.push(format!("lake: {e}")),

@@ -149,6 +149,15 @@ pub struct Committed {
     pub checkpoint: bool,
 }
 
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("table", &self.display)
+            .field("version", &self.version())
+            .finish()
+    }
+}
+
 impl Table {
     pub fn version(&self) -> u64 {
         self.table.version().unwrap_or(0)
@@ -663,6 +672,18 @@ impl Lake {
             default_logstore(prefixed, store, &url, &StorageConfig::default()),
             display,
         ))
+    }
+
+    /// Whether the product's data directory holds a Delta log: the Hive layout must not write
+    /// there, since a listing would also read the files the table's commits removed.
+    pub async fn holds_delta_table(&self, product: Product) -> Result<bool, LakeError> {
+        let log = self.table(product).join("_delta_log");
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&log))
+            .await
+            .map_err(super::store_err(&log))?;
+        Ok(!listing.objects.is_empty())
     }
 
     /// The table's current version, or `None` where no table is yet.
