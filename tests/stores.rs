@@ -59,21 +59,60 @@ fn sync_with_env(config: &Path, args: &[&str], env: &[(&str, String)]) {
     eprintln!("{args:?} took {:.2}s", started.elapsed().as_secs_f64());
 }
 
-fn config_with_lake(sim: &dpss_sync::sim::SimHandle, dir: &Path, lake_url: &str) -> PathBuf {
+fn config_with_lake(
+    sim: &dpss_sync::sim::SimHandle,
+    dir: &Path,
+    lake_url: &str,
+    format: &str,
+) -> PathBuf {
     let text = config_text(sim, dir, "parquet", 2);
     let local = format!("url = \"file://{}\"", dir.join("lake").display());
     assert!(text.contains(&local));
     let path = dir.join("dpss.toml");
     std::fs::write(
         &path,
-        text.replace(&local, &format!("url = \"{lake_url}\"")),
+        text.replace(
+            &local,
+            &format!("url = \"{lake_url}\"\nformat = \"{format}\""),
+        ),
     )
     .unwrap();
     path
 }
 
-async fn check_lake(sim: &dpss_sync::sim::SimHandle, root: &Path) {
-    let rows = lake_rows_at(root).await;
+/// The store refuses a second put-if-absent of one path (what keeps two Delta writers from both
+/// committing a version): checked on each emulator, not assumed.
+async fn assert_put_if_absent(store: impl object_store::ObjectStore) {
+    use object_store::{ObjectStoreExt, PutMode, PutOptions};
+    let path =
+        object_store::path::Path::from(format!("probe/put-if-absent-{}", std::process::id()));
+    let create = || PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    store
+        .put_opts(&path, "first".into(), create())
+        .await
+        .unwrap();
+    let second = store.put_opts(&path, "second".into(), create()).await;
+    assert!(
+        matches!(second, Err(object_store::Error::AlreadyExists { .. })),
+        "a second put-if-absent must fail: {second:?}"
+    );
+    let kept = store.get(&path).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&kept[..], b"first");
+}
+
+/// The lake copied (or kept by the emulator) under `root`, read back: a Delta table through its
+/// log, by the project's reader and by Python's `deltalake`, with no txn version twice.
+async fn check_lake(sim: &dpss_sync::sim::SimHandle, root: &Path, format: &str) {
+    let mut settings = local_lake(root);
+    if format == "delta" {
+        settings.format = dpss_sync::config::TableFormat::Delta;
+        assert_txns_unique(&root.join("hid_work_orders"));
+        assert_txns_unique(&root.join("_quarantine/hid_work_orders"));
+    }
+    let rows = lake_rows_in(&settings, root).await;
     let days: Vec<_> = {
         let today = Utc::now().date_naive();
         dpss_sync::plan::available_from(today)
@@ -89,19 +128,32 @@ async fn check_lake(sim: &dpss_sync::sim::SimHandle, root: &Path) {
         .timestamp_micros();
     let closed: Vec<Row> = rows.iter().filter(|r| r.4 < today_start).cloned().collect();
     assert_eq!(closed, expected(sim, days, Utc::now()));
-    if let Some((_, duck)) = duckdb_rows_at(root) {
+    if format == "delta" {
+        if let Some(read) = read_delta(&root.join("hid_work_orders"), None) {
+            assert_eq!(read.rows, rows, "the Delta reader");
+        }
+    } else if let Some((_, duck)) = duckdb_rows_at(root) {
         assert_eq!(duck, rows);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_sync_into_an_s3_compatible_store() {
+    s3_sync("parquet").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_table_in_an_s3_compatible_store() {
+    s3_sync("delta").await;
+}
+
+async fn s3_sync(format: &str) {
     let sim = sim_with(20, "").await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("s3");
     std::fs::create_dir_all(root.join("lake-bucket")).unwrap();
     let addr = start_s3(&root).await;
-    let config = config_with_lake(&sim, dir.path(), "s3://lake-bucket/dpss");
+    let config = config_with_lake(&sim, dir.path(), "s3://lake-bucket/dpss", format);
     let env = [
         ("AWS_ACCESS_KEY_ID", AK.to_string()),
         ("AWS_SECRET_ACCESS_KEY", SK.to_string()),
@@ -114,7 +166,20 @@ async fn full_sync_into_an_s3_compatible_store() {
     sync_with_env(&config, &["sync"], &env);
     sync_with_env(&config, &["sync"], &env);
     // s3s-fs keeps each object as a plain file: read them back as a local lake.
-    check_lake(&sim, &root.join("lake-bucket/dpss")).await;
+    check_lake(&sim, &root.join("lake-bucket/dpss"), format).await;
+    assert_put_if_absent(
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("lake-bucket")
+            .with_endpoint(format!("http://{addr}"))
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id(AK)
+            .with_secret_access_key(SK)
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+            .build()
+            .unwrap(),
+    )
+    .await;
     assert!(
         root.join("lake-bucket/dpss/_quarantine/hid_work_orders")
             .is_dir()
@@ -167,6 +232,15 @@ fn azure_python(port: u16, script: &str, arg: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_sync_into_azurite() {
+    azurite_sync("parquet").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_table_in_azurite() {
+    azurite_sync("delta").await;
+}
+
+async fn azurite_sync(format: &str) {
     let root =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-tools/node_modules/.bin/azurite-blob");
     let Some(azurite) = tool(root, "Azurite") else {
@@ -199,7 +273,7 @@ async fn full_sync_into_azurite() {
         "import sys; from azure.storage.blob import BlobServiceClient as C; C.from_connection_string(sys.argv[1]).create_container('lake')",
         dir.path(),
     );
-    let config = config_with_lake(&sim, dir.path(), "az://lake/dpss");
+    let config = config_with_lake(&sim, dir.path(), "az://lake/dpss", format);
     let env = [
         ("AZURE_STORAGE_USE_EMULATOR", "true".to_string()),
         (
@@ -226,7 +300,18 @@ for b in c.list_blobs(name_starts_with='dpss/'):
 "#,
         &copy,
     );
-    check_lake(&sim, &copy).await;
+    check_lake(&sim, &copy, format).await;
+    assert_put_if_absent(
+        object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account("devstoreaccount1")
+            .with_access_key(AZURITE_KEY)
+            .with_container_name("lake")
+            .with_endpoint(format!("http://127.0.0.1:{port}/devstoreaccount1"))
+            .with_allow_http(true)
+            .build()
+            .unwrap(),
+    )
+    .await;
     sim.shutdown().await;
 }
 
@@ -262,8 +347,16 @@ async fn gcs_adapter(upstream: u16) -> u16 {
                         .unwrap();
                 }
                 let (bucket, name) = path.trim_start_matches('/').split_once('/').unwrap();
+                let mut query = vec![
+                    ("uploadType", "media".to_string()),
+                    ("name", percent_decode(name)),
+                ];
+                // A put-if-absent (a Delta log entry) carries its precondition as a header.
+                if let Some(g) = parts.headers.get("x-goog-if-generation-match") {
+                    query.push(("ifGenerationMatch", g.to_str().unwrap().to_string()));
+                }
                 http.post(format!("{base}/upload/storage/v1/b/{bucket}/o"))
-                    .query(&[("uploadType", "media"), ("name", &percent_decode(name))])
+                    .query(&query)
                     .body(body)
             } else {
                 // The emulator wants the object name unescaped in XML-API paths.
@@ -346,6 +439,15 @@ fn fake_gcs_binary() -> Option<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_sync_into_a_gcs_emulator() {
+    gcs_sync("parquet").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_table_in_a_gcs_emulator() {
+    gcs_sync("delta").await;
+}
+
+async fn gcs_sync(format: &str) {
     let Some(bin) = fake_gcs_binary() else { return };
     let sim = sim_with(20, "").await;
     let dir = tempfile::tempdir().unwrap();
@@ -390,7 +492,7 @@ async fn full_sync_into_a_gcs_emulator() {
         .to_string(),
     )
     .unwrap();
-    let config = config_with_lake(&sim, dir.path(), "gs://lake/dpss");
+    let config = config_with_lake(&sim, dir.path(), "gs://lake/dpss", format);
     let env = [("GOOGLE_SERVICE_ACCOUNT", account.display().to_string())];
     sync_with_env(&config, &["check-config", "--online"], &env);
     sync_with_env(&config, &["sync"], &env);
@@ -432,6 +534,9 @@ async fn full_sync_into_a_gcs_emulator() {
             break;
         }
     }
-    check_lake(&sim, &copy).await;
+    // No put-if-absent check here: this fake-gcs-server ignores `ifGenerationMatch` on uploads
+    // (a second create of one name succeeds), so only real GCS can show the precondition that
+    // object_store sends (`x-goog-if-generation-match: 0`) at work.
+    check_lake(&sim, &copy, format).await;
     sim.shutdown().await;
 }

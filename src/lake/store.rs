@@ -32,10 +32,15 @@ pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), LakeError> 
             Path::default(),
         )),
         "s3" | "s3a" => {
-            let store = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map_err(|e| bad(e.to_string()))?;
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+            // A Delta commit is a put-if-absent of its log entry: S3 has had conditional writes
+            // (If-None-Match) since 2024, as have the S3-compatible stores we know. An operator
+            // whose store lacks them says so with AWS_CONDITIONAL_PUT (object_store's setting).
+            if std::env::var_os("AWS_CONDITIONAL_PUT").is_none() {
+                builder =
+                    builder.with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+            }
+            let store = builder.build().map_err(|e| bad(e.to_string()))?;
             Ok((Arc::new(store), prefix()))
         }
         "az" | "abfs" | "abfss" | "azure" => {
