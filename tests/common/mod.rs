@@ -450,7 +450,7 @@ pub fn files_in_log(table: &Path) -> BTreeSet<String> {
 
 /// What the Python `deltalake` package reads through the log of the table at `table` (at
 /// `version`, or the newest): the version, the files it names, and the rows; Polars'
-/// `scan_delta` must read the same rows. `None` outside CI when Python lacks the packages.
+/// `scan_delta` and DuckDB's `delta_scan` must read the same rows. `None` outside CI when Python lacks the packages.
 pub struct DeltaRead {
     pub version: i64,
     pub files: BTreeSet<String>,
@@ -477,6 +477,16 @@ if version == "-":
     other = rows_of(pl.scan_delta(path).collect().to_arrow())
     if other != rows:
         sys.exit(f"polars scan_delta reads {len(other)} rows, deltalake {len(rows)}")
+    # DuckDB's delta extension, from PyPI (duckdb-ext-delta): it cannot download it here.
+    import duckdb, glob, site
+    ext = glob.glob(os.path.join(site.getsitepackages()[0], "duckdb_ext/extensions/v*/linux_amd64/delta.duckdb_extension"))
+    if not ext:
+        sys.exit("DuckDB's delta extension is not installed (pip install duckdb-ext-delta)")
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    con.execute(f"LOAD '{ext[0]}'")
+    other = rows_of(con.sql(f"SELECT * FROM delta_scan('{path}')").fetch_arrow_table())
+    if other != rows:
+        sys.exit(f"duckdb delta_scan reads {len(other)} rows, deltalake {len(rows)}")
 print(dt.version())
 print(json.dumps(sorted(os.path.relpath(u.removeprefix("file://"), path) for u in dt.file_uris())))
 for r in rows:
@@ -509,7 +519,9 @@ os._exit(0)
                 Err(e) => e.to_string(),
             };
             if std::env::var_os("CI").is_some() {
-                panic!("the Delta reader (Python deltalake, polars) failed: {why}");
+                panic!(
+                    "the Delta readers (Python deltalake, polars, DuckDB delta_scan) failed: {why}"
+                );
             }
             eprintln!("skipping the Delta read-back: {why}");
             None
