@@ -444,3 +444,105 @@ async fn a_parquet_lake_switched_to_delta_keeps_its_rows() {
     );
     sim.shutdown().await;
 }
+
+/// Housekeeping: with `lake.checkpoint_interval = 2` a checkpoint is written every second
+/// version, and the vacuum after it deletes the files commits removed longer than
+/// `lake.retention` ago and files no version ever named that are as old; the current version
+/// still reads whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_and_vacuum_keep_the_log_short_and_the_disk_clean() {
+    let sim = sim_with(30, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("lake/hid_work_orders");
+    let settings = Settings::load(&Sources {
+        inline: vec![
+            config_text(&sim, dir.path(), "csv", 2),
+            "[lake]\nformat = \"delta\"\ncheckpoint_interval = 2\nretention = \"1s\"\n".into(),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
+    assert!(pipeline.sync(P).await.unwrap().ok());
+    // An object no commit names, old enough to be past the retention: a leftover VACUUM removes.
+    let yesterday = Utc::now().date_naive() - chrono::Duration::days(1);
+    let stray = table.join(format!("event_date={yesterday}/part-stray.parquet"));
+    std::fs::write(&stray, b"not committed").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stray)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    for n in 0..4 {
+        let mut late = sim
+            .state
+            .rows_for_day(yesterday, Utc::now())
+            .into_iter()
+            .find(|r| r.is_valid())
+            .unwrap();
+        late.work_order_id = format!("LATE-{n}");
+        sim.state.inject_row(late);
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        assert!(pipeline.sync(P).await.unwrap().ok());
+    }
+    let log = table.join("_delta_log");
+    let checkpoints: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".checkpoint."))
+        .collect();
+    assert!(!checkpoints.is_empty(), "no checkpoint was written");
+    assert!(log.join("_last_checkpoint").is_file());
+    assert!(!stray.exists(), "VACUUM left an old uncommitted file");
+    // Files removed well before the last vacuum are gone; the current version's all remain.
+    let last_checkpoint: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(log.join("_last_checkpoint")).unwrap())
+            .unwrap();
+    let checkpointed = last_checkpoint["version"].as_u64().unwrap();
+    let stamp = |v: u64| -> (i64, Vec<String>) {
+        let text = std::fs::read_to_string(log.join(format!("{v:020}.json"))).unwrap();
+        let mut at = 0;
+        let mut removed = Vec::new();
+        for line in text.lines() {
+            let a: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(t) = a["commitInfo"]["timestamp"].as_i64() {
+                at = t;
+            }
+            if let Some(p) = a["remove"]["path"].as_str() {
+                removed.push(p.to_string());
+            }
+        }
+        (at, removed)
+    };
+    let (vacuumed_at, _) = stamp(checkpointed);
+    let mut expired = 0;
+    for v in 1..checkpointed {
+        let (at, removed) = stamp(v);
+        if at < vacuumed_at - 1000 {
+            for p in removed {
+                expired += 1;
+                assert!(
+                    !table.join(&p).exists(),
+                    "{p}, removed at version {v}, was not vacuumed"
+                );
+            }
+        }
+    }
+    assert!(
+        expired > 0,
+        "no file was old enough to vacuum: the test proved nothing"
+    );
+    if let Some(read) = read_delta(&table, None) {
+        assert!(read.files.is_subset(&files_on_disk(&table)));
+        assert_eq!(
+            read.rows
+                .iter()
+                .filter(|r| r.7.starts_with("LATE-"))
+                .count(),
+            4
+        );
+    }
+    sim.shutdown().await;
+}
