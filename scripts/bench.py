@@ -124,10 +124,11 @@ def size_of(path):
     return sum(os.path.getsize(f) for f in glob.glob(path + "/**/*", recursive=True) if os.path.isfile(f))
 
 
-def run_dpss(files, out):
+def run_dpss(files, out, lake_format="parquet"):
     cfg = out + ".toml"
     with open(cfg, "w") as f:
-        f.write(f'[lake]\nurl = "file://{out}"\n[state]\nurl = "sqlite://{out}-state/state.db"\n[products.hid_work_orders]\n')
+        f.write(f'[lake]\nurl = "file://{out}"\nformat = "{lake_format}"\n'
+                f'[state]\nurl = "sqlite://{out}-state/state.db"\n[products.hid_work_orders]\n')
     secs, rss, stdout = timed([BIN, "--config", cfg, "import", "--product", "hid_work_orders", *files],
                               env=dict(os.environ, RUST_LOG="warn"))
     m = re.search(r"rows read (\d+), written (\d+), quarantined (\d+)", stdout)
@@ -198,6 +199,8 @@ def main():
     ap.add_argument("--steady", default="100000,1000000,10000000", help="lake sizes, or none")
     ap.add_argument("--one-partition", default="2000000",
                     help="rows of a steady-state lake held in one partition, or none")
+    ap.add_argument("--delta-formats", default="csv",
+                    help="input formats also imported with lake.format = delta (dpss-delta), or none")
     ap.add_argument("--out", default="docs/performance.md")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite --out from the raw runs it already holds, running nothing")
@@ -234,7 +237,8 @@ def main():
                                                   capture_output=True, text=True)
                             expect = json.loads(made.stdout)["valid_distinct"]
                         files = sorted(glob.glob(parts_dir + f"/part-*.{fmt}"))
-                        results += compare(files, fmt, rows, shape, a.runs, work, expect)
+                        delta = a.delta_formats != "none" and fmt in a.delta_formats.split(",")
+                        results += compare(files, fmt, rows, shape, a.runs, work, expect, delta)
                         if sim and fmt == "csv" and rows == max(sizes):
                             mb = sum(os.path.getsize(f) for f in files) / 1e6
                             results.append(sync_run(sim, rows, work, mb))
@@ -310,18 +314,19 @@ def steady_state(lakes, work):
     return results
 
 
-def compare(files, fmt, rows, shape, runs, work, expect=None):
+def compare(files, fmt, rows, shape, runs, work, expect=None, delta=False):
     """Every tool on the same files, alternating, `runs` times. With `expect` (the generator's
     count of valid distinct rows), a dpss-sync run that wrote any other number stops the
-    benchmark: a fast wrong import is no result."""
+    benchmark: a fast wrong import is no result. With `delta`, dpss-sync also imports into a
+    Delta table (dpss-delta)."""
     mb = sum(os.path.getsize(f) for f in files) / 1e6
-    tools = ["dpss-sync", "duckdb"] + (["polars"] if fmt == "csv" else [])
+    tools = ["dpss-sync"] + (["dpss-delta"] if delta else []) + ["duckdb"] + (["polars"] if fmt == "csv" else [])
     results = []
     for run in range(runs):
         for tool in tools:
             out = os.path.join(work, f"out-{tool}-{shape}-{fmt}-{rows}-{run}")
-            if tool == "dpss-sync":
-                secs, rss, written = run_dpss(files, out)
+            if tool in ("dpss-sync", "dpss-delta"):
+                secs, rss, written = run_dpss(files, out, "delta" if tool == "dpss-delta" else "parquet")
                 if expect is not None and written != expect:
                     raise SystemExit(f"{shape} {fmt} {rows:,}: dpss-sync wrote {written:,} rows, "
                                      f"the generator made {expect:,} valid distinct rows")
@@ -413,7 +418,7 @@ def report(results, path):
         for rows in sorted({r["rows"] for r in results if "rows" in r}):
             for fmt in ["csv", "json", "parquet"]:
                 duck = best(rows, fmt, "duckdb", shape)
-                for tool in ["dpss-sync", "duckdb", "polars", "sync"]:
+                for tool in ["dpss-sync", "dpss-delta", "duckdb", "polars", "sync"]:
                     r = best(rows, fmt, tool, shape)
                     if not r:
                         continue
@@ -445,6 +450,17 @@ def report(results, path):
             if first and small != large:
                 line += f", {ours['rss'] / first['rss']:.2f}x the {small:,}-row run's"
             lines.append(line + ".")
+    for shape in shapes:
+        for fmt in ["csv", "json", "parquet"]:
+            large = max((r["rows"] for r in results if r.get("format") == fmt and r["tool"] == "dpss-delta"
+                         and r.get("shape", "simulator") == shape), default=0)
+            hive, delta = best(large, fmt, "dpss-sync", shape), best(large, fmt, "dpss-delta", shape)
+            if not (hive and delta):
+                continue
+            ratio = delta["secs"] / hive["secs"]
+            lines.append(f"- lake.format = delta, {shape} {fmt} {large:,} rows: {ratio:.2f}x the parquet layout's time "
+                         f"(target at most 1.15, {'met' if ratio <= 1.15 else '**not met**'}); peak RSS "
+                         f"{delta['rss']:.0f} MiB against {hive['rss']:.0f} (target 300).")
     large = max(sizes, default=0)
     sync, imp = best(large, "csv", "sync", "simulator"), best(large, "csv", "dpss-sync", "simulator")
     if sync and imp:

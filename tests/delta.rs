@@ -332,12 +332,25 @@ async fn crash_at_every_delta_stage_is_resolved_from_the_log() {
             "{point}: the failpoint did not fire"
         );
         assert!(String::from_utf8_lossy(&crashed.stderr).contains(&format!("failpoint {point}")));
+        // Another writer's object, put after the crash and not committed yet: the repair of the
+        // crashed write must not take it (its name carries another write's token).
+        let other = dir
+            .path()
+            .join(format!("lake/hid_work_orders/event_date={}", keys[1]))
+            .join("part-00000-0123456789abcdef0123456789abcdef.parquet");
+        if *point == "after-write" {
+            std::fs::write(&other, b"another writer's part").unwrap();
+        }
         let finished = run_child(&config, &args, None);
         assert!(
             finished.status.success(),
             "{point}: {}",
             String::from_utf8_lossy(&finished.stderr)
         );
+        if *point == "after-write" {
+            assert!(other.exists(), "the repair removed another writer's object");
+            std::fs::remove_file(&other).unwrap();
+        }
         let log = String::from_utf8_lossy(&finished.stderr);
         let resolved = match *point {
             "after-log-commit" => Some("had committed to the Delta table"),

@@ -10,3 +10,6 @@ CREATE TABLE pending_commits (
     PRIMARY KEY (product, txn)
 );
 ALTER TABLE windows ADD COLUMN table_version BIGINT;
+-- The token in the names of the objects a Delta write puts (NULL in the parquet layout): a
+-- repair removes only the uncommitted objects of its own crashed write, never another writer's.
+ALTER TABLE rewrites ADD COLUMN token TEXT;

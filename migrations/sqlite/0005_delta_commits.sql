@@ -14,3 +14,6 @@ CREATE TABLE pending_commits (
 );
 -- The Delta table version a window's commit landed at (NULL in the parquet layout).
 ALTER TABLE windows ADD COLUMN table_version INTEGER;
+-- The token in the names of the objects a Delta write puts (NULL in the parquet layout): a
+-- repair removes only the uncommitted objects of its own crashed write, never another writer's.
+ALTER TABLE rewrites ADD COLUMN token TEXT;

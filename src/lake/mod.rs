@@ -116,6 +116,8 @@ pub struct Lake {
     format: TableFormat,
     retention: std::time::Duration,
     checkpoint_interval: u64,
+    /// The token a Delta write puts in its objects' names ([`Self::for_write`]).
+    token: Option<Arc<str>>,
     /// The directory of a `file://` lake, where a killed put can leave a staging file.
     local: Option<std::path::PathBuf>,
     /// Where parts that outgrow memory are spooled before their upload (the work directory).
@@ -137,6 +139,7 @@ impl Lake {
             format: settings.format,
             retention: settings.retention,
             checkpoint_interval: settings.checkpoint_interval,
+            token: None,
             local: (settings.url.scheme() == "file")
                 .then(|| store::local_dir(&settings.url))
                 .flatten(),
@@ -162,6 +165,15 @@ impl Lake {
         self.format == TableFormat::Delta
     }
 
+    /// The lake as one write sees it: in a Delta table its objects carry `token` in their names,
+    /// so a repair after a crash can tell its own uncommitted objects from anyone else's.
+    pub fn for_write(&self, token: &str) -> Lake {
+        Lake {
+            token: Some(token.into()),
+            ..self.clone()
+        }
+    }
+
     /// How long a Delta table keeps the files its commits removed.
     pub fn retention(&self) -> std::time::Duration {
         self.retention
@@ -179,11 +191,14 @@ impl Lake {
 
     /// A one-object partition keeps one fixed name, replaced in one put; the parts of a larger
     /// one carry the rewrite's generation, so they never overwrite what readers see now. In a
-    /// Delta table no object is ever overwritten (older versions still name it): every part has
-    /// a name of its own, unique across writers.
+    /// Delta table no object is ever overwritten (older versions still name it): a part is named
+    /// by its write's token, unique across writers (a write puts one set of parts per directory).
     fn part_name(&self, generation: Option<i64>, n: usize) -> String {
         match (self.format, generation) {
-            (TableFormat::Delta, _) => format!("part-{n:05}-{}.parquet", uuid::Uuid::new_v4()),
+            (TableFormat::Delta, _) => match &self.token {
+                Some(token) => format!("part-{n:05}-{token}.parquet"),
+                None => format!("part-{n:05}-{}.parquet", uuid::Uuid::new_v4().simple()),
+            },
             (TableFormat::Parquet, None) => format!("part-{n:05}.parquet"),
             (TableFormat::Parquet, Some(g)) => format!("part-g{g:010}-{n:05}.parquet"),
         }

@@ -19,6 +19,8 @@ pub struct Rewrite {
     /// The partition's objects before the rewrite began.
     pub before: Vec<String>,
     pub started_at: DateTime<Utc>,
+    /// In a Delta lake, the token in the names of the objects the write puts.
+    pub token: Option<String>,
 }
 
 impl State {
@@ -110,6 +112,7 @@ impl State {
         product: Product,
         additions: &BTreeMap<NaiveDate, BTreeSet<NaiveDate>>,
         before: &BTreeMap<NaiveDate, Vec<String>>,
+        token: Option<&str>,
     ) -> Result<BTreeMap<NaiveDate, i64>, StateError> {
         let mut known = self.partition_days(product).await?;
         let t = now();
@@ -132,13 +135,14 @@ impl State {
             let mut generations = BTreeMap::new();
             for (event_date, objects) in before {
                 let id: i64 = sqlx::query_scalar(
-                "INSERT INTO rewrites (product, event_date, before, started_at) VALUES ($1, $2, $3, $4)
+                "INSERT INTO rewrites (product, event_date, before, started_at, token) VALUES ($1, $2, $3, $4, $5)
                  RETURNING id",
             )
             .bind(product.config_name())
             .bind(day_text(*event_date))
             .bind(serde_json::to_string(objects).expect("strings serialize"))
             .bind(&t)
+            .bind(token)
             .fetch_one(&mut *tx)
             .await?;
                 generations.insert(*event_date, id);
@@ -149,16 +153,16 @@ impl State {
 
     /// Rewrites begun and not committed: what a crash (or a failed write) left.
     pub async fn open_rewrites(&self, product: Product) -> Result<Vec<Rewrite>, StateError> {
-        let rows: Vec<(i64, String, String, String)> = on_db!(self, |pool| {
+        let rows: Vec<(i64, String, String, String, Option<String>)> = on_db!(self, |pool| {
             sqlx::query_as(
-                "SELECT id, event_date, before, started_at FROM rewrites WHERE product = $1 ORDER BY id",
+                "SELECT id, event_date, before, started_at, token FROM rewrites WHERE product = $1 ORDER BY id",
             )
             .bind(product.config_name())
             .fetch_all(pool)
             .await?
         });
         rows.iter()
-            .map(|(id, event_date, before, started_at)| {
+            .map(|(id, event_date, before, started_at, token)| {
                 Ok(Rewrite {
                     id: *id,
                     event_date: day(event_date)?,
@@ -167,6 +171,7 @@ impl State {
                     started_at: DateTime::parse_from_rfc3339(started_at)
                         .map_err(|_| StateError::Corrupt(format!("rewrite start `{started_at}`")))?
                         .with_timezone(&Utc),
+                    token: token.clone(),
                 })
             })
             .collect()
@@ -348,12 +353,13 @@ mod tests {
         let part = d("2026-01-01");
         let add = |day: &str| BTreeMap::from([(part, BTreeSet::from([d(day)]))]);
         let before = BTreeMap::from([(part, vec!["t/old-0".to_string(), "t/old-1".into()])]);
-        st.begin_rewrites(p, &add("2026-01-02"), &before)
+        st.begin_rewrites(p, &add("2026-01-02"), &before, Some("t1"))
             .await
             .unwrap();
         let crashed = st.open_rewrites(p).await.unwrap();
         assert_eq!(crashed.len(), 1);
         assert_eq!(crashed[0].before, before[&part]);
+        assert_eq!(crashed[0].token.as_deref(), Some("t1"));
         st.end_rewrite(crashed[0].id).await.unwrap();
         // A day count is unknown until a commit records it.
         assert_eq!(
@@ -361,7 +367,7 @@ mod tests {
             None
         );
         let generations = st
-            .begin_rewrites(p, &add("2026-01-03"), &before)
+            .begin_rewrites(p, &add("2026-01-03"), &before, None)
             .await
             .unwrap();
         assert!(

@@ -7,6 +7,8 @@
 //! id: found, the state commit is made from the record; not found, the write's files are
 //! removed and the window runs again. Housekeeping follows a commit that wrote a checkpoint.
 
+use std::collections::BTreeSet;
+
 use object_store::ObjectMeta;
 
 use super::write::{DeltaWrite, Written};
@@ -221,9 +223,10 @@ async fn resolve(
     remove_untracked(lake, product, &open, Some(&table), quarantine.as_ref()).await
 }
 
-/// Objects put since an interrupted write began that the tables do not name: the write's own,
-/// never committed. Older untracked objects are left to VACUUM, which removes them once they are
-/// older than `lake.retention` (a reader may be in the middle of one of them until then).
+/// Objects an interrupted write put (its token is in their names) that the tables do not name:
+/// never committed, so no reader can be using them. Another writer's objects carry another
+/// token and are left alone; untracked objects of any origin older than `lake.retention` are
+/// VACUUM's.
 async fn remove_untracked(
     lake: &Lake,
     product: Product,
@@ -231,26 +234,29 @@ async fn remove_untracked(
     table: Option<&Table>,
     quarantine: Option<&Table>,
 ) -> Result<usize, SyncError> {
-    let Some(since) = rewrites.iter().map(|r| r.started_at).min() else {
+    let tokens: BTreeSet<&str> = rewrites.iter().filter_map(|r| r.token.as_deref()).collect();
+    if tokens.is_empty() {
         return Ok(0);
-    };
-    // Clocks of the store and of this host differ a little: a margin keeps a file put just
-    // after the write began from looking older than it.
-    let since = since - chrono::Duration::seconds(2);
-    let fresh_and_untracked = |objects: Vec<ObjectMeta>, tracked: Option<&Table>| -> Vec<String> {
-        objects
-            .into_iter()
-            .filter(|m| m.last_modified >= since && m.location.as_ref().ends_with(".parquet"))
-            .filter(|m| !tracked.is_some_and(|t| t.tracks(&m.location)))
-            .map(|m| m.location.to_string())
-            .collect()
-    };
-    let mut doomed = Vec::new();
-    for r in rewrites {
-        let listed = lake.list_partition(product, r.event_date).await?;
-        doomed.extend(fresh_and_untracked(listed, table));
     }
-    doomed.extend(fresh_and_untracked(
+    let crashed_and_untracked =
+        |objects: Vec<ObjectMeta>, tracked: Option<&Table>| -> Vec<String> {
+            objects
+                .into_iter()
+                .filter(|m| {
+                    m.location
+                        .filename()
+                        .is_some_and(|n| tokens.iter().any(|t| n.contains(t)))
+                })
+                .filter(|m| !tracked.is_some_and(|t| t.tracks(&m.location)))
+                .map(|m| m.location.to_string())
+                .collect()
+        };
+    let mut doomed = Vec::new();
+    for r in rewrites.iter().filter(|r| r.token.is_some()) {
+        let listed = lake.list_partition(product, r.event_date).await?;
+        doomed.extend(crashed_and_untracked(listed, table));
+    }
+    doomed.extend(crashed_and_untracked(
         lake.list_quarantine(product).await?,
         quarantine,
     ));

@@ -170,9 +170,18 @@ impl Pipeline {
             .iter()
             .map(|(d, objects)| (*d, objects.iter().map(|m| m.location.to_string()).collect()))
             .collect();
+        // A Delta write's objects carry its token, recorded with the rewrites: a repair removes
+        // the uncommitted objects of this write and of no other.
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let lake = self.lake.for_write(&token);
         let generations = self
             .state
-            .begin_rewrites(product, &arriving, &before_paths)
+            .begin_rewrites(
+                product,
+                &arriving,
+                &before_paths,
+                tables.is_some().then_some(token.as_str()),
+            )
             .await?;
         let dropped = Arc::new(Dropped {
             replaced: Arc::new(replaced),
@@ -182,15 +191,14 @@ impl Pipeline {
         crate::progress::writing(generations.len() as u64);
         let results: Vec<Result<Rewritten, SyncError>> = futures::stream::iter(generations)
             .map(|(date, generation)| {
-                let (normalized, dropped, before) =
-                    (normalized.clone(), dropped.clone(), before.clone());
+                let (normalized, dropped, before, lake) =
+                    (normalized.clone(), dropped.clone(), before.clone(), &lake);
                 async move {
                     let new = load(&normalized, date).await?;
                     let batch = new.as_ref().map(|(b, _)| b.clone());
                     // No object goes into the lake once another replica may be writing it.
                     self.state.ensure_writer()?;
-                    let state = self
-                        .lake
+                    let state = lake
                         .rewrite_partition(
                             product,
                             date,
@@ -250,8 +258,7 @@ impl Pipeline {
             }
             partitions.push((date, state));
         }
-        let quarantine = self
-            .lake
+        let quarantine = lake
             .write_quarantine(
                 product,
                 window_key,
