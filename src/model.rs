@@ -202,3 +202,29 @@ impl LakeTraffic {
         }
     }
 }
+
+/// How the lake's objects are published to readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    /// Hive-partitioned Parquet: a reader lists the directories.
+    Parquet,
+    /// A Delta Lake table: a reader follows the transaction log, one commit per window.
+    Delta,
+}
+
+impl TableFormat {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "parquet" => Ok(TableFormat::Parquet),
+            "delta" => Ok(TableFormat::Delta),
+            other => Err(format!("`{other}` is not one of parquet, delta")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableFormat::Parquet => "parquet",
+            TableFormat::Delta => "delta",
+        }
+    }
+}

@@ -608,6 +608,7 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
         keys(&check["config"]),
         [
             "api_base_url",
+            "lake_format",
             "lake_url",
             "products",
             "state_path",

@@ -334,20 +334,27 @@ async fn crash_at_every_delta_stage_is_resolved_from_the_log() {
         assert!(String::from_utf8_lossy(&crashed.stderr).contains(&format!("failpoint {point}")));
         // Another writer's object, put after the crash and not committed yet: the repair of the
         // crashed write must not take it (its name carries another write's token).
-        let other = dir
-            .path()
-            .join(format!("lake/hid_work_orders/event_date={}", keys[1]))
-            .join("part-00000-0123456789abcdef0123456789abcdef.parquet");
-        if *point == "after-write" {
+        // Beside an object of the crashed write, so the repair looks at its directory.
+        let planted = (*point == "after-write").then(|| {
+            let table = dir.path().join("lake/hid_work_orders");
+            let crashed = files_on_disk(&table)
+                .difference(&files_in_log(&table))
+                .next()
+                .map(|p| table.join(p))
+                .expect("the crashed write left its objects");
+            let other =
+                crashed.with_file_name("part-00000-0123456789abcdef0123456789abcdef.parquet");
             std::fs::write(&other, b"another writer's part").unwrap();
-        }
+            (crashed, other)
+        });
         let finished = run_child(&config, &args, None);
         assert!(
             finished.status.success(),
             "{point}: {}",
             String::from_utf8_lossy(&finished.stderr)
         );
-        if *point == "after-write" {
+        if let Some((crashed, other)) = planted {
+            assert!(!crashed.exists(), "the crashed write's own object was left");
             assert!(other.exists(), "the repair removed another writer's object");
             std::fs::remove_file(&other).unwrap();
         }

@@ -4,7 +4,9 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+#[cfg(feature = "failpoints")]
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -13,10 +15,13 @@ use chrono::Utc;
 use common::*;
 #[cfg(feature = "failpoints")]
 use dpss_sync::failpoint::POINTS;
+#[cfg(feature = "failpoints")]
 use dpss_sync::model::StateUrl;
 use dpss_sync::plan::available_from;
 use dpss_sync::sim::SimConfig;
-use dpss_sync::state::{Stage, State};
+use dpss_sync::state::Stage;
+#[cfg(feature = "failpoints")]
+use dpss_sync::state::State;
 use dpss_sync::sync::Pipeline;
 
 const LAKE_TYPES: &str = "service_point_id:VARCHAR,phase:TINYINT,issue_id:VARCHAR,status:VARCHAR,\

@@ -105,7 +105,7 @@ impl Table {
         Ok(Some((text, v)))
     }
 
-    fn parsed<T>(
+    pub fn parsed<T>(
         &mut self,
         name: &str,
         default: &str,

@@ -18,6 +18,7 @@ pub use secret::{Secret, SecretFileError, SecretSource};
 use url::Url;
 
 use crate::model::StateUrl;
+pub use crate::model::TableFormat;
 use crate::product::Product;
 
 /// The defaults a `demo` run uses: the embedded simulator, a lake and a state under `./`.
@@ -97,24 +98,6 @@ pub struct LakeSettings {
     pub retention: Duration,
     /// `lake.checkpoint_interval` (Delta): a checkpoint (and a vacuum) every this many commits.
     pub checkpoint_interval: u64,
-}
-
-/// How the lake's objects are published to readers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableFormat {
-    /// Hive-partitioned Parquet: a reader lists the directories.
-    Parquet,
-    /// A Delta Lake table: a reader follows the transaction log, one commit per window.
-    Delta,
-}
-
-impl TableFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TableFormat::Parquet => "parquet",
-            TableFormat::Delta => "delta",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -274,14 +257,7 @@ impl Settings {
                 target_file_size: lake.size("target_file_size", "256MiB")?,
                 max_uncompressed_size: lake.size("max_uncompressed_size", "64GiB")?,
                 max_shrink: lake.fraction("max_shrink", "0.5")?,
-                format: match lake.string("format", "parquet")?.as_str() {
-                    "parquet" => TableFormat::Parquet,
-                    "delta" => TableFormat::Delta,
-                    other => {
-                        return Err(lake
-                            .invalid("format", format!("`{other}` is not one of parquet, delta")));
-                    }
-                },
+                format: lake.parsed("format", "parquet", TableFormat::parse)?,
                 retention: lake.duration("retention", "7days")?,
                 checkpoint_interval: lake.positive("checkpoint_interval", 10)? as u64,
             },

@@ -88,8 +88,15 @@ pub enum LakeError {
     Schema { path: String, detail: String },
     #[error("quarantined rows: {0}")]
     Quarantine(#[from] crate::normalize::SpillError),
+    /// Boxed: the Delta library's errors are large, and every lake result would carry the size.
     #[error(transparent)]
-    Delta(#[from] delta::DeltaError),
+    Delta(Box<delta::DeltaError>),
+}
+
+impl From<delta::DeltaError> for LakeError {
+    fn from(e: delta::DeltaError) -> Self {
+        LakeError::Delta(Box::new(e))
+    }
 }
 
 fn store_err(path: &Path) -> impl FnOnce(object_store::Error) -> LakeError + '_ {

@@ -504,13 +504,13 @@ mod tests {
         let Db::Sqlite(pool) = &w.db else {
             unreachable!()
         };
-        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 4")
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 5")
             .execute(pool)
             .await
             .unwrap();
         let err = State::open_reader(&url).await.err().unwrap();
         assert!(
-            err.to_string().contains("schema version 3")
+            err.to_string().contains("schema version 4")
                 && err.to_string().contains("next writer command"),
             "{err}"
         );

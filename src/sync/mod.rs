@@ -235,7 +235,7 @@ impl Pipeline {
         std::fs::create_dir_all(&work)
             .map_err(|e| SyncError::Usage(format!("cannot create {}: {e}", work.display())))?;
         for product in Product::ALL {
-            if !self.lake.is_delta() && self.lake.holds_delta_table(product).await? {
+            if !self.lake.is_delta() && self.lake.holds_delta_table(product).await {
                 return Err(SyncError::Usage(format!(
                     "the lake {} holds a Delta table for {product} (a _delta_log directory) but lake.format is \"parquet\": \
                      set lake.format = \"delta\". Writing the Hive layout there would read back the files the table's commits removed.",

@@ -9,23 +9,23 @@
 //! files stay for time travel until `VACUUM` removes them after `lake.retention`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake_core::kernel::{Action, Add, DataType, Remove, StructField, StructType, Transaction};
-use deltalake_core::logstore::{LogStoreRef, StorageConfig, default_logstore};
-use deltalake_core::operations::create::CreateBuilder;
+use deltalake_core::kernel::{Action, Add, Remove, Transaction};
 use deltalake_core::operations::vacuum::VacuumMode;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
-use deltalake_core::{DeltaTable, DeltaTableError, TableProperty};
+use deltalake_core::{DeltaTable, DeltaTableError};
+use object_store::ObjectMeta;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore};
-use serde_json::Value;
 
-use super::{Lake, LakeError};
+use super::LakeError;
 use crate::product::Product;
+
+mod create;
+mod log;
+
+use log::SeenCommit;
 
 /// Attempts at one commit when other writers keep committing elsewhere in the table.
 const COMMIT_ATTEMPTS: usize = 5;
@@ -216,7 +216,7 @@ impl Table {
 
     fn err(&self) -> impl Fn(DeltaTableError) -> LakeError + '_ {
         move |source| {
-            LakeError::Delta(DeltaError::Table {
+            LakeError::from(DeltaError::Table {
                 table: self.display.clone(),
                 source,
             })
@@ -355,7 +355,7 @@ impl Table {
                         }
                         let overlap: Vec<&String> = seen.partitions.intersection(&ours).collect();
                         if !overlap.is_empty() {
-                            return Err(LakeError::Delta(DeltaError::Conflict {
+                            return Err(LakeError::from(DeltaError::Conflict {
                                 table: self.display.clone(),
                                 version,
                                 partitions: overlap
@@ -366,7 +366,7 @@ impl Table {
                             }));
                         }
                         if seen.metadata {
-                            return Err(LakeError::Delta(DeltaError::MetadataChanged {
+                            return Err(LakeError::from(DeltaError::MetadataChanged {
                                 table: self.display.clone(),
                                 version,
                             }));
@@ -374,7 +374,7 @@ impl Table {
                         if let Some(theirs) = seen.txns.get(note.product.config_name())
                             && *theirs >= note.txn
                         {
-                            return Err(LakeError::Delta(DeltaError::TxnTaken {
+                            return Err(LakeError::from(DeltaError::TxnTaken {
                                 table: self.display.clone(),
                                 version,
                                 app_id: note.product.config_name().to_string(),
@@ -391,7 +391,7 @@ impl Table {
                 Err(e) => return Err(self.err()(e)),
             }
         }
-        Err(LakeError::Delta(DeltaError::Contended {
+        Err(LakeError::from(DeltaError::Contended {
             table: self.display.clone(),
             attempts: COMMIT_ATTEMPTS,
         }))
@@ -450,58 +450,6 @@ impl Table {
     }
 }
 
-/// The actions of one commit that matter to a writer that lost a race to it.
-#[derive(Debug, Default)]
-struct SeenCommit {
-    commit_id: Option<String>,
-    txns: HashMap<String, i64>,
-    partitions: BTreeSet<String>,
-    metadata: bool,
-}
-
-impl SeenCommit {
-    /// Reads the newline-delimited actions of a commit file; lines it does not know are skipped.
-    fn parse(bytes: &[u8], column: &str) -> Self {
-        let mut seen = SeenCommit::default();
-        for line in bytes.split(|b| *b == b'\n') {
-            let Ok(Value::Object(action)) = serde_json::from_slice::<Value>(line) else {
-                continue;
-            };
-            for (kind, body) in action {
-                match kind.as_str() {
-                    "add" | "remove" => {
-                        if let Some(v) = body
-                            .get("partitionValues")
-                            .and_then(|p| p.get(column))
-                            .and_then(Value::as_str)
-                        {
-                            seen.partitions.insert(v.to_string());
-                        }
-                    }
-                    "txn" => {
-                        if let (Some(app), Some(v)) = (
-                            body.get("appId").and_then(Value::as_str),
-                            body.get("version").and_then(Value::as_i64),
-                        ) {
-                            seen.txns.insert(app.to_string(), v);
-                        }
-                    }
-                    "metaData" | "protocol" => seen.metadata = true,
-                    "commitInfo" => {
-                        seen.commit_id = body
-                            .get(COMMIT_INFO_KEY)
-                            .and_then(|i| i.get("commit_id"))
-                            .and_then(Value::as_str)
-                            .map(str::to_string);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        seen
-    }
-}
-
 /// The partition value of `column` in an object path (`…/event_date=2024-06-01/part-….parquet`).
 fn partition_value(location: &Path, column: &str) -> Option<String> {
     let prefix = format!("{column}=");
@@ -544,276 +492,6 @@ fn files_by_partition(
     out
 }
 
-/// The columns, partitioning and properties a table of this tool has.
-struct Spec {
-    columns: Vec<StructField>,
-    partition: &'static str,
-    name: String,
-    comment: String,
-}
-
-impl Spec {
-    fn of(product: Product, kind: TableKind) -> Self {
-        let (schema, partition_type, name, comment) = match kind {
-            TableKind::Data => (
-                product.lake_schema(),
-                DataType::DATE,
-                product.config_name().to_string(),
-                format!(
-                    "{} from Itron DPSS, written by dpss-sync",
-                    product.config_name()
-                ),
-            ),
-            TableKind::Quarantine => (
-                crate::normalize::quarantine_schema(),
-                DataType::STRING,
-                format!("{}_quarantine", product.config_name()),
-                format!(
-                    "rows of {} that failed validation, with their raw text and the reason",
-                    product.config_name()
-                ),
-            ),
-        };
-        let kernel: StructType = schema
-            .as_ref()
-            .try_into_kernel()
-            .expect("the lake's Arrow types all have Delta types");
-        let mut columns: Vec<StructField> = kernel.fields().cloned().collect();
-        columns.push(StructField::new(
-            kind.partition_column(),
-            partition_type,
-            false,
-        ));
-        Spec {
-            columns,
-            partition: kind.partition_column(),
-            name,
-            comment,
-        }
-    }
-
-    /// The first way `table` differs from this spec, named.
-    fn difference(&self, table: &DeltaTable) -> Option<String> {
-        let snapshot = table.snapshot().ok()?;
-        let partitions = snapshot.metadata().partition_columns();
-        if partitions != [self.partition.to_string()] {
-            return Some(format!(
-                "partitioned by [{}], expected [{}]",
-                partitions.join(", "),
-                self.partition
-            ));
-        }
-        let schema = snapshot.schema();
-        for want in &self.columns {
-            match schema.field(want.name()) {
-                None => return Some(format!("column `{}` is missing", want.name())),
-                Some(have) if have.data_type() != want.data_type() => {
-                    return Some(format!(
-                        "column `{}` is {:?}, expected {:?}",
-                        want.name(),
-                        have.data_type(),
-                        want.data_type()
-                    ));
-                }
-                Some(have) if have.is_nullable() && !want.is_nullable() => {
-                    return Some(format!(
-                        "column `{}` is nullable, expected non-null",
-                        want.name()
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        let extra: Vec<&str> = schema
-            .fields()
-            .map(|f| f.name().as_str())
-            .filter(|n| !self.columns.iter().any(|c| c.name() == *n))
-            .collect();
-        (!extra.is_empty()).then(|| format!("unexpected columns: {}", extra.join(", ")))
-    }
-}
-
-impl Lake {
-    fn table_root(&self, product: Product, kind: TableKind) -> Path {
-        match kind {
-            TableKind::Data => self.table(product),
-            TableKind::Quarantine => self.quarantine_root(product),
-        }
-    }
-
-    /// The log store of one table over the lake's store. Delta names objects by URL, so a local
-    /// lake is handed over as the file system root with the table's absolute URL.
-    fn log_store(&self, root: &Path) -> Result<(LogStoreRef, String), LakeError> {
-        let bad = |reason: String| LakeError::BadUrl {
-            url: self.display.clone(),
-            reason,
-        };
-        let (store, url): (Arc<dyn ObjectStore>, url::Url) = match &self.local {
-            Some(dir) => (
-                Arc::new(object_store::local::LocalFileSystem::new()),
-                std::fs::canonicalize(dir)
-                    .ok()
-                    .and_then(|d| url::Url::from_directory_path(d.join(root.as_ref())).ok())
-                    .ok_or_else(|| bad("not a usable directory".into()))?,
-            ),
-            None => {
-                let mut url = self.url.clone();
-                url.set_path(&format!("/{}/", root.as_ref()));
-                (self.store.clone(), url)
-            }
-        };
-        let prefix = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
-        let prefixed = Arc::new(object_store::prefix::PrefixStore::new(
-            store.clone(),
-            prefix,
-        ));
-        let display = url.to_string();
-        Ok((
-            default_logstore(prefixed, store, &url, &StorageConfig::default()),
-            display,
-        ))
-    }
-
-    /// Whether the product's data directory holds a Delta log: the Hive layout must not write
-    /// there, since a listing would also read the files the table's commits removed.
-    pub async fn holds_delta_table(&self, product: Product) -> Result<bool, LakeError> {
-        let log = self.table(product).join("_delta_log");
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&log))
-            .await
-            .map_err(super::store_err(&log))?;
-        Ok(!listing.objects.is_empty())
-    }
-
-    /// The table's current version, or `None` where no table is yet.
-    pub async fn open_table(
-        &self,
-        product: Product,
-        kind: TableKind,
-    ) -> Result<Option<Table>, LakeError> {
-        let root = self.table_root(product, kind);
-        let (log_store, display) = self.log_store(&root)?;
-        let err = |source| {
-            LakeError::Delta(DeltaError::Table {
-                table: display.clone(),
-                source,
-            })
-        };
-        // One listing of `_delta_log`: a table nobody created yet is not an error.
-        if !log_store.is_delta_table_location().await.map_err(err)? {
-            return Ok(None);
-        }
-        let mut table = DeltaTable::new(log_store);
-        match table.load().await {
-            Ok(()) => {}
-            Err(DeltaTableError::NotATable(_)) => return Ok(None),
-            Err(source) => return Err(err(source)),
-        }
-        let files = files_by_partition(&table, &root, kind);
-        Ok(Some(Table {
-            kind,
-            display,
-            root,
-            table,
-            files,
-        }))
-    }
-
-    /// The table, created if missing: the schema and partitioning of this tool, the product and
-    /// housekeeping settings as table properties. Parquet objects already in its directory (a
-    /// lake that was `parquet` until now) are adopted by the first version, so switching the
-    /// format loses nothing. A table that differs from what this tool writes is refused, the
-    /// difference named.
-    pub async fn ensure_table(
-        &self,
-        product: Product,
-        kind: TableKind,
-    ) -> Result<Table, LakeError> {
-        let spec = Spec::of(product, kind);
-        if let Some(table) = self.open_table(product, kind).await? {
-            return match spec.difference(&table.table) {
-                None => Ok(table),
-                Some(detail) => Err(LakeError::Delta(DeltaError::Mismatch {
-                    table: table.display,
-                    detail,
-                })),
-            };
-        }
-        let root = self.table_root(product, kind);
-        let (log_store, display) = self.log_store(&root)?;
-        let existing: Vec<(String, u64, u64)> = self
-            .list(&root)
-            .await?
-            .into_iter()
-            .filter(|m| {
-                m.location.as_ref().ends_with(".parquet")
-                    && partition_value(&m.location, kind.partition_column()).is_some()
-            })
-            .map(|m| (m.location.to_string(), m.size, 0))
-            .collect();
-        let placeholder = Table {
-            kind,
-            display: display.clone(),
-            root: root.clone(),
-            table: DeltaTable::new(log_store.clone()),
-            files: BTreeMap::new(),
-        };
-        let adopted: Vec<Action> = placeholder
-            .adds(&existing)
-            .into_iter()
-            .map(|mut a| {
-                a.stats = None;
-                Action::Add(a)
-            })
-            .collect();
-        let retention = format!("interval {} seconds", self.retention.as_secs());
-        CreateBuilder::new()
-            .with_log_store(log_store)
-            .with_table_name(spec.name.clone())
-            .with_comment(spec.comment.clone())
-            .with_columns(spec.columns.clone())
-            .with_partition_columns([spec.partition])
-            .with_configuration_property(
-                TableProperty::CheckpointInterval,
-                Some(self.checkpoint_interval.to_string()),
-            )
-            .with_configuration_property(
-                TableProperty::DeletedFileRetentionDuration,
-                Some(retention),
-            )
-            .with_configuration([
-                ("dpss_sync.product", Some(product.config_name().to_string())),
-                (
-                    "dpss_sync.table",
-                    Some(match kind {
-                        TableKind::Data => "data".to_string(),
-                        TableKind::Quarantine => "quarantine".to_string(),
-                    }),
-                ),
-            ])
-            // Our own keys beside Delta's (`dpss_sync.*`): readers ignore properties they do not know.
-            .with_raise_if_key_not_exists(false)
-            .with_actions(adopted)
-            .with_save_mode(SaveMode::Ignore)
-            .await
-            .map_err(|source| {
-                LakeError::Delta(DeltaError::Table {
-                    table: display.clone(),
-                    source,
-                })
-            })?;
-        let shown = &display;
-        tracing::info!(table = %shown, adopted = existing.len(), "created the Delta table");
-        self.open_table(product, kind).await?.ok_or_else(|| {
-            LakeError::Delta(DeltaError::Mismatch {
-                table: display,
-                detail: "the table was created but cannot be read back".into(),
-            })
-        })
-    }
-}
-
 /// The `event_date` partition value of a day.
 pub fn day_value(date: NaiveDate) -> String {
     date.format("%Y-%m-%d").to_string()
@@ -822,24 +500,6 @@ pub fn day_value(date: NaiveDate) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_commit_file_says_its_partitions_txn_and_author() {
-        let log = br#"{"commitInfo":{"timestamp":1,"operation":"WRITE","dpss_sync":{"commit_id":"c-1","txn":7}}}
-{"txn":{"appId":"hid_work_orders","version":7,"lastUpdated":1}}
-{"remove":{"path":"event_date=2024-06-01/a.parquet","dataChange":true,"partitionValues":{"event_date":"2024-06-01"}}}
-{"add":{"path":"event_date=2024-06-02/b.parquet","partitionValues":{"event_date":"2024-06-02"},"size":1,"modificationTime":1,"dataChange":true}}
-"#;
-        let seen = SeenCommit::parse(log, "event_date");
-        assert_eq!(seen.commit_id.as_deref(), Some("c-1"));
-        assert_eq!(seen.txns.get("hid_work_orders"), Some(&7));
-        assert_eq!(
-            seen.partitions,
-            BTreeSet::from(["2024-06-01".to_string(), "2024-06-02".to_string()])
-        );
-        assert!(!seen.metadata);
-        assert!(SeenCommit::parse(br#"{"metaData":{}}"#, "event_date").metadata);
-    }
 
     #[test]
     fn partition_values_come_from_the_hive_path() {
