@@ -640,10 +640,12 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
             "partitions",
             "product",
             "recently_committed",
+            "table",
             "watermark",
             "watermark_age_days"
         ]
     );
+    assert_eq!(status["products"][0]["table"]["format"], "parquet");
 
     // --quiet: no text report, no logs below errors.
     let quiet = run(&["--quiet", "sync"]);
@@ -663,6 +665,7 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
         keys(&doc["summary"]),
         [
             "bytes",
+            "delta",
             "first_status_day",
             "lake",
             "last_status_day",
@@ -676,6 +679,7 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
             "watermark"
         ]
     );
+    assert_eq!(doc["summary"]["delta"], false);
     sim.shutdown().await;
 }
 
