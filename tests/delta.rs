@@ -26,19 +26,6 @@ fn delta_settings(sim: &dpss_sync::sim::SimHandle, dir: &Path, file_type: &str) 
     .unwrap()
 }
 
-fn today_key() -> i64 {
-    Utc::now()
-        .date_naive()
-        .and_hms_opt(0, 0, 0)
-        .unwrap()
-        .and_utc()
-        .timestamp_micros()
-}
-
-fn closed(rows: Vec<Row>) -> Vec<Row> {
-    rows.into_iter().filter(|r| r.4 < today_key()).collect()
-}
-
 /// The held-out scenario in Delta mode: a first sync, a re-sync that changes nothing, a late row
 /// that lands once; each read back through the log; the version before the late row's window
 /// read by time travel.

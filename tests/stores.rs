@@ -120,14 +120,7 @@ async fn check_lake(sim: &dpss_sync::sim::SimHandle, root: &Path, format: &str) 
             .take_while(|d| *d < today)
             .collect()
     };
-    let today_start = Utc::now()
-        .date_naive()
-        .and_hms_opt(0, 0, 0)
-        .unwrap()
-        .and_utc()
-        .timestamp_micros();
-    let closed: Vec<Row> = rows.iter().filter(|r| r.4 < today_start).cloned().collect();
-    assert_eq!(closed, expected(sim, days, Utc::now()));
+    assert_eq!(closed(rows.clone()), expected(sim, days, Utc::now()));
     if format == "delta" {
         if let Some(read) = read_delta(&root.join("hid_work_orders"), None) {
             assert_eq!(read.rows, rows, "the Delta reader");

@@ -36,20 +36,6 @@ fn closed_days() -> Vec<chrono::NaiveDate> {
         .collect()
 }
 
-fn today_key() -> i64 {
-    let today = Utc::now().date_naive();
-    today
-        .and_hms_opt(0, 0, 0)
-        .unwrap()
-        .and_utc()
-        .timestamp_micros()
-}
-
-/// Rows of closed days only: today's keep arriving while a test runs.
-fn closed(rows: Vec<Row>) -> Vec<Row> {
-    rows.into_iter().filter(|r| r.4 < today_key()).collect()
-}
-
 async fn history_sync_in(file_type: &str, seed: u64) {
     let sim = start(SimConfig {
         seed,

@@ -265,6 +265,21 @@ pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String, Str
     out
 }
 
+/// Today's first microsecond (UTC): rows at or after it are of a day still open.
+pub fn today_key() -> i64 {
+    Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+}
+
+/// Rows of closed days only: today's keep arriving while a test runs.
+pub fn closed(rows: Vec<Row>) -> Vec<Row> {
+    rows.into_iter().filter(|r| r.4 < today_key()).collect()
+}
+
 pub fn days_before_today(n: i64) -> Vec<NaiveDate> {
     let today = Utc::now().date_naive();
     (1..=n)
