@@ -553,3 +553,77 @@ async fn checkpoints_and_vacuum_keep_the_log_short_and_the_disk_clean() {
     }
     sim.shutdown().await;
 }
+
+/// Two processes that nothing stops (each with a state of its own, so no lease between them)
+/// backfilling the same days into one Delta lake at once: both finish, the losers of each race
+/// redo their window on the new version, and the table holds every row once, no txn version
+/// twice and no object its log never named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_backfilling_one_delta_lake_at_once() {
+    let sim = start(SimConfig {
+        rows_per_day: 60,
+        job_delay: std::time::Duration::from_millis(200),
+        ..quick_sim("")
+    })
+    .await;
+    let days = days_before_today(6);
+    let keys: Vec<String> = days.iter().map(|d| d.to_string()).collect();
+    let want = expected(&sim, days.clone(), Utc::now());
+    let dir = tempfile::tempdir().unwrap();
+    let configs: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|w| {
+            let text = config_text(&sim, dir.path(), "csv", 2)
+                .replace("[lake]\n", "[lake]\nformat = \"delta\"\n")
+                .replace("state/state.db", &format!("state-{w}/state.db"));
+            let path = dir.path().join(format!("{w}.toml"));
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect();
+    let args = ["backfill", "--from", &keys[0], "--to", &keys[5]];
+    let children: Vec<_> = configs
+        .iter()
+        .map(|c| {
+            std::process::Command::new(bin())
+                .arg("--config")
+                .arg(c)
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut lost_races = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        lost_races += log.matches("committed by another writer").count();
+    }
+    assert!(
+        lost_races > 0,
+        "the two processes never raced for a version: the test proved nothing"
+    );
+    let table = dir.path().join("lake/hid_work_orders");
+    let mut settings = local_lake(&dir.path().join("lake"));
+    settings.format = dpss_sync::config::TableFormat::Delta;
+    assert_eq!(lake_rows_in(&settings, dir.path()).await, want);
+    if let Some(read) = read_delta(&table, None) {
+        assert_eq!(read.rows, want, "the Delta readers");
+    }
+    for t in [
+        table.clone(),
+        dir.path().join("lake/_quarantine/hid_work_orders"),
+    ] {
+        assert_txns_unique(&t);
+        let orphans: Vec<_> = files_on_disk(&t)
+            .difference(&files_in_log(&t))
+            .cloned()
+            .collect();
+        assert!(orphans.is_empty(), "files no version names: {orphans:?}");
+    }
+    sim.shutdown().await;
+}
