@@ -1,7 +1,6 @@
 //! Opening and creating a product's tables: the log store over the lake's own store, the schema,
 //! partitioning and properties this tool writes, and the check that an existing table has them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -13,7 +12,7 @@ use deltalake_core::{DeltaTable, DeltaTableError, TableProperty};
 use object_store::ObjectStore;
 use object_store::path::Path;
 
-use super::{DeltaError, Table, TableKind, files_by_partition, partition_value};
+use super::{DeltaError, Table, TableKind, add_action, files_by_partition, partition_value};
 use crate::lake::{Lake, LakeError};
 use crate::product::Product;
 
@@ -215,7 +214,7 @@ impl Lake {
         }
         let root = self.table_root(product, kind);
         let (log_store, display) = self.log_store(&root)?;
-        let existing: Vec<(String, u64, u64)> = self
+        let existing: Vec<(String, u64)> = self
             .list(&root)
             .await?
             .into_iter()
@@ -223,22 +222,12 @@ impl Lake {
                 m.location.as_ref().ends_with(".parquet")
                     && partition_value(&m.location, kind.partition_column()).is_some()
             })
-            .map(|m| (m.location.to_string(), m.size, 0))
+            .map(|m| (m.location.to_string(), m.size))
             .collect();
-        let placeholder = Table {
-            kind,
-            display: display.clone(),
-            root: root.clone(),
-            table: DeltaTable::new(log_store.clone()),
-            files: BTreeMap::new(),
-        };
-        let adopted: Vec<Action> = placeholder
-            .adds(&existing)
-            .into_iter()
-            .map(|mut a| {
-                a.stats = None;
-                Action::Add(a)
-            })
+        // Rows unknown without reading them: adopted files carry no statistics.
+        let adopted: Vec<Action> = existing
+            .iter()
+            .map(|(path, size)| Action::Add(add_action(&root, kind, path, *size, None)))
             .collect();
         let retention = format!("interval {} seconds", self.retention.as_secs());
         CreateBuilder::new()

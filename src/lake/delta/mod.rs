@@ -190,11 +190,7 @@ impl Table {
 
     /// The file's path relative to the table root, as the log names it.
     pub fn relative<'a>(&self, location: &'a Path) -> &'a str {
-        let full = location.as_ref();
-        let root = self.root.as_ref();
-        full.strip_prefix(root)
-            .map(|r| r.trim_start_matches('/'))
-            .unwrap_or(full)
+        relative_to(&self.root, location)
     }
 
     /// The last `txn` version the table holds for `product`'s writes.
@@ -249,29 +245,9 @@ impl Table {
 
     /// An add action for each new object (path in the lake's store, size, rows).
     pub fn adds(&self, objects: &[(String, u64, u64)]) -> Vec<Add> {
-        let now = Utc::now().timestamp_millis();
-        let column = self.kind.partition_column();
         objects
             .iter()
-            .map(|(path, size, rows)| {
-                let location = Path::from(path.as_str());
-                Add {
-                    path: self.relative(&location).to_string(),
-                    partition_values: HashMap::from([(
-                        column.to_string(),
-                        partition_value(&location, column),
-                    )]),
-                    size: *size as i64,
-                    modification_time: now,
-                    data_change: true,
-                    stats: Some(format!("{{\"numRecords\":{rows}}}")),
-                    tags: None,
-                    deletion_vector: None,
-                    base_row_id: None,
-                    default_row_commit_version: None,
-                    clustering_provider: None,
-                }
-            })
+            .map(|(path, size, rows)| add_action(&self.root, self.kind, path, *size, Some(*rows)))
             .collect()
     }
 
@@ -447,6 +423,33 @@ impl Table {
         self.table = table;
         self.files = files_by_partition(&self.table, &self.root, self.kind);
         Ok(metrics.files_deleted.len())
+    }
+}
+
+fn relative_to<'a>(root: &Path, location: &'a Path) -> &'a str {
+    let full = location.as_ref();
+    full.strip_prefix(root.as_ref())
+        .map(|r| r.trim_start_matches('/'))
+        .unwrap_or(full)
+}
+
+/// The add action of an object at `path` in the lake's store, under the table rooted at `root`;
+/// `rows` become its statistics when known.
+fn add_action(root: &Path, kind: TableKind, path: &str, size: u64, rows: Option<u64>) -> Add {
+    let location = Path::from(path);
+    let column = kind.partition_column();
+    Add {
+        path: relative_to(root, &location).to_string(),
+        partition_values: HashMap::from([(column.to_string(), partition_value(&location, column))]),
+        size: size as i64,
+        modification_time: Utc::now().timestamp_millis(),
+        data_change: true,
+        stats: rows.map(|n| format!("{{\"numRecords\":{n}}}")),
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+        clustering_provider: None,
     }
 }
 
