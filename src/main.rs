@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         match load_settings(&cli) {
             Ok(s) => Some(s),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", dpss_sync::model::cut(&e.to_string()));
                 return ExitCode::from(2);
             }
         }
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         match result {
             Ok(code) => Ok(code),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", dpss_sync::model::cut(&e.to_string()));
                 Ok(e.exit_code())
             }
         }

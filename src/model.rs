@@ -87,6 +87,60 @@ pub fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
+/// The longest error text kept: what is stored in the state, logged or printed. A vendor's
+/// error body or a broken export's header can be any size, and the state, `status` and the log
+/// must not grow with it.
+pub const MAX_ERROR_TEXT: usize = 2048;
+
+/// `text` cut to at most [`MAX_ERROR_TEXT`] bytes, at a character boundary, with a note of the
+/// cut and the full length; unchanged (and not copied) when it fits.
+pub fn cut(text: &str) -> std::borrow::Cow<'_, str> {
+    cut_to(text, MAX_ERROR_TEXT)
+}
+
+/// [`cut`] at `max` bytes, note included.
+pub fn cut_to(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let note = format!(" … [cut: {} bytes in all]", text.len());
+    let mut end = max.saturating_sub(note.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{note}", &text[..end]))
+}
+
+/// The first KiB of a value too large to keep, as the quarantine shows it.
+pub const VALUE_HEAD: usize = 1024;
+
+/// The first [`VALUE_HEAD`] bytes of `bytes` as text (a broken character at the cut, or any
+/// invalid UTF-8, shown as U+FFFD), with a note of the full size when cut.
+pub fn value_head(bytes: &[u8], total: u64) -> String {
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(VALUE_HEAD)]);
+    if total as usize > VALUE_HEAD || bytes.len() > VALUE_HEAD {
+        format!("{head} … [first {VALUE_HEAD} of {total} bytes]")
+    } else {
+        head.into_owned()
+    }
+}
+
+/// Whether a vendor string may name a file or a path segment: 1 to 128 characters of
+/// `[A-Za-z0-9._-]`, not starting with a dot (no `..`, no hidden file, no separator).
+pub fn is_safe_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A vendor string as an error message shows it: escaped (no control character or newline
+/// reaches a log line) and cut to 200 bytes.
+pub fn shown(s: &str) -> String {
+    let escaped: String = s.chars().flat_map(char::escape_debug).collect();
+    cut_to(&escaped, 200).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +157,47 @@ mod tests {
         assert!(c.reconciles());
         c.written -= 1;
         assert!(!c.reconciles());
+    }
+
+    #[test]
+    fn long_texts_are_cut_with_a_note_and_short_ones_kept() {
+        assert!(matches!(cut("short"), std::borrow::Cow::Borrowed("short")));
+        let long = "é".repeat(5000);
+        let c = cut(&long);
+        assert!(c.len() <= MAX_ERROR_TEXT, "{}", c.len());
+        assert!(c.ends_with("[cut: 10000 bytes in all]"), "{c}");
+        assert!(c.starts_with("éé"));
+    }
+
+    #[test]
+    fn only_plain_names_are_safe() {
+        for ok in ["6ab9821f-4c56-4ad8-8815-8a67be55878f", "job_1.v2", "A"] {
+            assert!(is_safe_name(ok), "{ok}");
+        }
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            ".hidden",
+            "..",
+            "../../tmp/x",
+            "a/b",
+            "a\\b",
+            "x y",
+            "é",
+            &long,
+            "a\0",
+        ] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+        assert_eq!(shown("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn a_value_head_is_the_first_kib_with_its_size() {
+        let v = vec![b'x'; 5000];
+        let h = value_head(&v, 5000);
+        assert!(h.starts_with(&"x".repeat(1024)) && h.ends_with("[first 1024 of 5000 bytes]"));
+        assert_eq!(value_head(b"abc", 3), "abc");
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl InternalEvent for VendorRequest<'_> {
                 status = self.status,
                 attempt = self.attempt,
                 duration_ms = ms,
-                error = e,
+                error = %crate::model::cut(e),
                 "vendor request failed"
             ),
         }
@@ -91,7 +91,7 @@ impl InternalEvent for Retrying<'_> {
             attempt = self.attempt,
             wait_ms = self.wait.as_millis() as u64,
             retry_after = self.retry_after,
-            reason = self.reason,
+            reason = %crate::model::cut(self.reason),
             "retrying"
         );
         counter!("dpss_sync_retries_total", "endpoint" => self.endpoint).increment(1);
@@ -234,7 +234,7 @@ pub struct WindowFailed<'a> {
 
 impl InternalEvent for WindowFailed<'_> {
     fn emit(self) {
-        tracing::error!(product = %self.product, window = self.window, error = self.error, "window failed");
+        tracing::error!(product = %self.product, window = self.window, error = %crate::model::cut(self.error), "window failed");
         counter!("dpss_sync_windows_total", "product" => self.product.config_name(), "outcome" => "failed").increment(1);
     }
 }
@@ -254,7 +254,7 @@ impl InternalEvent for CycleFinished<'_> {
                 tracing::info!(product = %self.product, outcome = self.outcome, duration_ms = self.duration.as_millis() as u64, "cycle finished")
             }
             Some(e) => {
-                tracing::error!(product = %self.product, outcome = self.outcome, error = e, "cycle failed")
+                tracing::error!(product = %self.product, outcome = self.outcome, error = %crate::model::cut(e), "cycle failed")
             }
         }
         let p = self.product.config_name();
@@ -342,7 +342,7 @@ pub struct CyclePanicked<'a> {
 
 impl InternalEvent for CyclePanicked<'_> {
     fn emit(self) {
-        tracing::error!(product = %self.product, panic = self.panic, "cycle panicked; the next tick runs as usual");
+        tracing::error!(product = %self.product, panic = %crate::model::cut(self.panic), "cycle panicked; the next tick runs as usual");
         counter!("dpss_sync_cycle_panics_total", "product" => self.product.config_name())
             .increment(1);
     }
@@ -399,6 +399,23 @@ impl InternalEvent for HistoryPruned {
         for (table, n) in [("runs", p.runs), ("jobs", p.jobs), ("windows", p.windows)] {
             counter!("dpss_sync_history_pruned_total", "table" => table).increment(n);
         }
+    }
+}
+
+/// A connection the HTTP server closed at once: `server.max_connections` were open.
+pub struct ConnectionRefused {
+    pub max_connections: usize,
+}
+
+impl InternalEvent for ConnectionRefused {
+    fn emit(self) {
+        // At debug: a flood of connections must not become a flood of log lines; the
+        // counter shows it.
+        tracing::debug!(
+            max_connections = self.max_connections,
+            "refused a connection: server.max_connections are open"
+        );
+        counter!("dpss_sync_http_connections_refused_total").increment(1);
     }
 }
 
@@ -501,8 +518,13 @@ pub fn register_metrics(products: &[Product]) {
         "dpss_sync_submissions_unknown_total",
         "Batch requests of unknown outcome"
     );
+    describe_counter!(
+        "dpss_sync_http_connections_refused_total",
+        "Connections closed at once because server.max_connections were open"
+    );
     lease::register_metrics();
     counter!("dpss_sync_downloaded_bytes_total").absolute(0);
+    counter!("dpss_sync_http_connections_refused_total").absolute(0);
     for endpoint in ENDPOINTS {
         for name in [
             "dpss_sync_retries_total",

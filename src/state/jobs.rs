@@ -109,8 +109,8 @@ impl State {
                 "UPDATE jobs SET status = $1, polls = polls + 1, error = COALESCE($2, error),
                finished_at = CASE WHEN $3 THEN $4 ELSE finished_at END WHERE job_id = $5",
             )
-            .bind(status)
-            .bind(error)
+            .bind(crate::model::cut_to(status, 200))
+            .bind(error.map(crate::model::cut))
             .bind(finished)
             .bind(now())
             .bind(job_id)

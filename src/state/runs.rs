@@ -130,7 +130,7 @@ impl State {
             .bind(totals.counts.written as i64)
             .bind(totals.counts.quarantined as i64)
             .bind(totals.counts.duplicates as i64)
-            .bind(error)
+            .bind(error.map(crate::model::cut))
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -162,7 +162,9 @@ impl State {
             rows_written: r.col("rows_written")?,
             rows_quarantined: r.col("rows_quarantined")?,
             rows_duplicate: r.col("rows_duplicate")?,
-            error: r.col("error")?,
+            error: r
+                .col::<Option<String>>("error")?
+                .map(|e| crate::model::cut(&e).into_owned()),
         })
     }
 }

@@ -130,7 +130,9 @@ impl State {
             job_id: r.col("job_id")?,
             attempts: r.col("attempts")?,
             counts,
-            error: r.col("error")?,
+            error: r
+                .col::<Option<String>>("error")?
+                .map(|e| crate::model::cut(&e).into_owned()),
             updated_at: r.col("updated_at")?,
             committed_at: r.col("committed_at")?,
             failures: r.col("failures")?,
@@ -232,7 +234,7 @@ impl State {
         in_tx!(self, |tx| {
             sqlx::query("UPDATE windows SET stage = $1, error = $2, updated_at = $3 WHERE id = $4")
                 .bind(stage.as_str())
-                .bind(error)
+                .bind(error.map(crate::model::cut))
                 .bind(now())
                 .bind(window_id)
                 .execute(&mut *tx)

@@ -45,7 +45,11 @@ impl Pipeline {
         .await;
         let (counts, error, refused) = match result {
             Ok(c) => (Some(c), None, false),
-            Err(e) => (None, Some(e.to_string()), e.refuses_request()),
+            Err(e) => (
+                None,
+                Some(crate::model::cut(&e.to_string()).into_owned()),
+                e.refuses_request(),
+            ),
         };
         let window = WindowReport {
             key,
