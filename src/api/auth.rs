@@ -91,8 +91,8 @@ impl TokenProvider {
             .await
             .map_err(|e| ApiError::network("token", &at, None, e))?;
         let status = resp.status();
-        let body = resp
-            .text()
+        let retry_after = super::call::retry_after(resp.headers());
+        let (body, _) = super::call::body_text(resp, super::call::MAX_ERROR_BODY)
             .await
             .map_err(|e| ApiError::network("token", &at, None, e))?;
         VendorRequest {
@@ -105,11 +105,22 @@ impl TokenProvider {
             error: None,
         }
         .emit();
+        // Throttling and outages say nothing about the credentials: retried, never reported as
+        // a refusal.
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(ApiError::TokenUnavailable {
+                at,
+                status: status.as_u16(),
+                detail: oauth_error(&body).unwrap_or_else(|| "(no OAuth error in the body)".into()),
+                retry_after,
+            });
+        }
         if !status.is_success() {
             return Err(ApiError::Auth {
                 at,
                 status: status.as_u16(),
-                detail: oauth_error(&body),
+                detail: oauth_error(&body)
+                    .unwrap_or_else(|| "the identity server refused the client credentials".into()),
             });
         }
         let json: Value = serde_json::from_str(&body).map_err(|e| ApiError::Decode {
@@ -151,16 +162,14 @@ impl TokenProvider {
     }
 }
 
-/// The OAuth error code, never the raw body (which might echo what was sent).
-fn oauth_error(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            let err = v.get("error")?.as_str()?.to_string();
-            Some(match v.get("error_description").and_then(Value::as_str) {
-                Some(d) => format!("{err}: {d}"),
-                None => err,
-            })
-        })
-        .unwrap_or_else(|| "the identity server refused the client credentials".into())
+/// The OAuth error code and description, never the raw body (which might echo what was sent),
+/// cut to a line's length.
+fn oauth_error(body: &str) -> Option<String> {
+    let v = serde_json::from_str::<Value>(body).ok()?;
+    let err = v.get("error")?.as_str()?;
+    let text = match v.get("error_description").and_then(Value::as_str) {
+        Some(d) => format!("{err}: {d}"),
+        None => err.to_string(),
+    };
+    Some(crate::model::cut_to(&text, 300).into_owned())
 }

@@ -75,13 +75,33 @@ pub enum ApiError {
         correlation_id: Option<Uuid>,
         detail: String,
     },
-    #[error("{endpoint} ({at}{}): gave up after {attempts} attempts; last error: {last}", correlation(.correlation_id))]
+    #[error("{endpoint} ({at}{}): gave up after {attempts} attempts (api.max_attempts); last error: {last}", correlation(.correlation_id))]
     RetriesExhausted {
         endpoint: &'static str,
         at: String,
         correlation_id: Option<Uuid>,
         attempts: u32,
         last: String,
+    },
+    #[error(
+        "{endpoint} ({at}): the server asked to wait {} (Retry-After), longer than \
+         api.max_retry_after ({}); not retried now: the window waits for a later cycle",
+        humantime::format_duration(*.wait), humantime::format_duration(*.max)
+    )]
+    Throttled {
+        endpoint: &'static str,
+        at: String,
+        wait: Duration,
+        max: Duration,
+    },
+    #[error(
+        "token ({at}): the identity server is throttling or unavailable (HTTP {status}): {detail}"
+    )]
+    TokenUnavailable {
+        at: String,
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
     },
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
@@ -93,7 +113,7 @@ pub enum ApiError {
     LinkRejected { url: String, status: u16 },
     #[error("download from {url} failed: {detail}")]
     Download { url: String, detail: String },
-    #[error("download from {url} exceeds the {limit}-byte limit")]
+    #[error("download from {url} exceeds lake.max_uncompressed_size ({limit} bytes)")]
     TooLarge { url: String, limit: u64 },
 }
 
@@ -156,6 +176,8 @@ pub struct ClientSettings {
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// `api.max_retry_after`: the longest `Retry-After` waited out; longer ones defer.
+    pub max_retry_after: Duration,
 }
 
 pub struct DpssClient {
@@ -195,6 +217,7 @@ impl DpssClient {
                 max_attempts: s.api.max_attempts,
                 retry_base: Duration::from_millis(500),
                 retry_cap: Duration::from_secs(30),
+                max_retry_after: s.api.max_retry_after,
             },
             Credentials {
                 token_url: s.auth.token_url.clone(),
