@@ -39,6 +39,12 @@ pub enum FetchError {
     LinksRefused { job_id: String, attempts: u32 },
     #[error("window {0} has no recorded job id")]
     NoJob(String),
+    #[error(
+        "the vendor answered the batch request with job id `{0}`, which is not 1 to 128 \
+         characters of A-Z, a-z, 0-9, `.`, `_` and `-` (no leading dot); it is never used as a \
+         file name or in a URL, so the window fails"
+    )]
+    BadJobId(String),
 }
 
 impl FetchError {
@@ -46,6 +52,9 @@ impl FetchError {
     /// server that fails (5xx) or throttles (429) says nothing about the credentials.
     pub fn is_permanent(&self) -> bool {
         match self {
+            // The same vendor answers the same way: a retry within the run would only make
+            // another job with another unusable id.
+            FetchError::BadJobId(_) => true,
             FetchError::Api(ApiError::Auth { status, .. }) => {
                 (400..500).contains(status) && ![408, 429].contains(status)
             }
@@ -63,6 +72,8 @@ pub struct Fetcher<'a> {
     pub state: &'a State,
     pub api: &'a ApiSettings,
     pub work_dir: &'a Path,
+    /// The largest download taken: an export's bytes unpack to at least as many.
+    pub max_download: u64,
 }
 
 /// A window's export on disk.
@@ -72,8 +83,13 @@ pub struct Fetched {
 }
 
 impl Fetcher<'_> {
-    pub fn zip_path(&self, job_id: &str) -> PathBuf {
-        self.work_dir.join(format!("{job_id}.zip"))
+    /// Where a job's download goes: named by its id, which [`Self::submit`] checked (a state
+    /// written before the check is checked again here).
+    pub fn zip_path(&self, job_id: &str) -> Result<PathBuf, FetchError> {
+        if !crate::model::is_safe_name(job_id) {
+            return Err(FetchError::BadJobId(crate::model::shown(job_id)));
+        }
+        Ok(self.work_dir.join(format!("{job_id}.zip")))
     }
 
     /// Submits the window's job unless one is recorded; the id is stored before this returns.
@@ -94,6 +110,9 @@ impl Fetcher<'_> {
             .client
             .create_batch(subscription_id, file_type, tokens)
             .await?;
+        if !crate::model::is_safe_name(&job.job_id) {
+            return Err(FetchError::BadJobId(crate::model::shown(&job.job_id)));
+        }
         let deadline = Utc::now()
             + chrono::Duration::from_std(self.api.job_timeout)
                 .unwrap_or(chrono::Duration::hours(2));
@@ -125,7 +144,7 @@ impl Fetcher<'_> {
         subscription_id: &str,
         resumed: bool,
     ) -> Result<Fetched, FetchError> {
-        let path = self.zip_path(job_id);
+        let path = self.zip_path(job_id)?;
         if matches!(window.stage, Stage::Downloaded | Stage::Written) && path.exists() {
             return Ok(Fetched {
                 job_id: job_id.to_string(),
@@ -137,7 +156,7 @@ impl Fetcher<'_> {
             let job = self.poll(job_id, subscription_id, wait_first).await?;
             wait_first = false;
             let url = job.download_url.expect("poll returns only with a link");
-            match self.client.download(&url, &path, u64::MAX).await {
+            match self.client.download(&url, &path, self.max_download).await {
                 Ok(_) => {
                     self.state
                         .set_stage(window.id, Stage::Downloaded, None)
@@ -225,8 +244,8 @@ impl Fetcher<'_> {
                     self.finished(&record, "failed");
                     return Err(FetchError::JobFailed {
                         job_id: job_id.to_string(),
-                        status: job.status,
-                        message: job.message,
+                        status: crate::model::shown(&job.status),
+                        message: job.message.map(|m| crate::model::cut(&m).into_owned()),
                     });
                 }
                 _ => {

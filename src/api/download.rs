@@ -98,57 +98,70 @@ impl DpssClient {
                 limit: max_bytes,
             });
         }
+        let dir = dest.parent().unwrap_or(Path::new("."));
         if let Some(n) = expected {
-            let dir = dest.parent().unwrap_or(Path::new("."));
             crate::disk::ensure_room(dir, n, &format!("the {n}-byte download"))?;
         }
+        // The announced size may be absent, or wrong: the free space is looked at as it streams.
+        let mut reserve = crate::disk::Reserve::new(dir, format!("the download from {shown}"))?;
         crate::progress::download_started(expected);
         let part = dest.with_extension("part");
-        let mut file = tokio::fs::File::create(&part)
+        // Owner-only: an export is the utility's data, and the work directory may be shared.
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&part)
             .await
             .map_err(|e| fail(format!("cannot create {}: {e}", part.display())))?;
-        let mut written = 0u64;
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    drop(file);
-                    let _ = tokio::fs::remove_file(&part).await;
-                    return Err(fail(format!(
+        let streamed = async {
+            let mut written = 0u64;
+            let mut body = resp.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| {
+                    fail(format!(
                         "connection broke after {written} bytes: {}",
                         error_chain(&e.without_url())
-                    )));
+                    ))
+                })?;
+                written += chunk.len() as u64;
+                crate::progress::downloaded(chunk.len() as u64);
+                if written > max_bytes {
+                    return Err(ApiError::TooLarge {
+                        url: shown.to_string(),
+                        limit: max_bytes,
+                    });
                 }
-            };
-            written += chunk.len() as u64;
-            crate::progress::downloaded(chunk.len() as u64);
-            if written > max_bytes {
-                drop(file);
-                let _ = tokio::fs::remove_file(&part).await;
-                return Err(ApiError::TooLarge {
-                    url: shown.to_string(),
-                    limit: max_bytes,
-                });
+                reserve.wrote(chunk.len() as u64)?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| fail(format!("cannot write {}: {e}", part.display())))?;
             }
-            file.write_all(&chunk)
+            if let Some(n) = expected
+                && n != written
+            {
+                return Err(fail(format!("truncated: got {written} of {n} bytes")));
+            }
+            file.sync_all()
                 .await
-                .map_err(|e| fail(format!("cannot write {}: {e}", part.display())))?;
+                .map_err(|e| fail(format!("cannot flush {}: {e}", part.display())))?;
+            Ok(written)
         }
-        if let Some(n) = expected
-            && n != written
-        {
-            drop(file);
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(fail(format!("truncated: got {written} of {n} bytes")));
-        }
-        file.sync_all()
-            .await
-            .map_err(|e| fail(format!("cannot flush {}: {e}", part.display())))?;
+        .await;
         drop(file);
-        tokio::fs::rename(&part, dest)
-            .await
-            .map_err(|e| fail(format!("cannot rename {}: {e}", part.display())))?;
+        // A failed download leaves nothing behind: a partial file holds space and no rows.
+        let written = match streamed {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = tokio::fs::rename(&part, dest).await {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(fail(format!("cannot rename {}: {e}", part.display())));
+        }
         self.stats
             .bytes_downloaded
             .fetch_add(written, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
@@ -108,7 +109,14 @@ pub fn write_file(
     batches: impl IntoIterator<Item = RecordBatch>,
 ) -> Result<usize, SpillError> {
     let fail = SpillError::at(path);
-    let file = File::create(path).map_err(|e| fail(e.to_string()))?;
+    // Owner-only, as downloads are: these are the export's rows.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
     let mut w =
         FileWriter::try_new(BufWriter::new(file), schema).map_err(|e| fail(e.to_string()))?;
     let mut count = 0;
