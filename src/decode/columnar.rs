@@ -1,19 +1,61 @@
 //! Parquet and ORC parts, with typed or string columns. A typed timestamp, date or integer in
 //! the column that holds one is passed on typed; anything else is cast to text, so that one
 //! normalizer validates every format alike.
+//!
+//! The readers are other people's code over bytes nobody vouches for: a panic inside one is
+//! this part's error, not the process's, and a text value past `decode.max_field_size`
+//! quarantines its row (with the value's first KiB) instead of travelling on.
 
 use std::fs::File;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Date32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, StringArray, TimestampMicrosecondArray,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
-use super::{BATCH_ROWS, DecodeError, DecodeSummary, RawBatch, RawColumn, Sink, map_header};
+use super::{
+    BATCH_ROWS, DecodeError, DecodeLimits, DecodeSummary, RawBatch, RawColumn, RowError, Sink,
+    map_header,
+};
+use crate::config::FileType;
 use crate::product::Column;
+
+/// Bytes of decoded values a batch aims at: rows of ordinary width make full batches, a file of
+/// very wide rows smaller ones, so a batch's memory does not grow with its rows' width.
+const BATCH_BYTES: u64 = 32 << 20;
+
+/// Decodes a Parquet or ORC part from its scratch file.
+pub fn decode(
+    format: FileType,
+    file: File,
+    label: Arc<str>,
+    limits: &DecodeLimits,
+    summary: &mut DecodeSummary,
+    sink: &mut Sink<'_>,
+) -> Result<(), DecodeError> {
+    let run = AssertUnwindSafe(|| match format {
+        FileType::Orc => decode_orc(file, label.clone(), limits, summary, sink),
+        _ => decode_parquet(file, label.clone(), limits, summary, sink),
+    });
+    std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(DecodeError::Malformed {
+            file: label.to_string(),
+            detail: format!(
+                "the {format} reader gave up on this file ({})",
+                crate::model::cut_to(&why, 300)
+            ),
+        })
+    })
+}
 
 /// The column as the normalizer takes it: typed where the file's type is the column's own.
 fn raw_column(c: Column, a: &ArrayRef) -> Result<RawColumn, arrow::error::ArrowError> {
@@ -47,11 +89,55 @@ fn raw_column(c: Column, a: &ArrayRef) -> Result<RawColumn, arrow::error::ArrowE
     })
 }
 
+/// Text values past the field limit: their rows become row errors naming the column, and the
+/// values themselves nulls, so the quarantine keeps the first KiB and not the whole.
+fn oversized(cols: &mut [Option<RawColumn>], limit: usize) -> Vec<RowError> {
+    let mut errors = Vec::new();
+    for (c, col) in Column::ALL.iter().zip(cols.iter_mut()) {
+        let Some(RawColumn::Text(text)) = col else {
+            continue;
+        };
+        let offsets = text.value_offsets();
+        let big: Vec<usize> = (0..text.len())
+            .filter(|&i| (offsets[i + 1] - offsets[i]) as usize > limit && text.is_valid(i))
+            .collect();
+        if big.is_empty() {
+            continue;
+        }
+        for &row in &big {
+            let value = text.value(row).as_bytes();
+            errors.push(RowError {
+                row,
+                reason: format!(
+                    "{} is {} bytes, more than decode.max_field_size ({limit})",
+                    c.lake_name(),
+                    value.len()
+                ),
+                raw: Some(crate::model::value_head(value, value.len() as u64)),
+            });
+        }
+        let mask: BooleanArray = (0..text.len())
+            .map(|i| Some(big.binary_search(&i).is_ok()))
+            .collect();
+        let kept = arrow::compute::nullif(text, &mask).expect("mask length matches");
+        *col = Some(RawColumn::Text(
+            kept.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("nullif keeps the type")
+                .clone(),
+        ));
+    }
+    errors.sort_by_key(|e| e.row);
+    errors.dedup_by_key(|e| e.row);
+    errors
+}
+
 fn to_raw(
     batch: &RecordBatch,
     mapping: &[Option<Column>],
     file: &Arc<str>,
     first_row: u64,
+    max_field: usize,
 ) -> Result<RawBatch, DecodeError> {
     let mut cols: [Option<RawColumn>; 8] = Default::default();
     for (i, col) in mapping.iter().enumerate() {
@@ -68,9 +154,10 @@ fn to_raw(
         })?;
         cols[c.index()] = Some(raw);
     }
+    let errors = oversized(&mut cols, max_field);
     Ok(RawBatch {
         columns: cols.map(|c| c.expect("map_header checked every column")),
-        errors: Vec::new(),
+        errors,
         source: file.clone(),
         first_row,
     })
@@ -80,6 +167,7 @@ fn drain(
     batches: impl Iterator<Item = Result<RecordBatch, String>>,
     schema: arrow::datatypes::SchemaRef,
     file: Arc<str>,
+    limits: &DecodeLimits,
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
@@ -93,16 +181,22 @@ fn drain(
         })?;
         let n = b.num_rows() as u64;
         if n > 0 {
-            sink(to_raw(&b, &mapping, &file, row)?)?;
+            sink(to_raw(&b, &mapping, &file, row, limits.max_field)?)?;
         }
         row += n;
     }
     Ok(())
 }
 
-pub fn decode_parquet(
+/// Rows per batch for row groups of this many bytes per row (the widest group decides).
+fn batch_rows(bytes_per_row: u64) -> usize {
+    (BATCH_BYTES / bytes_per_row.max(1)).clamp(1, BATCH_ROWS as u64) as usize
+}
+
+fn decode_parquet(
     file: File,
     label: Arc<str>,
+    limits: &DecodeLimits,
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
@@ -112,26 +206,34 @@ pub fn decode_parquet(
             detail: format!("not a readable Parquet file: {e}"),
         })?;
     let schema = builder.schema().clone();
-    let reader =
-        builder
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(|e| DecodeError::Malformed {
-                file: label.to_string(),
-                detail: e.to_string(),
-            })?;
+    let widest = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.total_byte_size().max(0) as u64 / g.num_rows().max(1) as u64)
+        .max()
+        .unwrap_or(0);
+    let reader = builder
+        .with_batch_size(batch_rows(widest))
+        .build()
+        .map_err(|e| DecodeError::Malformed {
+            file: label.to_string(),
+            detail: e.to_string(),
+        })?;
     drain(
         reader.map(|r| r.map_err(|e| e.to_string())),
         schema,
         label,
+        limits,
         summary,
         sink,
     )
 }
 
-pub fn decode_orc(
+fn decode_orc(
     file: File,
     label: Arc<str>,
+    limits: &DecodeLimits,
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
@@ -146,6 +248,7 @@ pub fn decode_orc(
         reader.map(|r| r.map_err(|e| e.to_string())),
         schema,
         label,
+        limits,
         summary,
         sink,
     )
@@ -189,7 +292,7 @@ mod tests {
             .map(|f| f.name().clone())
             .collect();
         let mapping = map_header(&names, "p.parquet", &mut DecodeSummary::default()).unwrap();
-        let raw = to_raw(&part, &mapping, &Arc::from("p.parquet"), 1).unwrap();
+        let raw = to_raw(&part, &mapping, &Arc::from("p.parquet"), 1, 1 << 20).unwrap();
         let cell = |c: Column| raw.columns[c.index()].cell(0).unwrap();
         // The zone only names how to show the instant: the value is the UTC instant, in µs.
         assert_eq!(
@@ -204,5 +307,22 @@ mod tests {
         assert_eq!(cell(Column::EventDate).to_string(), "2024-06-13");
         assert_eq!(cell(Column::Phase), Cell::Int(3));
         assert_eq!(cell(Column::IssueId), Cell::Text("19865"));
+        // Past the field limit, the reason's value is a row error with its head, and a null.
+        let raw = to_raw(&part, &mapping, &Arc::from("p.parquet"), 1, 4).unwrap();
+        assert_eq!(raw.errors.len(), 1);
+        assert!(
+            raw.errors[0]
+                .reason
+                .contains("more than decode.max_field_size (4)"),
+            "{:?}",
+            raw.errors
+        );
+        assert_eq!(raw.columns[Column::ServicePointId.index()].cell(0), None);
+        assert_eq!(
+            raw.columns[Column::Reason.index()].cell(0),
+            Some(Cell::Text("x"))
+        );
+        assert_eq!(batch_rows(100), BATCH_ROWS);
+        assert_eq!(batch_rows(4 << 20), 8);
     }
 }

@@ -1,11 +1,139 @@
 //! CSV by header name: any column order and casing, a BOM, CRLF, quoted commas, quotes and
 //! newlines, and the vendor's trailing comma (an unnamed empty last column).
+//!
+//! Records are read with `csv_core` into a buffer of our own that never grows past
+//! `decode.max_record_size`: a longer record (a 256 MiB line, an unclosed quote) is read to its
+//! end without being kept, and quarantined with its first KiB. The `csv` crate's reader grows
+//! its record to whatever the line holds.
 
-use std::io::Read;
+use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
 
-use super::{DecodeError, DecodeSummary, RawBuilder, Sink, map_header};
+use csv_core::{ReadRecordResult, Reader};
+
+use super::{DecodeError, DecodeLimits, DecodeSummary, RawBuilder, Sink, map_header};
+use crate::model::{VALUE_HEAD, value_head};
 use crate::product::Column;
+
+/// Fields a record may have: far more than any export's columns; more is a broken line, and
+/// each field's end costs memory of its own.
+const MAX_FIELDS: usize = 4096;
+
+/// What reading one record gave.
+enum Record {
+    /// A record of this many fields, in `out` up to the last end.
+    Fields(usize),
+    /// A record past the limits, read to its end and dropped: how many bytes, and why.
+    TooLarge {
+        bytes: u64,
+        fields: bool,
+    },
+    End,
+}
+
+/// Records of one part, each in bounded memory.
+struct Records<R> {
+    core: Reader,
+    input: BufReader<R>,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    max_record: usize,
+    /// The first KiB of the current record's raw text, for the quarantine.
+    head: Vec<u8>,
+}
+
+impl<R: Read> Records<R> {
+    fn new(reader: R, max_record: usize) -> Self {
+        Self {
+            core: Reader::new(),
+            input: BufReader::with_capacity(1 << 20, reader),
+            out: vec![0; 4096.min(max_record.max(1))],
+            ends: vec![0; 64],
+            max_record: max_record.max(1),
+            head: Vec::new(),
+        }
+    }
+
+    /// Skips a UTF-8 byte order mark at the start.
+    fn skip_bom(&mut self) -> io::Result<()> {
+        let buf = self.input.fill_buf()?;
+        if buf.starts_with("\u{feff}".as_bytes()) {
+            self.input.consume(3);
+        }
+        Ok(())
+    }
+
+    fn next(&mut self) -> io::Result<Record> {
+        let (mut outlen, mut endlen) = (0usize, 0usize);
+        let (mut bytes, mut over_bytes, mut over_fields) = (0u64, false, false);
+        self.head.clear();
+        loop {
+            let input = self.input.fill_buf()?;
+            let (res, nin, nout, nend) =
+                self.core
+                    .read_record(input, &mut self.out[outlen..], &mut self.ends[endlen..]);
+            let keep = nin.min(VALUE_HEAD.saturating_sub(self.head.len()));
+            self.head.extend_from_slice(&input[..keep]);
+            self.input.consume(nin);
+            bytes += nout as u64;
+            let over = over_bytes || over_fields;
+            if !over {
+                outlen += nout;
+                endlen += nend;
+            }
+            match res {
+                ReadRecordResult::InputEmpty => {}
+                ReadRecordResult::OutputFull if over => {}
+                ReadRecordResult::OutputFull if self.out.len() >= self.max_record => {
+                    // From here the record is only read to its end: the buffer is reused.
+                    (over_bytes, outlen, endlen) = (true, 0, 0);
+                }
+                ReadRecordResult::OutputFull => {
+                    let len = (self.out.len() * 2).min(self.max_record);
+                    self.out.resize(len, 0);
+                }
+                ReadRecordResult::OutputEndsFull if over => {}
+                ReadRecordResult::OutputEndsFull if self.ends.len() >= MAX_FIELDS => {
+                    (over_fields, outlen, endlen) = (true, 0, 0);
+                }
+                ReadRecordResult::OutputEndsFull => {
+                    let len = (self.ends.len() * 2).min(MAX_FIELDS);
+                    self.ends.resize(len, 0);
+                }
+                ReadRecordResult::Record if over => {
+                    return Ok(Record::TooLarge {
+                        bytes,
+                        fields: over_fields,
+                    });
+                }
+                ReadRecordResult::Record => return Ok(Record::Fields(endlen)),
+                ReadRecordResult::End => return Ok(Record::End),
+            }
+        }
+    }
+
+    /// The fields of the record [`Self::next`] read.
+    fn fields(&self, n: usize) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends[..n].iter().map(move |&end| {
+            let f = &self.out[start..end];
+            start = end;
+            f
+        })
+    }
+}
+
+/// The reason a record past the limits is quarantined for.
+fn too_large(bytes: u64, fields: bool, limits: &DecodeLimits) -> String {
+    if fields {
+        format!("record has more than {MAX_FIELDS} fields")
+    } else {
+        format!(
+            "record is over decode.max_record_size ({} bytes; {bytes} read)",
+            limits.max_record
+        )
+    }
+}
 
 /// `previous_header` is the header of an earlier part of the same export: a part written
 /// without a header row (Spark can) is read with it, provided no field of its first row is a
@@ -13,32 +141,32 @@ use crate::product::Column;
 pub fn decode(
     reader: impl Read,
     file: Arc<str>,
+    limits: &DecodeLimits,
     previous_header: &mut Option<Vec<String>>,
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .buffer_capacity(1 << 20)
-        .from_reader(reader);
-    let malformed = |e: csv::Error| DecodeError::Malformed {
+    let read_failed = |e: io::Error| DecodeError::Malformed {
         file: file.to_string(),
         detail: format!("CSV read failed: {e}"),
     };
-    let mut record = csv::ByteRecord::new();
-    if !rdr.read_byte_record(&mut record).map_err(malformed)? {
+    let mut records = Records::new(reader, limits.max_record);
+    records.skip_bom().map_err(read_failed)?;
+    let names: Vec<String> = match records.next().map_err(read_failed)? {
         // A part with not even a header: nothing in it.
-        return Ok(());
-    }
-    let names: Vec<String> = record
-        .iter()
-        .map(|f| {
-            String::from_utf8_lossy(f)
-                .trim_start_matches('\u{feff}')
-                .to_string()
-        })
-        .collect();
+        Record::End => return Ok(()),
+        Record::TooLarge { .. } => {
+            return Err(DecodeError::HeaderTooLarge {
+                file: file.to_string(),
+                limit: limits.max_record,
+            });
+        }
+        Record::Fields(n) => records
+            .fields(n)
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect(),
+    };
+    let first_fields = names.len();
     let headerless = names.iter().all(|n| Column::from_header(n).is_none())
         && previous_header
             .as_ref()
@@ -52,61 +180,90 @@ pub fn decode(
         *previous_header = Some(names);
         m
     };
-    let width = mapping.len();
     let mut out = RawBuilder::new(file.clone());
     let mut first_is_data = headerless;
     loop {
-        if !std::mem::take(&mut first_is_data)
-            && !rdr.read_byte_record(&mut record).map_err(malformed)?
-        {
-            break;
-        }
-        let ragged = (record.len() < width || record.iter().skip(width).any(|f| !f.is_empty()))
-            .then(|| format!("row has {} fields; the header has {width}", record.len()));
-        // Usually one UTF-8 check for the whole row; it hands the buffer back either way.
-        let whole = match ragged {
-            Some(_) => Err(std::mem::take(&mut record)),
-            None => csv::StringRecord::from_byte_record(std::mem::take(&mut record))
-                .map_err(|e| e.into_byte_record()),
-        };
-        record = match whole {
-            Ok(fields) => {
-                set_row(&mut out, &mapping, fields.iter());
-                fields.into_byte_record()
-            }
-            Err(bytes) => {
-                // Ragged, or some column is not UTF-8: only a mapped column's text matters.
-                let not_utf8 = mapping
-                    .iter()
-                    .zip(bytes.iter())
-                    .find(|(c, f)| c.is_some() && std::str::from_utf8(f).is_err())
-                    .map(|(c, _)| format!("{} is not valid UTF-8", c.expect("mapped").lake_name()));
-                match ragged.or(not_utf8) {
-                    Some(reason) => {
-                        let raw = bytes
-                            .iter()
-                            .map(|f| String::from_utf8_lossy(f).into_owned())
-                            .collect::<Vec<_>>()
-                            .join(",");
-                        out.error_row(reason, Some(raw));
+        // A headerless part's first record is a row, still in the buffer.
+        let fields = if std::mem::take(&mut first_is_data) {
+            first_fields
+        } else {
+            match records.next().map_err(read_failed)? {
+                Record::End => break,
+                Record::TooLarge { bytes, fields } => {
+                    let raw = value_head(&records.head, bytes.max(records.head.len() as u64));
+                    out.error_row(too_large(bytes, fields, limits), Some(raw));
+                    if out.is_full() {
+                        sink(out.take().expect("full"))?;
                     }
-                    None => set_row(
-                        &mut out,
-                        &mapping,
-                        bytes
-                            .iter()
-                            .map(|f| std::str::from_utf8(f).unwrap_or_default()),
-                    ),
+                    continue;
                 }
-                bytes
+                Record::Fields(n) => n,
             }
         };
+        match check_row(&records, fields, &mapping, limits) {
+            Ok(()) => set_row(
+                &mut out,
+                &mapping,
+                records
+                    .fields(fields)
+                    // Checked by `check_row`: every mapped field is UTF-8.
+                    .map(|f| std::str::from_utf8(f).unwrap_or_default()),
+            ),
+            Err(reason) => {
+                let raw = match reason.1 {
+                    Some(big) => big,
+                    None => records
+                        .fields(fields)
+                        .map(|f| String::from_utf8_lossy(f).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                };
+                out.error_row(reason.0, Some(raw));
+            }
+        }
         if out.is_full() {
             sink(out.take().expect("full"))?;
         }
     }
     if let Some(b) = out.take() {
         sink(b)?;
+    }
+    Ok(())
+}
+
+/// Why a record cannot be a row, if it cannot: too few fields or values past the header's
+/// width, a mapped field that is not UTF-8, or one past the field limit (with its first KiB, as
+/// the quarantine keeps it).
+fn check_row<R: Read>(
+    records: &Records<R>,
+    fields: usize,
+    mapping: &[Option<Column>],
+    limits: &DecodeLimits,
+) -> Result<(), (String, Option<String>)> {
+    let width = mapping.len();
+    let ragged = fields < width || records.fields(fields).skip(width).any(|f| !f.is_empty());
+    if ragged {
+        return Err((
+            format!("row has {fields} fields; the header has {width}"),
+            None,
+        ));
+    }
+    for (col, field) in mapping.iter().zip(records.fields(fields)) {
+        let Some(c) = col else { continue };
+        if field.len() > limits.max_field {
+            return Err((
+                format!(
+                    "{} is {} bytes, more than decode.max_field_size ({})",
+                    c.lake_name(),
+                    field.len(),
+                    limits.max_field
+                ),
+                Some(value_head(field, field.len() as u64)),
+            ));
+        }
+        if std::str::from_utf8(field).is_err() {
+            return Err((format!("{} is not valid UTF-8", c.lake_name()), None));
+        }
     }
     Ok(())
 }
@@ -140,6 +297,7 @@ mod tests {
         decode(
             text,
             Arc::from("t.csv"),
+            &DecodeLimits::default(),
             &mut None,
             &mut summary,
             &mut |b| {
@@ -219,6 +377,7 @@ mod tests {
             decode(
                 text.as_bytes(),
                 Arc::from("p.csv"),
+                &DecodeLimits::default(),
                 &mut previous,
                 &mut summary,
                 &mut |b| {
@@ -233,10 +392,96 @@ mod tests {
         let err = decode(
             b"Accepted,x\n".as_slice(),
             Arc::from("q.csv"),
+            &DecodeLimits::default(),
             &mut None,
             &mut summary,
             &mut |_| Ok(()),
         );
         assert!(err.unwrap_err().to_string().contains("required column"));
+    }
+
+    const HEADER: &str =
+        "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n";
+
+    fn limited(
+        text: &[u8],
+        max_field: usize,
+        max_record: usize,
+    ) -> Result<Vec<RawBatch>, DecodeError> {
+        let mut batches = Vec::new();
+        let limits = DecodeLimits {
+            max_field,
+            max_record,
+            ..DecodeLimits::default()
+        };
+        decode(
+            text,
+            Arc::from("big.csv"),
+            &limits,
+            &mut None,
+            &mut DecodeSummary::default(),
+            &mut |b| {
+                batches.push(b);
+                Ok(())
+            },
+        )?;
+        Ok(batches)
+    }
+
+    #[test]
+    fn a_field_past_its_limit_quarantines_its_row_with_the_first_kib() {
+        let big = "r".repeat(5000);
+        let text = format!(
+            "{HEADER}1,1,2,New,2024-06-15T00:00:00Z,{big},2024-06-15,3\n1,1,2,New,2024-06-15T00:00:00Z,ok,2024-06-15,4\n"
+        );
+        let b = &limited(text.as_bytes(), 4096, 1 << 20).unwrap()[0];
+        assert_eq!((b.num_rows(), b.errors.len()), (2, 1));
+        let e = &b.errors[0];
+        assert!(
+            e.reason
+                .contains("reason is 5000 bytes, more than decode.max_field_size (4096)"),
+            "{}",
+            e.reason
+        );
+        let raw = e.raw.as_deref().unwrap();
+        assert!(
+            raw.len() < 1100 && raw.ends_with("[first 1024 of 5000 bytes]"),
+            "{raw}"
+        );
+        assert_eq!(cell(b, Column::Reason, 1).as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn a_record_past_its_limit_is_read_through_and_quarantined_and_the_next_row_reads() {
+        // One long line, and an unclosed quote that swallows the rest of the file.
+        let long = "x".repeat(100_000);
+        let text = format!(
+            "{HEADER}{long},1\n1,1,2,New,2024-06-15T00:00:00Z,ok,2024-06-15,4\n9,1,2,New,2024-06-15T00:00:00Z,\"open{long}\n"
+        );
+        let b = &limited(text.as_bytes(), 4096, 8192).unwrap()[0];
+        assert_eq!((b.num_rows(), b.errors.len()), (3, 2));
+        assert!(
+            b.errors[0]
+                .reason
+                .contains("over decode.max_record_size (8192 bytes")
+        );
+        assert!(b.errors[0].raw.as_deref().unwrap().starts_with("xxxx"));
+        assert_eq!(cell(b, Column::Reason, 1).as_deref(), Some("ok"));
+        assert!(b.errors[1].raw.as_deref().unwrap().starts_with("9,1,2,New"));
+        // A header past the limit fails the part, naming it.
+        let err = limited(format!("{long}\n").as_bytes(), 4096, 8192).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::HeaderTooLarge { .. })
+                && err.to_string().contains("big.csv"),
+            "{err}"
+        );
+        // A line of nothing but commas is too many fields, not a crash or a huge vector.
+        let commas = ",".repeat(100_000);
+        let b = &limited(format!("{HEADER}{commas}\n").as_bytes(), 4096, 1 << 20).unwrap()[0];
+        assert!(
+            b.errors[0].reason.contains("more than 4096 fields"),
+            "{:?}",
+            b.errors
+        );
     }
 }

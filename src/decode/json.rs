@@ -5,6 +5,11 @@
 //! (tracking strings and nesting), and the element is parsed from its bytes with a visitor that
 //! borrows its strings. Parsing from a reader, or into `serde_json::Value`s, cost an allocation
 //! per key and value and made JSON the slowest format by far.
+//!
+//! An element or a line is one record: one that does not parse (`1e400`, nesting past serde's
+//! limit) quarantines that row alone, one past `decode.max_record_size` is scanned to its end
+//! without being kept, and a value past `decode.max_field_size` quarantines its row with its
+//! first KiB.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -16,15 +21,28 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{DecodeError, DecodeSummary, RawBuilder, Sink};
+use super::{DecodeError, DecodeLimits, DecodeSummary, RawBuilder, Sink};
+use crate::model::{VALUE_HEAD, value_head};
 use crate::product::Column;
+
+/// Distinct key spellings remembered with their column: a file with a million distinct keys
+/// costs this many entries, the rest are looked up each time.
+const MAX_KEYS: usize = 1024;
+
+/// The keys met in row objects: each spelling's column (up to [`MAX_KEYS`] spellings), and
+/// which columns some row named.
+#[derive(Default)]
+struct Keys {
+    columns: HashMap<String, Option<Column>>,
+    named: [bool; 8],
+}
 
 struct RowSink<'a, 'b> {
     out: RawBuilder,
-    /// Every key spelling met in a row object, and its column.
-    keys: HashMap<String, Option<Column>>,
+    keys: Keys,
     rows: u64,
     objects: u64,
+    limits: DecodeLimits,
     summary: &'a mut DecodeSummary,
     sink: &'a mut Sink<'b>,
 }
@@ -40,6 +58,22 @@ impl RowSink<'_, '_> {
         match cells {
             Some(cells) => {
                 self.objects += 1;
+                let max = self.limits.max_field;
+                if let Some(c) = Column::ALL
+                    .into_iter()
+                    .find(|c| cells[c.index()].as_ref().is_some_and(|v| v.len() > max))
+                {
+                    let v = cells[c.index()].as_deref().expect("found above").as_bytes();
+                    self.out.error_row(
+                        format!(
+                            "{} is {} bytes, more than decode.max_field_size ({max})",
+                            c.lake_name(),
+                            v.len()
+                        ),
+                        Some(value_head(v, v.len() as u64)),
+                    );
+                    return Ok(());
+                }
                 for c in Column::ALL {
                     self.out.set(c, cells[c.index()].as_deref());
                 }
@@ -52,6 +86,30 @@ impl RowSink<'_, '_> {
         Ok(())
     }
 
+    /// One record as read: parsed into a row, or quarantined with why it is none.
+    fn record(&mut self, record: &Record, what: &str) {
+        if record.total > self.limits.max_record as u64 {
+            self.rows += 1;
+            self.out.error_row(
+                format!(
+                    "{what} is over decode.max_record_size ({} bytes; {} read)",
+                    self.limits.max_record, record.total
+                ),
+                Some(value_head(&record.bytes, record.total)),
+            );
+            return;
+        }
+        let text = String::from_utf8_lossy(&record.bytes);
+        let text = text.trim();
+        if let Err(e) = self.row(text) {
+            self.rows += 1;
+            self.out.error_row(
+                format!("{what} is not valid JSON: {e}"),
+                Some(text.to_string()),
+            );
+        }
+    }
+
     fn flush_if_full(&mut self) -> Result<(), DecodeError> {
         if self.out.is_full() {
             (self.sink)(self.out.take().expect("full"))?;
@@ -60,9 +118,9 @@ impl RowSink<'_, '_> {
     }
 
     fn finish(mut self, file: &str) -> Result<(), DecodeError> {
-        for (k, c) in &self.keys {
+        for (k, c) in &self.keys.columns {
             if c.is_none() {
-                self.summary.unknown_columns.insert(k.clone());
+                self.summary.unknown(k);
             }
         }
         if let Some(b) = self.out.take() {
@@ -71,15 +129,56 @@ impl RowSink<'_, '_> {
         if self.objects > 0
             && let Some(c) = Column::ALL
                 .into_iter()
-                .find(|c| !self.keys.values().any(|k| *k == Some(*c)))
+                .find(|c| !self.keys.named[c.index()])
         {
             return Err(DecodeError::MissingColumn {
                 file: file.to_string(),
                 column: c.vendor_name(),
-                found: self.keys.keys().cloned().collect::<Vec<_>>().join(", "),
+                found: super::found(self.keys.columns.keys().map(String::as_str)),
             });
         }
         Ok(())
+    }
+}
+
+/// One element or line as read: its bytes up to the record limit, then only its first KiB, and
+/// how many bytes it had in all.
+struct Record {
+    bytes: Vec<u8>,
+    total: u64,
+    limit: usize,
+}
+
+impl Record {
+    fn new(limit: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            total: 0,
+            limit,
+        }
+    }
+
+    fn push(&mut self, more: &[u8]) {
+        self.total += more.len() as u64;
+        if self.total <= self.limit as u64 {
+            self.bytes.extend_from_slice(more);
+        } else if self.bytes.len() > VALUE_HEAD {
+            // Past the limit: what was kept is cut to its head, and nothing more is kept.
+            self.bytes.truncate(VALUE_HEAD);
+            self.bytes.shrink_to(VALUE_HEAD);
+        } else {
+            let room = VALUE_HEAD - self.bytes.len();
+            self.bytes.extend_from_slice(&more[..more.len().min(room)]);
+        }
+    }
+
+    fn is_blank(&self) -> bool {
+        self.bytes.iter().all(u8::is_ascii_whitespace)
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.total = 0;
     }
 }
 
@@ -87,7 +186,7 @@ impl RowSink<'_, '_> {
 /// an object.
 type Cells<'de> = Option<[Option<Cow<'de, str>>; 8]>;
 
-struct RowSeed<'k>(&'k mut HashMap<String, Option<Column>>);
+struct RowSeed<'k>(&'k mut Keys);
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
     type Value = Cells<'de>;
@@ -103,9 +202,12 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cells<'de>, A::Error> {
         let mut cells: [Option<Cow<'de, str>>; 8] = Default::default();
-        while let Some(col) = map.next_key_seed(KeySeed(&mut *self.0))? {
+        while let Some(col) = map.next_key_seed(KeySeed(&mut self.0.columns))? {
             match col {
-                Some(c) => cells[c.index()] = map.next_value_seed(CellSeed)?,
+                Some(c) => {
+                    self.0.named[c.index()] = true;
+                    cells[c.index()] = map.next_value_seed(CellSeed)?
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -157,7 +259,9 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
             return Ok(*c);
         }
         let c = Column::from_header(k);
-        self.0.insert(k.to_string(), c);
+        if self.0.len() < MAX_KEYS {
+            self.0.insert(k.to_string(), c);
+        }
         Ok(c)
     }
 }
@@ -262,6 +366,7 @@ impl Scanner {
 pub fn decode(
     reader: impl Read,
     file: Arc<str>,
+    limits: &DecodeLimits,
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
@@ -289,17 +394,17 @@ pub fn decode(
     };
     let mut rows = RowSink {
         out: RawBuilder::new(file.clone()),
-        keys: HashMap::new(),
+        keys: Keys::default(),
         rows: 0,
         objects: 0,
+        limits: *limits,
         summary,
         sink,
     };
+    let mut record = Record::new(limits.max_record);
     if first == b'[' {
         r.consume(1);
         let mut scanner = Scanner::default();
-        let mut element = Vec::new();
-        let mut elements = 0u64;
         loop {
             let buf = r.fill_buf().map_err(read_failed)?;
             if buf.is_empty() {
@@ -308,60 +413,73 @@ pub fn decode(
                 ));
             }
             let Some((at, boundary)) = scanner.scan(buf) else {
-                element.extend_from_slice(buf);
+                record.push(buf);
                 let n = buf.len();
                 r.consume(n);
                 continue;
             };
-            element.extend_from_slice(&buf[..at]);
+            record.push(&buf[..at]);
             r.consume(at + 1);
-            let text = std::str::from_utf8(&element)
-                .map_err(|e| {
-                    malformed(format!("invalid JSON array: element {}: {e}", elements + 1))
-                })?
-                .trim();
-            let closing_empty = matches!(boundary, Boundary::Close) && text.is_empty();
+            let closing_empty = matches!(boundary, Boundary::Close) && record.is_blank();
             if !closing_empty {
-                elements += 1;
-                rows.row(text).map_err(|e| {
-                    malformed(format!("invalid JSON array: element {elements}: {e}"))
-                })?;
+                let element = format!("element {}", rows.rows + 1);
+                rows.record(&record, &element);
                 rows.flush_if_full()?;
             }
-            element.clear();
+            record.clear();
             if matches!(boundary, Boundary::Close) {
                 break;
             }
         }
-        let mut rest = Vec::new();
-        r.read_to_end(&mut rest).map_err(read_failed)?;
-        if !rest.iter().all(u8::is_ascii_whitespace) {
-            return Err(malformed("content after the JSON array".into()));
-        }
-    } else {
-        let mut line = Vec::new();
+        // Whatever follows the array must be blank: looked at a buffer at a time, never held.
         loop {
-            line.clear();
-            let n = r.read_until(b'\n', &mut line).map_err(read_failed)?;
-            if n == 0 {
+            let buf = r.fill_buf().map_err(read_failed)?;
+            if buf.is_empty() {
                 break;
             }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim();
-            if text.is_empty() {
-                continue;
+            if !buf.iter().all(u8::is_ascii_whitespace) {
+                return Err(malformed("content after the JSON array".into()));
             }
-            if let Err(e) = rows.row(text) {
-                rows.rows += 1;
-                rows.out.error_row(
-                    format!("line is not valid JSON: {e}"),
-                    Some(text.to_string()),
-                );
+            let n = buf.len();
+            r.consume(n);
+        }
+    } else {
+        loop {
+            if !read_line(&mut r, &mut record).map_err(read_failed)? {
+                break;
             }
-            rows.flush_if_full()?;
+            if !record.is_blank() {
+                rows.record(&record, "line");
+                rows.flush_if_full()?;
+            }
+            record.clear();
         }
     }
     rows.finish(&file)
+}
+
+/// The next line into `record` (bounded as a record is); false at the end of the input.
+fn read_line(r: &mut impl BufRead, record: &mut Record) -> std::io::Result<bool> {
+    let mut any = false;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(any);
+        }
+        any = true;
+        match memchr::memchr(b'\n', buf) {
+            Some(at) => {
+                record.push(&buf[..at]);
+                r.consume(at + 1);
+                return Ok(true);
+            }
+            None => {
+                record.push(buf);
+                let n = buf.len();
+                r.consume(n);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +493,7 @@ mod tests {
         decode(
             text.as_bytes(),
             Arc::from("t.json"),
+            &DecodeLimits::default(),
             &mut summary,
             &mut |b| {
                 batches.push(b);
@@ -413,5 +532,84 @@ mod tests {
     #[test]
     fn broken_array_is_an_error() {
         assert!(run(&format!("[{ROW},")).is_err());
+    }
+
+    #[test]
+    fn a_bad_element_of_an_array_quarantines_that_element_alone() {
+        let deep = format!(
+            "{{\"Reason\": {}1{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let huge = ROW.replace(r#""Phase":1"#, r#""Phase":1e400"#);
+        let b = run(&format!("[{ROW},\n{huge},\n{deep},\n{ROW}]")).unwrap();
+        assert_eq!((b[0].num_rows(), b[0].errors.len()), (4, 2));
+        assert!(
+            b[0].errors[0]
+                .reason
+                .contains("element 2 is not valid JSON"),
+            "{:?}",
+            b[0].errors
+        );
+        assert!(
+            b[0].errors[1]
+                .reason
+                .contains("element 3 is not valid JSON"),
+            "{:?}",
+            b[0].errors
+        );
+        assert_eq!(
+            b[0].columns[Column::IssueId.index()].cell(3),
+            Some(Cell::Text("7"))
+        );
+    }
+
+    #[test]
+    fn records_and_values_past_their_limits_quarantine_their_row() {
+        let limits = DecodeLimits {
+            max_field: 100,
+            max_record: 4096,
+            ..DecodeLimits::default()
+        };
+        let big_field = ROW.replace(
+            r#""Reason":"x""#,
+            &format!(r#""Reason":"{}""#, "y".repeat(500)),
+        );
+        let big_record = ROW.replace(
+            r#""Reason":"x""#,
+            &format!(r#""Reason":"{}""#, "z".repeat(50_000)),
+        );
+        for text in [
+            format!("{ROW}\n{big_field}\n{big_record}\n{ROW}\n"),
+            format!("[{ROW},{big_field},{big_record},{ROW}]"),
+        ] {
+            let mut batches = Vec::new();
+            decode(
+                text.as_bytes(),
+                Arc::from("t.json"),
+                &limits,
+                &mut DecodeSummary::default(),
+                &mut |b| {
+                    batches.push(b);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            let b = &batches[0];
+            assert_eq!((b.num_rows(), b.errors.len()), (4, 2), "{text:.40}");
+            assert!(
+                b.errors[0]
+                    .reason
+                    .contains("reason is 500 bytes, more than decode.max_field_size (100)")
+            );
+            assert!(
+                b.errors[1]
+                    .reason
+                    .contains("over decode.max_record_size (4096 bytes"),
+                "{:?}",
+                b.errors[1]
+            );
+            assert!(b.errors[1].raw.as_ref().unwrap().len() < 1200);
+        }
     }
 }

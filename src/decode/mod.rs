@@ -12,17 +12,18 @@ mod csv;
 mod json;
 mod raw;
 
-use archive::{Kind, Limited, decode_zip, over_limit, sniff};
+use archive::{Budget, Counted, Kind, over_limit, sniff};
 pub use archive::{PartType, file_type_of};
 pub(crate) use raw::RawBuilder;
 pub use raw::{Cell, RawBatch, RawColumn, RowError, rows_to_batch};
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+pub use crate::config::DecodeLimits;
 use crate::config::FileType;
 use crate::product::Column;
 
@@ -32,6 +33,10 @@ pub const SCRATCH_PREFIX: &str = "scratch-";
 
 /// Rows per decoded batch: large enough to amortise per-batch work, small enough to stay cheap.
 pub const BATCH_ROWS: usize = 16_384;
+
+/// Distinct unknown column names (or JSON key spellings) remembered for the report: a hostile
+/// file with a million keys costs no more than this many.
+const MAX_UNKNOWN_COLUMNS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -53,8 +58,17 @@ pub enum DecodeError {
          Nothing was written: an export read as zero rows would replace its days with nothing"
     )]
     NoDataParts { file: String, entries: String },
+    #[error(
+        "{file}: the archive names an entry outside itself, `{entry}`; an export never does, so \
+         it is refused whole"
+    )]
+    UnsafeEntry { file: String, entry: String },
     #[error("{file}: uncompressed size exceeds lake.max_uncompressed_size ({limit} bytes)")]
     TooLarge { file: String, limit: u64 },
+    #[error(
+        "{file}: the header row is over decode.max_record_size ({limit} bytes); the part cannot be read"
+    )]
+    HeaderTooLarge { file: String, limit: usize },
     #[error(
         "{file}: unsupported file type (expected .csv, .json, .parquet or .orc, or a .zip of them)"
     )]
@@ -79,47 +93,74 @@ pub struct DecodeSummary {
     pub uncompressed_bytes: u64,
 }
 
+impl DecodeSummary {
+    /// Notes a name no column has (up to [`MAX_UNKNOWN_COLUMNS`] of them).
+    pub(crate) fn unknown(&mut self, name: &str) {
+        let name = name.trim().trim_start_matches('\u{feff}');
+        if !name.is_empty() && self.unknown_columns.len() < MAX_UNKNOWN_COLUMNS {
+            self.unknown_columns.insert(crate::model::shown(name));
+        }
+    }
+}
+
 pub type Sink<'a> = dyn FnMut(RawBatch) -> Result<(), DecodeError> + 'a;
 
-/// Decodes one local file: a zip of part files, or a single part file.
+/// One export being decoded: its limits, the budget of uncompressed bytes all its parts share,
+/// and what the parts have in common (a CSV header an unheaded part reuses).
+pub(super) struct Decoding<'a, 'b> {
+    scratch: &'a Path,
+    limits: DecodeLimits,
+    budget: Budget,
+    csv_header: Option<Vec<String>>,
+    summary: DecodeSummary,
+    sink: &'a mut Sink<'b>,
+}
+
+/// Decodes one local file: a zip of part files, or a single part file. Nothing the file says
+/// becomes a path: scratch copies and spills get names of our own.
 pub fn decode_path(
     path: &Path,
     scratch: &Path,
-    max_uncompressed: u64,
+    limits: &DecodeLimits,
     sink: &mut Sink<'_>,
 ) -> Result<DecodeSummary, DecodeError> {
     let name = path.display().to_string();
-    let mut summary = DecodeSummary::default();
-    match sniff(path).map_err(|e| io_error(&name, e))? {
-        Kind::Zip => decode_zip(path, scratch, max_uncompressed, &mut summary, sink)?,
+    let mut d = Decoding {
+        scratch,
+        limits: *limits,
+        budget: Budget::new(limits.max_uncompressed),
+        csv_header: None,
+        summary: DecodeSummary::default(),
+        sink,
+    };
+    let known = |text: &str| {
+        let text = text.to_ascii_lowercase();
+        Column::ALL
+            .iter()
+            .any(|c| text.contains(&c.vendor_name().to_ascii_lowercase()))
+    };
+    match sniff(path, known).map_err(|e| io_error(&name, e))? {
+        Kind::Zip => d.zip(path)?,
         Kind::Part(part) => {
             let file = File::open(path).map_err(|e| io_error(&name, e))?;
             let size = file.metadata().map_err(|e| io_error(&name, e))?.len();
             crate::disk::ensure_room(scratch, size, &format!("reading {name}"))?;
-            let mut limited = Limited::new(file, max_uncompressed);
-            let result = decode_part(
-                part,
-                &name,
-                &mut limited,
-                scratch,
-                &mut None,
-                &mut summary,
-                sink,
-            );
-            summary.uncompressed_bytes = limited.used;
-            over_limit(result, limited.exceeded(), &name, max_uncompressed)?;
-            summary.files.push(name);
+            let result = d.part(part, &name, file);
+            over_limit(result, d.budget, &name)?;
+            d.summary.files.push(name);
         }
         Kind::Unknown => return Err(DecodeError::UnsupportedFile { file: name }),
     }
-    Ok(summary)
+    d.summary.uncompressed_bytes = d.budget.used();
+    Ok(d.summary)
 }
 
 /// A rough row count of a file, to size the duplicate filter: the bytes of its parts over a
 /// typical row's size in each format (the vendor's CSV rows take ~110 bytes, JSON ~220,
 /// compressed Parquet and ORC ~23, gzip-compressed text about a fifth of plain). Guessing high
-/// costs a little memory; guessing low makes the filter grow in steps, which costs more.
-pub fn estimated_rows(path: &Path) -> u64 {
+/// costs a little memory; guessing low makes the filter grow in steps, which costs more. A
+/// zip's sizes are the zip's word only: the guess is capped by what the limit allows.
+pub fn estimated_rows(path: &Path, limits: &DecodeLimits) -> u64 {
     let per_row = |part: Option<PartType>| match part {
         Some(PartType { gzip: true, .. }) => 20,
         Some(PartType {
@@ -133,7 +174,7 @@ pub fn estimated_rows(path: &Path) -> u64 {
         Some(_) | None => 20,
     };
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    match sniff(path) {
+    let guess = match sniff(path, |_| false) {
         Ok(Kind::Zip) => File::open(path)
             .ok()
             .and_then(|f| zip::ZipArchive::new(f).ok())
@@ -141,46 +182,84 @@ pub fn estimated_rows(path: &Path) -> u64 {
                 (0..a.len())
                     .filter_map(|i| {
                         let e = a.by_index_raw(i).ok()?;
-                        let part = file_type_of(&e.name().ok()?)?;
+                        let part = file_type_of(&String::from_utf8_lossy(e.name_raw()))?;
                         Some(e.size() / per_row(Some(part)))
                     })
-                    .sum()
+                    .fold(0u64, u64::saturating_add)
             })
             .unwrap_or(size / per_row(None)),
         Ok(Kind::Part(part)) => size / per_row(Some(part)),
         _ => size / per_row(None),
+    };
+    guess.min(limits.max_uncompressed / 20)
+}
+
+impl Decoding<'_, '_> {
+    /// One data part from `reader`: text formats stream (through gunzip if compressed);
+    /// Parquet and ORC need random access, so they are copied (and decompressed) to a scratch
+    /// file first. Every byte after decompression is charged to the export's budget.
+    fn part(&mut self, part: PartType, label: &str, reader: impl Read) -> Result<(), DecodeError> {
+        let inner: Box<dyn Read + '_> = if part.gzip {
+            Box::new(flate2::read::MultiGzDecoder::new(reader))
+        } else {
+            Box::new(reader)
+        };
+        let reader = Counted::new(inner, &mut self.budget);
+        let label_arc: Arc<str> = Arc::from(label);
+        let limits = self.limits;
+        match part.format {
+            FileType::Csv => csv::decode(
+                reader,
+                label_arc,
+                &limits,
+                &mut self.csv_header,
+                &mut self.summary,
+                self.sink,
+            ),
+            FileType::Json => {
+                json::decode(reader, label_arc, &limits, &mut self.summary, self.sink)
+            }
+            FileType::Parquet | FileType::Orc => {
+                let mut tmp = tempfile::Builder::new()
+                    .prefix(SCRATCH_PREFIX)
+                    .tempfile_in(self.scratch)
+                    .map_err(|e| {
+                        io_error(&format!("scratch file in {}", self.scratch.display()), e)
+                    })?;
+                copy_to_scratch(reader, tmp.as_file_mut(), self.scratch, label)?;
+                let file = File::open(tmp.path()).map_err(|e| io_error(label, e))?;
+                columnar::decode(
+                    part.format,
+                    file,
+                    label_arc,
+                    &limits,
+                    &mut self.summary,
+                    self.sink,
+                )
+            }
+        }
     }
 }
 
-/// One data part from `reader`: text formats stream (through gunzip if compressed); Parquet and
-/// ORC need random access, so they are copied (and decompressed) to a scratch file first.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn decode_part(
-    part: PartType,
-    label: &str,
-    reader: &mut dyn Read,
+/// Unpacks a part to its scratch file, looking at the free space as it goes: its size is known
+/// only once it is written.
+fn copy_to_scratch(
+    mut from: impl Read,
+    to: &mut File,
     scratch: &Path,
-    csv_header: &mut Option<Vec<String>>,
-    summary: &mut DecodeSummary,
-    sink: &mut Sink<'_>,
+    label: &str,
 ) -> Result<(), DecodeError> {
-    let mut reader: Box<dyn Read + '_> = if part.gzip {
-        Box::new(flate2::read::MultiGzDecoder::new(reader))
-    } else {
-        Box::new(reader)
-    };
-    match part.format {
-        FileType::Csv | FileType::Json => {
-            decode_text(part.format, label, reader, csv_header, summary, sink)
-        }
-        FileType::Parquet | FileType::Orc => {
-            let mut tmp = tempfile::Builder::new()
-                .prefix(SCRATCH_PREFIX)
-                .tempfile_in(scratch)
-                .map_err(|e| io_error(&format!("scratch file in {}", scratch.display()), e))?;
-            io::copy(&mut reader, tmp.as_file_mut()).map_err(|e| io_error(label, e))?;
-            decode_columnar(part.format, label, tmp.path(), summary, sink)
-        }
+    let mut reserve = crate::disk::Reserve::new(scratch, format!("unpacking {label}"))?;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_error(label, e)),
+        };
+        to.write_all(&buf[..n]).map_err(|e| io_error(label, e))?;
+        reserve.wrote(n as u64)?;
     }
 }
 
@@ -188,39 +267,6 @@ pub(super) fn io_error(path: &str, source: io::Error) -> DecodeError {
     DecodeError::Io {
         path: path.to_string(),
         source,
-    }
-}
-
-fn decode_text(
-    ft: FileType,
-    label: &str,
-    reader: impl Read,
-    csv_header: &mut Option<Vec<String>>,
-    summary: &mut DecodeSummary,
-    sink: &mut Sink<'_>,
-) -> Result<(), DecodeError> {
-    let label: Arc<str> = Arc::from(label);
-    if ft == FileType::Csv {
-        csv::decode(reader, label, csv_header, summary, sink)
-    } else {
-        json::decode(reader, label, summary, sink)
-    }
-}
-
-/// Parquet and ORC need random access, so they are read from a file on disk.
-fn decode_columnar(
-    ft: FileType,
-    label: &str,
-    path: &Path,
-    summary: &mut DecodeSummary,
-    sink: &mut Sink<'_>,
-) -> Result<(), DecodeError> {
-    let label: Arc<str> = Arc::from(label);
-    let file = File::open(path).map_err(|e| io_error(&label, e))?;
-    if ft == FileType::Parquet {
-        columnar::decode_parquet(file, label, summary, sink)
-    } else {
-        columnar::decode_orc(file, label, summary, sink)
     }
 }
 
@@ -232,8 +278,8 @@ pub(crate) fn map_header(
 ) -> Result<Vec<Option<Column>>, DecodeError> {
     let mapping: Vec<Option<Column>> = names.iter().map(|n| Column::from_header(n)).collect();
     for (n, c) in names.iter().zip(&mapping) {
-        if c.is_none() && !n.trim().trim_start_matches('\u{feff}').is_empty() {
-            summary.unknown_columns.insert(n.trim().to_string());
+        if c.is_none() {
+            summary.unknown(n);
         }
     }
     for col in Column::ALL {
@@ -241,16 +287,21 @@ pub(crate) fn map_header(
             return Err(DecodeError::MissingColumn {
                 file: file.to_string(),
                 column: col.vendor_name(),
-                found: names
-                    .iter()
-                    .filter(|n| !n.trim().is_empty())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                found: found(names.iter().map(String::as_str)),
             });
         }
     }
     Ok(mapping)
+}
+
+/// The names a part has, for a message: each escaped, all cut to an error text's length.
+pub(crate) fn found<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let shown: Vec<String> = names
+        .filter(|n| !n.trim().is_empty())
+        .take(200)
+        .map(crate::model::shown)
+        .collect();
+    crate::model::cut(&shown.join(", ")).into_owned()
 }
 
 #[cfg(test)]
@@ -304,9 +355,16 @@ mod tests {
 
     const CSV: &str = "ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n1,1,2,Done,2024-06-15T01:00:00Z,r,2024-06-15,3\n";
 
+    fn unlimited() -> DecodeLimits {
+        DecodeLimits {
+            max_uncompressed: u64::MAX,
+            ..DecodeLimits::default()
+        }
+    }
+
     fn rows_of(path: &Path, dir: &Path) -> Result<usize, DecodeError> {
         let mut rows = 0;
-        decode_path(path, dir, u64::MAX, &mut |b| {
+        decode_path(path, dir, &unlimited(), &mut |b| {
             rows += b.num_rows();
             Ok(())
         })?;
@@ -341,11 +399,70 @@ mod tests {
         assert!(matches!(err, DecodeError::NoDataParts { .. }), "{err}");
         let text = err.to_string();
         assert!(text.contains("part-00000.csv.bz2, _SUCCESS"), "{text}");
+        // Another file beside the marker is no empty export: it is named.
+        zip_of(&z, &[("_SUCCESS", b""), ("_metadata", b"")]);
+        let err = rows_of(&z, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("_SUCCESS, _metadata"), "{err}");
+    }
+
+    #[test]
+    fn a_zip_of_job_markers_only_is_an_empty_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let z = dir.path().join("job.zip");
         zip_of(&z, &[("_SUCCESS", b"")]);
-        assert!(matches!(
-            rows_of(&z, dir.path()).unwrap_err(),
-            DecodeError::NoDataParts { .. }
-        ));
+        assert_eq!(rows_of(&z, dir.path()).unwrap(), 0);
+        zip_of(
+            &z,
+            &[
+                ("_started_1234", b""),
+                ("_committed_1234", b"{}"),
+                (".part-00000.csv.crc", b"x"),
+                ("_SUCCESS", b""),
+            ],
+        );
+        assert_eq!(rows_of(&z, dir.path()).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_entry_outside_the_archive_refuses_it_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let z = dir.path().join("job.zip");
+        zip_of(
+            &z,
+            &[("..\\part-00000.csv", CSV.as_bytes()), ("_SUCCESS", b"")],
+        );
+        let err = rows_of(&z, dir.path()).unwrap_err();
+        assert!(matches!(err, DecodeError::UnsafeEntry { .. }), "{err}");
+        assert!(err.to_string().contains("part-00000.csv"), "{err}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_inside_a_zip_is_counted_unpacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let z = dir.path().join("job.zip");
+        let mut big = String::from(CSV);
+        while big.len() < 4 << 20 {
+            big.push_str("1,1,2,New,2024-06-15T00:00:00Z,r,2024-06-15,3\n");
+        }
+        // The zip's own sizes are small: only the gzip stream inside is large once unpacked.
+        zip_of(&z, &[("part-00000.csv.gz", &gzip(big.as_bytes()))]);
+        let limits = DecodeLimits {
+            max_uncompressed: 1 << 20,
+            ..DecodeLimits::default()
+        };
+        let err = decode_path(&z, dir.path(), &limits, &mut |_| Ok(())).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+        // A .parquet.gz unpacked to scratch stops at the limit too, leaving no scratch file.
+        let pq = dir.path().join("part-00000.parquet.gz");
+        std::fs::write(&pq, gzip(&vec![0u8; 4 << 20])).unwrap();
+        let err = decode_path(&pq, dir.path(), &limits, &mut |_| Ok(())).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
@@ -358,7 +475,7 @@ mod tests {
         )
         .unwrap();
         let mut rows = 0;
-        decode_path(&raw, dir.path(), u64::MAX, &mut |b| {
+        decode_path(&raw, dir.path(), &unlimited(), &mut |b| {
             rows += b.num_rows();
             Ok(())
         })
@@ -366,7 +483,7 @@ mod tests {
         assert_eq!(rows, 1);
         let empty = dir.path().join("empty.zip");
         std::fs::write(&empty, "").unwrap();
-        let err = decode_path(&empty, dir.path(), u64::MAX, &mut |_| Ok(())).unwrap_err();
+        let err = decode_path(&empty, dir.path(), &unlimited(), &mut |_| Ok(())).unwrap_err();
         assert!(matches!(err, DecodeError::BadZip { .. }), "{err}");
     }
 
@@ -383,7 +500,11 @@ mod tests {
         let z = dir.path().join("job.zip");
         zip_of(&z, &[("part-00000.csv.gz", &gzip(big.as_bytes()))]);
         for path in [&loose, &z] {
-            let err = decode_path(path, dir.path(), limit, &mut |_| Ok(())).unwrap_err();
+            let limits = DecodeLimits {
+                max_uncompressed: limit,
+                ..DecodeLimits::default()
+            };
+            let err = decode_path(path, dir.path(), &limits, &mut |_| Ok(())).unwrap_err();
             assert!(
                 matches!(err, DecodeError::TooLarge { limit: 65536, .. }),
                 "{}: {err}",

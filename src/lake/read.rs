@@ -154,6 +154,21 @@ impl Lake {
         self.batches(objects).try_collect().await
     }
 
+    /// Rows per status day in `objects`: what a partition the state has no record of holds.
+    pub async fn rows_per_status_day(
+        &self,
+        objects: &[ObjectMeta],
+    ) -> Result<std::collections::BTreeMap<NaiveDate, u64>, LakeError> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut batches = self.batches(objects);
+        while let Some(b) = batches.try_next().await? {
+            for (day, n) in super::status_day_rows(&b) {
+                *out.entry(day).or_insert(0) += n;
+            }
+        }
+        Ok(out)
+    }
+
     /// Every row of one partition.
     pub async fn read_partition(
         &self,

@@ -33,9 +33,12 @@ impl Pipeline {
     ) -> Result<Normalized, SyncError> {
         let job_id = job_id.to_string();
         let scratch = self.work_dir();
-        let limit = self.settings.lake.max_uncompressed_size;
+        let limits = self.settings.decode;
         tokio::task::spawn_blocking(move || {
-            let expected = files.iter().map(|f| decode::estimated_rows(f)).sum();
+            let expected = files
+                .iter()
+                .map(|f| decode::estimated_rows(f, &limits))
+                .sum();
             let mut n = Normalizer::new(product, &job_id, Utc::now(), &scratch, expected);
             let (tx, rx) = std::sync::mpsc::sync_channel::<normalize::Checked>(4);
             let decoder = {
@@ -43,7 +46,7 @@ impl Pipeline {
                 std::thread::spawn(move || {
                     let mut unknown = BTreeSet::new();
                     for f in &files {
-                        let summary = decode::decode_path(f, &scratch, limit, &mut |b| {
+                        let summary = decode::decode_path(f, &scratch, &limits, &mut |b| {
                             tx.send(normalize::check(b))
                                 .map_err(|_| DecodeError::Sink("the normalizer stopped".into()))
                         })?;
@@ -113,10 +116,6 @@ impl Pipeline {
             &held,
         );
         let normalized = Arc::new(normalized);
-        if !force {
-            self.check_shrink(product, window_key, &normalized, &replaced)
-                .await?;
-        }
         let mut merged: HashSet<Identity> = HashSet::new();
         for (date, p) in &normalized.rows.partitions {
             if !p.status_days.is_disjoint(&merged_days)
@@ -166,6 +165,20 @@ impl Pipeline {
                     .await?
             }
         };
+        if !force {
+            // A partition the state has no record of (a new or lost state over an old lake)
+            // may still hold rows: the lake is asked what they are before they are replaced.
+            let mut unrecorded = BTreeMap::new();
+            for (date, objects) in &before {
+                if !held.contains_key(date) && !objects.is_empty() {
+                    for (day, n) in self.lake.rows_per_status_day(objects).await? {
+                        *unrecorded.entry(day).or_insert(0) += n;
+                    }
+                }
+            }
+            self.check_shrink(product, window_key, &normalized, &replaced, &unrecorded)
+                .await?;
+        }
         let before_paths: BTreeMap<NaiveDate, Vec<String>> = before
             .iter()
             .map(|(d, objects)| (*d, objects.iter().map(|m| m.location.to_string()).collect()))
@@ -332,16 +345,25 @@ impl Pipeline {
 
     /// The shrink guard: for each closed status day this result replaces and the lake holds
     /// rows of, the rows after de-duplication must not fall by more than `lake.max_shrink`, and
-    /// never to none. Only the partitions that hold such days are loaded to count them.
+    /// never to none. Only the partitions that hold such days are loaded to count them. What
+    /// the state records is counted, and `unrecorded`: the rows of each status day in lake
+    /// partitions the state knows nothing of.
     pub(super) async fn check_shrink(
         &self,
         product: Product,
         window_key: &str,
         normalized: &Arc<Normalized>,
         replaced: &BTreeSet<NaiveDate>,
+        unrecorded: &BTreeMap<NaiveDate, u64>,
     ) -> Result<(), SyncError> {
         let today = Utc::now().date_naive();
-        let held = self.state.status_day_rows(product).await?;
+        let mut held = self.state.status_day_rows(product).await?;
+        for (day, n) in unrecorded {
+            let known = held.entry(*day).or_insert(Some(0));
+            if let Some(k) = known {
+                *k += n;
+            }
+        }
         let guarded: BTreeMap<NaiveDate, Option<u64>> = replaced
             .iter()
             .filter(|d| **d < today)
