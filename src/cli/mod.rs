@@ -2,6 +2,7 @@
 //! reports in words an operator can act on. Exit codes: 0 ok, 1 a run failed, 2 bad usage or
 //! configuration.
 
+mod admin;
 mod daemon;
 mod demo;
 mod query;

@@ -421,19 +421,21 @@ pub async fn check_config(
             })
         })
         .collect();
+    // A URL may carry a password or a signed query: shown without them.
+    let shown = |u: &url::Url| crate::api::redact::redact_url(u.as_str());
     let config = json!({
-        "api_base_url": settings.api.base_url.as_str(),
-        "token_url": settings.auth.token_url.as_str(),
-        "lake_url": settings.lake.url.as_str(),
+        "api_base_url": shown(&settings.api.base_url),
+        "token_url": shown(&settings.auth.token_url),
+        "lake_url": shown(&settings.lake.url),
         "lake_format": settings.lake.format.as_str(),
         "state_path": settings.state.url.to_string(),
         "products": products,
     });
     if output == Output::Text {
         println!("configuration OK");
-        println!("  api.base_url   {}", settings.api.base_url);
-        println!("  auth.token_url {}", settings.auth.token_url);
-        println!("  lake.url       {}", settings.lake.url);
+        println!("  api.base_url   {}", shown(&settings.api.base_url));
+        println!("  auth.token_url {}", shown(&settings.auth.token_url));
+        println!("  lake.url       {}", shown(&settings.lake.url));
         println!("  lake.format    {}", settings.lake.format.as_str());
         println!("  state          {}", settings.state.url);
         for (p, s) in &settings.products {

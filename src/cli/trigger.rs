@@ -70,9 +70,11 @@ pub async fn run(
         query.push(("product", p.config_name().to_string()));
     }
     let url = format!("{base}/admin/trigger/{command}");
+    let token = super::admin::read(&settings.admin_token_file())?;
     // No timeout: the answer comes when the run ends, which is what the caller waits for.
     let resp = reqwest::Client::new()
         .post(&url)
+        .bearer_auth(token.expose())
         .query(&query)
         .send()
         .await

@@ -130,7 +130,8 @@ impl Table {
 
     pub fn url(&mut self, name: &str, default: &str) -> Result<Url, ConfigError> {
         self.parsed(name, default, |s| {
-            let url = Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+            // The text is not echoed: a URL may carry a password or a signed query.
+            let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
             match url.scheme() {
                 "http" | "https" => Ok(url),
                 other => Err(format!("scheme `{other}` is not http or https")),

@@ -60,6 +60,7 @@ pub struct Settings {
     pub work_dir: Option<PathBuf>,
     pub server: ServerSettings,
     pub log: LogSettings,
+    pub decode: DecodeLimits,
     pub products: BTreeMap<Product, ProductSettings>,
 }
 
@@ -73,6 +74,9 @@ pub struct ApiSettings {
     pub max_concurrent_jobs: usize,
     pub request_timeout: Duration,
     pub max_attempts: u32,
+    /// The longest `Retry-After` waited out within a run; a server asking for longer defers the
+    /// window to a later cycle.
+    pub max_retry_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +118,33 @@ pub struct StateSettings {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
+    /// `server.admin_token_file`: the bearer token `POST /admin/trigger/*` requires; created
+    /// (mode 0600) by the daemon's first start when missing, read by `dpss-sync trigger`.
+    /// Unset, it lies beside a SQLite state, or in the work directory.
+    pub admin_token_file: Option<PathBuf>,
+    /// Connections the HTTP server keeps open at once; past it new ones are closed at once.
+    pub max_connections: usize,
+}
+
+/// `decode.*`: how large one value and one record of an export may be. A larger field or
+/// record quarantines its row (with the first KiB of the value); memory never holds more than
+/// one record's limit of a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Uncompressed bytes of one export, counted at every layer (`lake.max_uncompressed_size`).
+    pub max_uncompressed: u64,
+    pub max_field: usize,
+    pub max_record: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_uncompressed: 64 << 30,
+            max_field: 1 << 20,
+            max_record: 8 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +229,7 @@ impl Settings {
         }
         let merged = builder
             .build()
-            .map_err(|e| ConfigError::Source(e.to_string()))?;
+            .map_err(|e| ConfigError::Source(without_source_lines(&e.to_string())))?;
         // The cache keeps each value's origin (file or environment), which serde would drop.
         let root = merged
             .cache
@@ -215,8 +246,10 @@ impl Settings {
         let mut work = root.table("work")?;
         let mut server = root.table("server")?;
         let mut log = root.table("log")?;
+        let mut decode = root.table("decode")?;
         let mut products_table = root.table("products")?;
 
+        let max_uncompressed = lake.size("max_uncompressed_size", "64GiB")?;
         let settings = Settings {
             api: ApiSettings {
                 base_url: api.url("base_url", "https://k8s.itrontotal.com")?,
@@ -227,6 +260,7 @@ impl Settings {
                 max_concurrent_jobs: api.positive("max_concurrent_jobs", 4)? as usize,
                 request_timeout: api.duration("request_timeout", "60s")?,
                 max_attempts: api.positive("max_attempts", 6)? as u32,
+                max_retry_after: api.duration("max_retry_after", "10m")?,
             },
             auth: AuthSettings {
                 token_url: auth.url(
@@ -255,7 +289,7 @@ impl Settings {
             lake: LakeSettings {
                 url: lake.lake_url("url", "file:///var/lib/dpss-sync/lake")?,
                 target_file_size: lake.size("target_file_size", "256MiB")?,
-                max_uncompressed_size: lake.size("max_uncompressed_size", "64GiB")?,
+                max_uncompressed_size: max_uncompressed,
                 max_shrink: lake.fraction("max_shrink", "0.5")?,
                 format: lake.parsed("format", "parquet", TableFormat::parse)?,
                 retention: lake.duration("retention", "7days")?,
@@ -276,6 +310,8 @@ impl Settings {
             server: ServerSettings {
                 listen: server.socket_addr("listen", "127.0.0.1:9464")?,
                 shutdown_grace: server.duration("shutdown_grace", "30s")?,
+                admin_token_file: server.opt_string("admin_token_file")?.map(PathBuf::from),
+                max_connections: server.integer("max_connections", 2048, 16, 1_000_000)? as usize,
             },
             log: LogSettings {
                 format: match log.string("format", "text")?.as_str() {
@@ -290,7 +326,18 @@ impl Settings {
                 level: log.string("level", "info")?,
             },
             products: Self::products(&mut products_table)?,
+            decode: DecodeLimits {
+                max_uncompressed,
+                max_field: decode.size("max_field_size", "1MiB")? as usize,
+                max_record: decode.size("max_record_size", "8MiB")? as usize,
+            },
         };
+        if settings.decode.max_field > settings.decode.max_record {
+            return Err(decode.invalid(
+                "max_field_size",
+                "must not be larger than decode.max_record_size".into(),
+            ));
+        }
         if settings.api.poll_max < settings.api.poll_interval {
             return Err(api.invalid(
                 "poll_max",
@@ -305,6 +352,7 @@ impl Settings {
             work,
             server,
             log,
+            decode,
             products_table,
             root,
         ] {
@@ -407,6 +455,20 @@ impl Settings {
             })
     }
 
+    /// The admin token's file: `server.admin_token_file`, else beside a SQLite state, else in
+    /// the work directory (with PostgreSQL each replica keeps its own).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.server
+            .admin_token_file
+            .clone()
+            .unwrap_or_else(|| match &self.state.url {
+                StateUrl::Sqlite(path) => {
+                    path.parent().unwrap_or(Path::new(".")).join("admin.token")
+                }
+                StateUrl::Postgres { .. } => self.work_dir().join("admin.token"),
+            })
+    }
+
     /// Where downloads, scratch copies and spills go: `work.dir`, else next to a SQLite state,
     /// on the volume the operator already keeps (with PostgreSQL, the system's temporary
     /// directory). A separate volume keeps a large export from filling the one the state uses.
@@ -418,6 +480,23 @@ impl Settings {
                 StateUrl::Postgres { .. } => std::env::temp_dir().join("dpss-sync"),
             })
     }
+}
+
+/// A parse error of a configuration file without the lines of the file it quotes: the `config`
+/// crate shows the offending line, and that line may hold a secret (`client_secret = "…`).
+fn without_source_lines(message: &str) -> String {
+    message
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !(t.starts_with('|')
+                || t.split_once('|')
+                    .is_some_and(|(n, _)| n.trim().parse::<u64>().is_ok()))
+        })
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ impl Lake {
             store,
             root,
             url: settings.url.clone(),
-            display: settings.url.to_string(),
+            display: crate::api::redact::redact_url(settings.url.as_str()),
             target_file_size: settings.target_file_size,
             format: settings.format,
             retention: settings.retention,

@@ -66,6 +66,32 @@ pub(super) fn connect_options(url: &StateUrl) -> Result<PgConnectOptions, StateE
     Ok(options)
 }
 
+/// How long the first connection may take: a database that is down is reported in seconds,
+/// with its cause, not after the pool's half-minute wait.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// One connection before the pool is made: a pool that cannot connect retries until its
+/// acquire timeout and then says only that it timed out ("connection refused" lost); this names
+/// the host and the cause, within [`CONNECT_PATIENCE`].
+async fn reach(url: &StateUrl, options: &PgConnectOptions) -> Result<(), StateError> {
+    use sqlx::Connection;
+    let at = format!("{}:{}", options.get_host(), options.get_port());
+    match tokio::time::timeout(CONNECT_PATIENCE, PgConnection::connect_with(options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(open_err(url, format!("cannot connect to {at}: {e}"))),
+        Err(_) => Err(open_err(
+            url,
+            format!(
+                "no answer from {at} within {}",
+                humantime::format_duration(CONNECT_PATIENCE)
+            ),
+        )),
+    }
+}
+
 /// Opens the pool and migrates, then takes the lease as `request` says (a standby returns at
 /// once and takes it when it comes free).
 pub(super) async fn open_writer(
@@ -78,6 +104,7 @@ pub(super) async fn open_writer(
     // lasts. The server ends such a session once it has idled in its transaction for a lease
     // period, so the takeover waits at most that long; the writer's own transactions never idle.
     let ttl_ms = request.ttl.as_millis().to_string();
+    reach(url, &options).await?;
     let pool = pool_options()
         .max_connections(WRITER_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(30))
@@ -107,6 +134,7 @@ pub(super) async fn open_writer(
 /// Opens the database for reading: every transaction read-only, nothing migrated.
 pub(super) async fn open_reader(url: &StateUrl) -> Result<State, StateError> {
     let options = connect_options(url)?.options([("default_transaction_read_only", "on")]);
+    reach(url, &options).await?;
     let pool = pool_options()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(30))

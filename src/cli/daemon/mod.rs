@@ -15,6 +15,7 @@
 
 mod health;
 mod lease;
+mod server;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -28,7 +29,7 @@ use health::{
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path as AxPath, Query, State as AxState};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use chrono::{NaiveDate, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -37,7 +38,7 @@ use std::net::SocketAddr;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::CliError;
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::events::{CycleFinished, CyclePanicked, InternalEvent, LastCommit, TickSkipped};
 use crate::model::StateUrl;
 use crate::product::Product;
@@ -57,6 +58,8 @@ struct Shared {
     limits: BTreeMap<Product, Limits>,
     /// The lease epoch whose take-over (clean-up and repair) has run.
     prepared: tokio::sync::Mutex<Option<i64>>,
+    /// What `POST /admin/trigger/*` must carry (`server.admin_token_file`).
+    admin_token: Secret,
 }
 
 impl Shared {
@@ -125,7 +128,7 @@ async fn run_turn(
     let (outcome, result) = match task.await {
         Ok(Ok(report)) if report.ok() => ("ok", Ok(report)),
         Ok(Ok(report)) => ("failed", Ok(report)),
-        Ok(Err(e)) => ("error", Err(e.to_string())),
+        Ok(Err(e)) => ("error", Err(crate::model::cut(&e.to_string()).into_owned())),
         Err(e) => {
             let panic = match e.try_into_panic() {
                 Ok(payload) => payload
@@ -135,6 +138,7 @@ async fn run_turn(
                     .unwrap_or_else(|| "a panic without a message".into()),
                 Err(e) => e.to_string(),
             };
+            let panic = crate::model::cut(&panic).into_owned();
             CyclePanicked {
                 product,
                 panic: &panic,
@@ -177,20 +181,21 @@ pub struct Triggered {
 
 /// Runs a sync or a backfill now, for `trigger`: it waits for the product's turn (a scheduled
 /// cycle in flight finishes first) and answers with the run reports. Answers loopback callers
-/// only, whatever `server.listen` is: the metrics port may face a network, this must not.
+/// that show the admin token and no `Origin` only, whatever `server.listen` is: the metrics port
+/// may face a network, and a web page may reach loopback; this must serve neither.
 async fn trigger(
     AxState(shared): AxState<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     AxPath(what): AxPath<String>,
     Query(q): Query<TriggerQuery>,
 ) -> (StatusCode, axum::Json<serde_json::Value>) {
-    let refuse =
-        |status: StatusCode, error: String| (status, axum::Json(json!({ "error": error })));
-    if !peer.ip().is_loopback() {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            format!("the admin endpoint answers callers on this host only, not {peer}"),
-        );
+    let refuse = |status: StatusCode, error: String| {
+        let error = crate::model::cut(&error).into_owned();
+        (status, axum::Json(json!({ "error": error })))
+    };
+    if let Err((status, why)) = super::admin::admit(&headers, peer, &shared.admin_token) {
+        return refuse(status, why);
     }
     if shared.draining.load(Ordering::SeqCst) {
         return refuse(
@@ -291,6 +296,8 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
         }
         other => other,
     };
+    let admin_token = super::admin::ensure(&settings.admin_token_file())?;
+    let max_connections = server::connection_cap(settings.server.max_connections);
     let pipeline = Pipeline::open(settings, true, access).await?;
     let prepared = tokio::sync::Mutex::new(pipeline.state.lease_epoch());
     let shared = Arc::new(Shared {
@@ -327,6 +334,7 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
             })
             .collect(),
         prepared,
+        admin_token,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -338,16 +346,7 @@ pub async fn run(settings: Settings, access: Access) -> Result<ExitCode, CliErro
         .route("/admin/trigger/{what}", post(trigger))
         .with_state(shared.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        })
-        .await;
-    });
+    let server = tokio::spawn(server::serve(listener, app, max_connections, stop_rx));
     let mut scheduler = JobScheduler::new()
         .await
         .map_err(|e| CliError::Failed(format!("scheduler: {e}")))?;
