@@ -191,6 +191,7 @@ fn client_with_secret(
             max_attempts: 2,
             retry_base: Duration::from_millis(10),
             retry_cap: Duration::from_millis(10),
+            max_retry_after: Duration::from_secs(600),
         },
         Credentials {
             token_url: sim.token_url().parse().unwrap(),
@@ -442,6 +443,7 @@ impl FetchSetup {
             state: &self.state,
             api: &self.settings.api,
             work_dir: self.dir.path(),
+            max_download: self.settings.lake.max_uncompressed_size,
         }
     }
 
@@ -559,6 +561,7 @@ fn client_at(base: &str, timeout: Duration) -> DpssClient {
             max_attempts: 1,
             retry_base: Duration::from_millis(10),
             retry_cap: Duration::from_millis(10),
+            max_retry_after: Duration::from_secs(600),
         },
         Credentials {
             token_url: format!("{base}/connect/token?tenant=secret-value")

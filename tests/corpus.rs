@@ -178,9 +178,13 @@ async fn every_corpus_file_has_its_outcome() {
         ),
         ("truncated.json", Error("invalid JSON array")),
         ("empty.zip", Error("the archive is empty")),
+        // Spark 2's empty result: a quiet day, zero rows (DESIGN.md, "Replacing days safely").
         (
             "only_success.zip",
-            Error("holds no data part this client reads (entries: _SUCCESS)"),
+            Rows {
+                written: 0,
+                quarantined: &[],
+            },
         ),
         (
             "mixed_parts.zip",
@@ -241,30 +245,63 @@ async fn a_zip_bomb_is_stopped_at_the_configured_size() {
     .await;
 }
 
+/// A 4 MiB reason is past the default `decode.max_field_size` (1 MiB): its row is quarantined
+/// with the value's first KiB and the reason names the key. An operator whose reasons are that
+/// long raises the limit, and then it lands whole.
 #[tokio::test]
-async fn a_10_mb_reason_lands_whole() {
+async fn a_4_mib_reason_is_quarantined_unless_the_limit_allows_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("long_reason.csv");
-    let reason = "x".repeat(10 << 20);
+    let reason = "x".repeat(4 << 20);
     std::fs::write(
         &file,
-        format!("ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n9000053409,1,19865,Accepted,2024-06-15T00:00:13Z,\"{reason}\",2024-06-13,123456\n"),
+        format!("ServicePointId,Phase,IssueId,Status,StatusDatetime,Reason,EventDate,WorkOrderId\n9000053409,1,19865,Accepted,2024-06-15T00:00:13Z,\"{reason}\",2024-06-13,123456\n9000053409,1,19865,New,2024-06-15T00:00:12Z,short,2024-06-13,123456\n"),
     )
     .unwrap();
     check(
         &file,
         Expect::Rows {
             written: 1,
-            quarantined: &[],
+            quarantined: &["reason is 4194304 bytes, more than decode.max_field_size (1048576)"],
         },
         "",
     )
     .await;
+    let kept = tempfile::tempdir().unwrap();
+    let p = pipeline(kept.path(), "").await;
+    p.import(P, vec![file.clone()], false).await.unwrap();
+    let q = quarantined(kept.path()).await;
+    assert_eq!(q.len(), 1);
+    let raw_len = {
+        let lake = dpss_sync::lake::Lake::open(&local_lake(&kept.path().join("lake")), kept.path())
+            .unwrap();
+        let b = lake.read_quarantine(P).await.unwrap();
+        let raw = b[0]
+            .column_by_name("_raw")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap()
+            .value(0)
+            .to_string();
+        assert!(
+            raw.ends_with("[first 1024 of 4194304 bytes]"),
+            "{:.80}",
+            raw
+        );
+        raw.len()
+    };
+    assert!(
+        raw_len < 1200,
+        "the quarantine keeps the first KiB: {raw_len} bytes"
+    );
+
     let out = tempfile::tempdir().unwrap();
-    let p = pipeline(out.path(), "").await;
+    let raised = "[decode]\nmax_field_size = \"8MiB\"";
+    let p = pipeline(out.path(), raised).await;
     p.import(P, vec![file], false).await.unwrap();
     let rows = lake_rows(out.path()).await;
-    assert_eq!(rows[0].5.len(), 10 << 20);
+    assert!(rows.iter().any(|r| r.5.len() == 4 << 20));
 }
 
 /// The part files of one export each hold some rows of the same day: imported together they

@@ -532,7 +532,10 @@ async fn trigger_runs_a_sync_or_backfill_in_the_daemon_and_reports_it() {
     let absent = trigger(&["sync"]);
     assert_eq!(absent.status.code(), Some(1));
     let err = String::from_utf8_lossy(&absent.stderr);
-    assert!(err.contains("no daemon answers"), "{err}");
+    assert!(
+        err.contains("server.admin_token_file") && err.contains("dpss-sync run"),
+        "{err}"
+    );
 
     let mut child = spawn_daemon(&config);
     wait_for(port, "/readyz", 200, Duration::from_secs(60)).await;

@@ -569,6 +569,69 @@ async fn refused_history_export_falls_back_to_day_windows() {
     sim.shutdown().await;
 }
 
+/// A small utility's year: work orders on one event day in twelve, so most days have no row,
+/// and the vendor exports such a day as a zip of `_SUCCESS` alone (Spark 2's empty result).
+/// Every quiet day commits as zero rows, the watermark reaches yesterday, and the lake equals
+/// the served valid rows; a later cycle's quiet days commit again, changing nothing.
+#[tokio::test]
+async fn a_sparse_year_with_marker_only_days_syncs_to_yesterday() {
+    let sim = start(SimConfig {
+        rows_per_day: 30,
+        job_delay: Duration::from_millis(5),
+        ..quick_sim("no-history,sparse=12,markers-when-empty")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sim, dir.path(), "csv", 2)
+        .replace("max_concurrent_jobs = 3", "max_concurrent_jobs = 16");
+    let settings = dpss_sync::config::Settings::load(&dpss_sync::config::Sources {
+        inline: vec![text],
+        ..Default::default()
+    })
+    .unwrap();
+    let quiet: Vec<_> = closed_days()
+        .into_iter()
+        .filter(|d| sim.state.rows_for_day(*d, Utc::now()).is_empty())
+        .collect();
+    assert!(
+        quiet.len() > closed_days().len() / 2,
+        "most days are quiet: {} of {}",
+        quiet.len(),
+        closed_days().len()
+    );
+    let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
+    let report = pipeline.sync(P).await.unwrap();
+    let failed: Vec<_> = report
+        .windows
+        .iter()
+        .filter(|w| w.error.is_some())
+        .take(3)
+        .collect();
+    assert!(report.ok(), "{failed:?}");
+    let quiet_key = quiet[quiet.len() / 2].to_string();
+    let w = report.windows.iter().find(|w| w.key == quiet_key).unwrap();
+    assert_eq!(w.counts.map(|c| c.read), Some(0), "{w:?}");
+    assert_eq!(
+        pipeline.state.watermark(P).await.unwrap(),
+        Some(Utc::now().date_naive() - chrono::Duration::days(1))
+    );
+    assert_eq!(
+        closed(lake_rows(dir.path()).await),
+        expected(&sim, closed_days(), Utc::now())
+    );
+    if let Some((_, rows)) = duckdb_rows(dir.path()) {
+        assert_eq!(closed(rows), expected(&sim, closed_days(), Utc::now()));
+    }
+    // The next cycle's lookback days are quiet or unchanged: all commit, the lake stays.
+    let again = pipeline.sync(P).await.unwrap();
+    assert!(again.ok(), "{:?}", again.windows);
+    assert_eq!(
+        closed(lake_rows(dir.path()).await),
+        expected(&sim, closed_days(), Utc::now())
+    );
+    sim.shutdown().await;
+}
+
 /// A backfill run again right after it finished (as after a kill that landed just as it ended)
 /// resumes it: nothing is requested twice. `--force` reloads.
 #[tokio::test]

@@ -118,6 +118,9 @@ pub struct Dataset {
     pub invalid_every: u64,
     /// One valid row in this many is served twice (0: never).
     pub duplicate_every: u64,
+    /// Work orders are raised on one event day in this many (1: every day): a small utility's
+    /// quiet days, most of which have no row at all.
+    pub active_every: u64,
 }
 
 impl Dataset {
@@ -127,6 +130,7 @@ impl Dataset {
             work_orders_per_day: (rows_per_day / 3).max(1),
             invalid_every: 97,
             duplicate_every: 211,
+            active_every: 1,
         }
     }
 
@@ -146,6 +150,9 @@ impl Dataset {
         let mut rows = Vec::new();
         for offset in MIN_OFFSET_DAYS..=MAX_OFFSET_DAYS {
             let event_day = day - Duration::days(offset);
+            if !(event_day.num_days_from_ce() as u64).is_multiple_of(self.active_every.max(1)) {
+                continue;
+            }
             for j in 0..self.work_orders_per_day {
                 self.work_order_rows(event_day, j, day, &mut rows);
             }
@@ -298,6 +305,24 @@ mod tests {
             });
         }
         assert!(wo_days.values().any(|d| d.len() > 1));
+    }
+
+    #[test]
+    fn a_sparse_dataset_has_days_without_any_row() {
+        let mut ds = Dataset::new(5, 300);
+        ds.active_every = 12;
+        let far = Utc::now() + Duration::days(3650);
+        let counts: Vec<usize> = day("2026-03-01")
+            .iter_days()
+            .take(36)
+            .map(|d| {
+                let mut n = 0;
+                ds.rows_for_day(d, far, |_| n += 1);
+                n
+            })
+            .collect();
+        let empty = counts.iter().filter(|n| **n == 0).count();
+        assert!(empty > 18 && empty < 36, "{counts:?}");
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct Layout {
     pub parts: usize,
     pub variant: u64,
     pub packaging: Packaging,
+    /// An export without a row holds `_SUCCESS` alone (Spark 2), not empty parts.
+    pub markers_when_empty: bool,
 }
 
 /// How the parts are packed into the zip. The vendor's zip contents are not documented, and a
@@ -504,7 +506,12 @@ pub fn write_zip(
         .compression_method(zip::CompressionMethod::Deflated)
         .compression_level(Some(1))
         .large_file(true);
-    for name in &names {
+    let packed = if count == 0 && layout.markers_when_empty {
+        &[][..]
+    } else {
+        &names[..]
+    };
+    for name in packed {
         let mut part = File::open(dir.path().join(name))?;
         match layout.packaging {
             Packaging::Gzip => {

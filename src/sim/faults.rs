@@ -45,6 +45,11 @@ pub struct Faults {
     /// How exports pack their parts (`gzip-parts`, `bz2-parts`, `empty-exports`); the test can
     /// change it while the simulator runs, as a vendor changes its export job.
     pub packaging: super::export::Packaging,
+    /// `sparse=N`: work orders are raised on one event day in N, so most days have no row.
+    pub sparse: Option<u64>,
+    /// `markers-when-empty`: an export without a row is a zip of `_SUCCESS` alone, as Spark 2
+    /// writes an empty result.
+    pub markers_when_empty: bool,
 }
 
 impl Faults {
@@ -86,6 +91,8 @@ impl Faults {
                 "gzip-parts" => f.packaging = super::export::Packaging::Gzip,
                 "bz2-parts" => f.packaging = super::export::Packaging::Bzip2Named,
                 "empty-exports" => f.packaging = super::export::Packaging::Empty,
+                "sparse" => f.sparse = every(10)?,
+                "markers-when-empty" => f.markers_when_empty = true,
                 "slow-jobs" => {
                     f.slow_jobs = Some(match value {
                         None => Duration::from_secs(30),
@@ -95,7 +102,7 @@ impl Faults {
                 }
                 other => {
                     return Err(format!(
-                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows, no-history, lost-jobs, reset, corrupt-zips, fail-day, lost-responses, huge-downloads, gzip-parts, bz2-parts, empty-exports)"
+                        "unknown fault `{other}` (known: token-expiry, 429, 5xx, slow-jobs, failed-jobs, truncated, expired-links, stray-rows, no-history, lost-jobs, reset, corrupt-zips, fail-day, lost-responses, huge-downloads, gzip-parts, bz2-parts, empty-exports, sparse, markers-when-empty)"
                     ));
                 }
             }
@@ -127,6 +134,8 @@ mod tests {
         assert_eq!(f.failing_day, "2026-11-20".parse().ok());
         assert_eq!(f.lost_responses, Some(1));
         assert_eq!(f.packaging, crate::sim::export::Packaging::Gzip);
+        let f = Faults::parse("sparse=7,markers-when-empty").unwrap();
+        assert_eq!((f.sparse, f.markers_when_empty), (Some(7), true));
         assert!(
             Faults::parse("fail-day=soon")
                 .unwrap_err()

@@ -125,6 +125,7 @@ pub(super) fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
             parts: 1 + (h % state.cfg.max_parts.max(1) as u64) as usize,
             variant: h >> 8,
             packaging: *state.packaging.lock().expect("packaging"),
+            markers_when_empty: state.cfg.faults.markers_when_empty,
         };
         let path = state
             .work

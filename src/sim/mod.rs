@@ -238,7 +238,10 @@ pub async fn spawn(cfg: SimConfig, listen: SocketAddr) -> std::io::Result<SimHan
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(SimState {
-        dataset: Dataset::new(cfg.seed, cfg.rows_per_day),
+        dataset: Dataset {
+            active_every: cfg.faults.sparse.unwrap_or(1),
+            ..Dataset::new(cfg.seed, cfg.rows_per_day)
+        },
         packaging: Mutex::new(cfg.faults.packaging),
         cfg,
         work: tempfile::tempdir()?,

@@ -89,6 +89,21 @@ impl SyncError {
         )
     }
 
+    /// When a server that throttled the window asked to be called again, if it asked for longer
+    /// than `api.max_retry_after`: the window is not tried before then.
+    fn not_before(&self) -> Option<chrono::DateTime<Utc>> {
+        match self {
+            SyncError::Fetch(FetchError::Api(ApiError::Throttled { wait, .. })) => {
+                // A year's wait says "not now"; past a day the next day's cycles try again.
+                let wait = chrono::Duration::from_std(*wait)
+                    .unwrap_or(chrono::Duration::MAX)
+                    .min(chrono::Duration::days(1));
+                Some(Utc::now() + wait)
+            }
+            _ => None,
+        }
+    }
+
     fn is_permanent(&self) -> bool {
         match self {
             SyncError::Fetch(f) => f.is_permanent(),
@@ -232,7 +247,9 @@ impl Pipeline {
     /// repair finds landed commits its window, whose download is then no longer needed.
     pub async fn take_over(&self) -> Result<(), SyncError> {
         let work = self.work_dir();
-        std::fs::create_dir_all(&work)
+        // Owner-only where it is made here: downloads and spills are the utility's data.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&work)
             .map_err(|e| SyncError::Usage(format!("cannot create {}: {e}", work.display())))?;
         for product in Product::ALL {
             if !self.lake.is_delta() && self.lake.holds_delta_table(product).await {
@@ -485,23 +502,25 @@ impl Pipeline {
                         refused: false,
                     },
                     Err(e) => {
+                        let error = crate::model::cut(&e.to_string()).into_owned();
                         WindowFailed {
                             product,
                             window: &plan.key,
-                            error: &e.to_string(),
+                            error: &error,
                         }
                         .emit();
                         if let Some(w) = &window {
-                            let retry_at = plan::retry_delay(w.failures + 1).map(|d| Utc::now() + d);
+                            let backoff = plan::retry_delay(w.failures + 1).map(|d| Utc::now() + d);
+                            let retry_at = backoff.max(e.not_before());
                             if let Err(e) = self.state.record_failure(w.id, retry_at).await {
-                                tracing::error!(window = %plan.key, error = %e, "could not record the window's failure");
+                                tracing::error!(window = %plan.key, error = %crate::model::cut(&e.to_string()), "could not record the window's failure");
                             }
                         }
                         WindowReport {
                             key: plan.key,
                             job_id,
                             counts: window.and_then(|w| w.counts),
-                            error: Some(e.to_string()),
+                            error: Some(error),
                             refused: e.refuses_request(),
                         }
                     }

@@ -38,6 +38,7 @@ impl Pipeline {
             state: &self.state,
             api: &self.settings.api,
             work_dir: &work,
+            max_download: self.settings.lake.max_uncompressed_size,
         };
         let subscription = p.subscription_id.clone().unwrap_or_default();
         let mut attempt = 0;
@@ -136,7 +137,10 @@ impl Pipeline {
                         }
                         .emit();
                     }
-                    if unknown || e.is_permanent() || attempt >= WINDOW_ATTEMPTS {
+                    // A server that asked for a long wait gets it: the window waits for a later
+                    // cycle (`SyncError::not_before`), not for another attempt now.
+                    let throttled = e.not_before().is_some();
+                    if unknown || throttled || e.is_permanent() || attempt >= WINDOW_ATTEMPTS {
                         return Err(e);
                     }
                     let wait = crate::api::jittered(
@@ -144,7 +148,7 @@ impl Pipeline {
                         Duration::from_secs(300),
                         attempt,
                     );
-                    tracing::warn!(product = %product, window = %plan.key, attempt, wait_ms = wait.as_millis() as u64, error = %e, "window attempt failed; retrying");
+                    tracing::warn!(product = %product, window = %plan.key, attempt, wait_ms = wait.as_millis() as u64, error = %crate::model::cut(&e.to_string()), "window attempt failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -219,7 +223,7 @@ impl Pipeline {
         match self.lake.delete_objects(&written.doomed).await {
             Ok(()) => self.state.forget_doomed(&written.doomed).await?,
             Err(e) => tracing::warn!(
-                product = %product, error = %e,
+                product = %product, error = %crate::model::cut(&e.to_string()),
                 "could not delete objects the commit replaced; the next writer's repair deletes them"
             ),
         }

@@ -67,6 +67,7 @@ pub fn client(sim: &SimHandle) -> DpssClient {
             max_attempts: 4,
             retry_base: Duration::from_millis(20),
             retry_cap: Duration::from_millis(200),
+            max_retry_after: Duration::from_secs(600),
         },
         Credentials {
             token_url: sim.token_url().parse().unwrap(),
