@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates docs/reliability.md: the crash harness (KILLS random SIGKILLs, default 100, plus
-# every failpoint), the fault matrix and the bad-input corpus from the test suite, and the
-# security checks, with the figures of this run.
+# every failpoint), the fault matrix and the bad-input corpus from the test suite, the
+# hostile-input corpus (scripts/hostile.sh), and the security checks, with the figures of this run.
 # Usage: scripts/reliability.sh [KILLS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +32,8 @@ c = json.load(open(f"{tmp}/crash.json"))
 tests = open(f"{tmp}/tests.txt").read()
 results = re.findall(r"^test (\S+) \.\.\. (ok|FAILED)$", tests, re.M)
 trust = dict(re.findall(r"^test (\S+) \.\.\. (ok|FAILED)$", open(f"{tmp}/trust.txt").read(), re.M))
-faults = [(n, r) for n, r in results if "corpus" not in n and "zip_bomb" not in n and "10_mb" not in n]
-corpus_cases = len(os.listdir("tests/data/corpus")) + 2  # the files, the zip bomb, the 10 MB field
+faults = [(n, r) for n, r in results if "corpus" not in n and "zip_bomb" not in n and "4_mib" not in n]
+corpus_cases = len(os.listdir("tests/data/corpus")) + 2  # the files, the zip bomb, the 4 MiB field
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
@@ -115,12 +115,14 @@ lines += [
     "",
     f"{corpus_cases} inputs tried: unbalanced quotes, ragged rows, wrong types, a missing column, extra",
     "columns, header-only and empty files, non-UTF-8 bytes, JSON with garbage lines, non-objects and a",
-    "truncated array, an empty zip, a zip with only `_SUCCESS`, mixed parts with side files, a corrupt",
-    "Parquet footer, a truncated ORC file, a zip bomb (64 MiB of zeros against an 8 MiB limit) and a",
-    "10 MB Reason field. Each has an asserted outcome: rows quarantined with their reason, or a",
-    "clear error naming the file. Corpus tests passing: "
-    + str(sum(1 for n, r in results if ("corpus" in n or "zip_bomb" in n or "10_mb" in n) and r == "ok"))
-    + " of " + str(sum(1 for n, r in results if ("corpus" in n or "zip_bomb" in n or "10_mb" in n))) + ".",
+    "truncated array, an empty zip, a zip with only `_SUCCESS` (an empty export: zero rows), mixed",
+    "parts with side files, a corrupt Parquet footer, a truncated ORC file, a zip bomb (64 MiB of",
+    "zeros against an 8 MiB limit) and a 4 MiB Reason field (past `decode.max_field_size`:",
+    "quarantined with its first KiB, or written whole once the limit allows it). Each has an asserted",
+    "outcome: rows quarantined with their reason, or a clear error naming the file. Corpus tests",
+    "passing: "
+    + str(sum(1 for n, r in results if ("corpus" in n or "zip_bomb" in n or "4_mib" in n) and r == "ok"))
+    + " of " + str(sum(1 for n, r in results if ("corpus" in n or "zip_bomb" in n or "4_mib" in n))) + ".",
     "",
     "## Security",
     "",
@@ -135,14 +137,18 @@ lines += [
     f"- Dependency advisories: {audit}",
     "",
 ]
-# The failover section is scripts/failover.sh's: carried over as it is.
+# The hostile-input and failover sections are scripts/hostile.sh's and scripts/failover.sh's:
+# carried over as they are (this script then runs scripts/hostile.sh to refresh its own).
 try:
     old = open(out).read()
-    begin, end = old.find("<!-- failover:begin"), old.find("<!-- failover:end -->")
-    if begin >= 0 and end >= 0:
-        lines += [old[begin:end + len("<!-- failover:end -->")], ""]
+    for name in ["hostile", "failover"]:
+        begin, end = old.find(f"<!-- {name}:begin"), old.find(f"<!-- {name}:end -->")
+        if begin >= 0 and end >= 0:
+            at = lines.index("## Security") if name == "hostile" else len(lines)
+            lines[at:at] = [old[begin:end + len(f"<!-- {name}:end -->")], ""]
 except FileNotFoundError:
     pass
 open(out, "w").write("\n".join(lines))
 print(f"wrote {out}")
 PY
+scripts/hostile.sh

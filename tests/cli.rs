@@ -75,6 +75,54 @@ fn bad_config_exits_2_naming_the_key() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+    // A parse error names its place, never the line: it may be the secret's.
+    let f = write(
+        dir.path(),
+        "leaky.toml",
+        "[auth]\nclient_id = \"c\"\nclient_secret = \"hunter2-in-a-broken-line\n",
+    );
+    let o = bin()
+        .arg("--config")
+        .arg(&f)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("line 3") && err.contains("leaky.toml"),
+        "{err}"
+    );
+    assert!(!format!("{out}{err}").contains("hunter2"), "{err}");
+}
+
+/// `check-config` shows where the token, the API and the lake are, never a URL's password or
+/// query string (a tenant key, a signature).
+#[test]
+fn check_config_prints_no_url_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "c.toml",
+        "[api]\nbase_url = \"https://api-user:api-pass@k8s.example\"\n[auth]\ntoken_url = \"https://user:s3cr3t-pw@idp.example/connect/token?tenant_key=t0p-s3cret\"\n[products.hid_work_orders]\n",
+    );
+    for json in [false, true] {
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&f).arg("check-config");
+        if json {
+            cmd.arg("--json");
+        }
+        let o = cmd.output().unwrap();
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        for secret in ["s3cr3t-pw", "t0p-s3cret", "api-pass", "user:"] {
+            assert!(
+                !out.contains(secret) && !err.contains(secret),
+                "{secret}: {out}"
+            );
+        }
+        assert!(out.contains("idp.example/connect/token"), "{out}");
+    }
 }
 
 #[test]

@@ -581,3 +581,100 @@ async fn trigger_runs_a_sync_or_backfill_in_the_daemon_and_reports_it() {
     assert!(child.wait().unwrap().success());
     sim.shutdown().await;
 }
+
+/// The admin endpoint is for `dpss-sync trigger` on this host, never for a web page: a
+/// browser's CORS "simple request" (an Origin, `text/plain`, no preflight) to the loopback port
+/// is refused and starts nothing, as is a request without the token; `trigger` still works. A
+/// thousand idle connections held open do not keep `/healthz` from answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_refuses_web_pages_and_idle_connections_do_not_starve_health() {
+    let sim = sim_with(20, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = daemon_config(&sim, dir.path(), port);
+    let mut child = spawn_daemon(&config);
+    wait_for(port, "/readyz", 200, Duration::from_secs(60)).await;
+    let token = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("state/admin.token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let jobs_before = sim.state.jobs_created();
+    let http = reqwest::Client::new();
+    let post = |path: &str| http.post(format!("http://127.0.0.1:{port}{path}"));
+    for path in [
+        "/admin/trigger/sync",
+        "/admin/trigger/backfill?from=2026-01-01&to=2026-01-02&force=true",
+    ] {
+        let page = post(path)
+            .header("Origin", "http://evil.example")
+            .header("Content-Type", "text/plain")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 403, "{path}");
+        // Even with the token: a page that somehow had it is still a page.
+        let with_token = post(path)
+            .header("Origin", "http://evil.example")
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(with_token.status(), 403, "{path}");
+        let anonymous = post(path).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401, "{path}");
+        let wrong = post(path).bearer_auth("guess").send().await.unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.state.jobs_created(), jobs_before, "nothing started");
+
+    let synced = Command::new(bin())
+        .env("RUST_LOG", "warn")
+        .arg("--config")
+        .arg(&config)
+        .args(["trigger", "sync", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        synced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
+    assert!(
+        sim.state.jobs_created() > jobs_before,
+        "trigger ran a cycle"
+    );
+
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    let asked = Instant::now();
+    let health = tokio::time::timeout(Duration::from_secs(5), get(port, "/healthz"))
+        .await
+        .expect("/healthz answers beside 1,000 idle connections");
+    assert_eq!(health.map(|(s, _)| s), Some(200));
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    // A connection that sends no request is closed once the header-read timeout (10 s) passes.
+    let mut one = idle.pop().unwrap();
+    drop(idle);
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::io::AsyncReadExt::read(&mut one, &mut buf),
+    )
+    .await
+    .expect("the server closes an idle connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    sim.shutdown().await;
+}

@@ -48,6 +48,7 @@ fn systemd_unit_is_hardened() {
         "Restart=on-failure",
         "EnvironmentFile=",
         "ExecStart=/usr/local/bin/dpss-sync --config /etc/dpss-sync/dpss-sync.toml run",
+        "LimitNOFILE=8192",
     ] {
         assert!(
             u.lines().any(|l| l.trim_start().starts_with(directive)),
@@ -118,6 +119,6 @@ fn kubernetes_manifest_keeps_one_writer_and_probes() {
     ] {
         assert!(k.contains(needle), "missing {needle}");
     }
-    // The embedded configuration is one dpss-sync accepts.
-    embedded_settings(&k);
+    // The embedded configuration is one dpss-sync accepts, with its connection cap.
+    assert_eq!(embedded_settings(&k).server.max_connections, 2048);
 }

@@ -524,6 +524,39 @@ mod tests {
     }
 
     #[test]
+    fn a_parse_error_names_the_place_and_never_quotes_the_line() {
+        let err = load("[auth]\nclient_id = \"x\"\nclient_secret = \"hunter2-very-secret\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn decode_limits_and_admin_keys() {
+        let s = load("").unwrap();
+        assert_eq!(
+            (s.decode.max_field, s.decode.max_record),
+            (1 << 20, 8 << 20)
+        );
+        assert_eq!(s.decode.max_uncompressed, s.lake.max_uncompressed_size);
+        assert_eq!(s.api.max_retry_after, Duration::from_secs(600));
+        assert_eq!(
+            s.admin_token_file(),
+            PathBuf::from("/var/lib/dpss-sync/admin.token")
+        );
+        let err = load("[decode]\nmax_field_size = \"9MiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`decode.max_field_size`"), "{err}");
+        let s = load("[server]\nadmin_token_file = \"/run/dpss/token\"\nmax_connections = 64\n")
+            .unwrap();
+        assert_eq!(s.admin_token_file(), PathBuf::from("/run/dpss/token"));
+        assert_eq!(s.server.max_connections, 64);
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = load("[api]\npol_interval = \"1s\"\n").unwrap_err();
         assert!(err.to_string().contains("`api.pol_interval`"), "{err}");

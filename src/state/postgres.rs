@@ -170,3 +170,35 @@ pub(super) async fn size_bytes(pool: &PgPool) -> Result<u64, StateError> {
         .await?;
     Ok(bytes.max(0) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database that is down is named with its host and the cause within seconds, not after
+    /// the pool's half-minute wait with "timed out" alone.
+    #[tokio::test]
+    async fn an_unreachable_server_is_named_with_its_cause_within_seconds() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = StateUrl::Postgres {
+            url: format!("postgres://dpss:pw@127.0.0.1:{port}/dpss")
+                .parse()
+                .unwrap(),
+            password_file: None,
+        };
+        let started = std::time::Instant::now();
+        let err = State::open_reader(&url).await.err().unwrap().to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(7),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(err.to_lowercase().contains("refused"), "{err}");
+        assert!(!err.contains(":pw@"), "{err}");
+    }
+}

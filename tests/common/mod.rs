@@ -2,6 +2,8 @@
 //! readers of the lake (the project's own, and DuckDB as an independent one).
 #![allow(dead_code)]
 
+pub mod vendor;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
