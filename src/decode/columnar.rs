@@ -200,7 +200,14 @@ fn decode_parquet(
     summary: &mut DecodeSummary,
     sink: &mut Sink<'_>,
 ) -> Result<(), DecodeError> {
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+    // The Arrow schema a writer may embed in the footer is not read: every column is cast to
+    // what the normalizer takes anyway, and arrow-ipc panics on a mangled one.
+    let options =
+        parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    let builder =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new_with_options(
+            file, options,
+        )
         .map_err(|e| DecodeError::Malformed {
             file: label.to_string(),
             detail: format!("not a readable Parquet file: {e}"),
