@@ -121,6 +121,27 @@ impl<R: Read> Records<R> {
             f
         })
     }
+
+    /// The record's fields as text, when all of it is UTF-8 and no field ends inside a
+    /// character: one check for the whole record, where checking each field cost ten times
+    /// as much on short fields.
+    fn text(&self, n: usize) -> Option<(&str, &[usize])> {
+        let ends = &self.ends[..n];
+        let whole = std::str::from_utf8(&self.out[..ends.last().copied().unwrap_or(0)]).ok()?;
+        ends.iter()
+            .all(|&e| whole.is_char_boundary(e))
+            .then_some((whole, ends))
+    }
+}
+
+/// The fields of a record checked by [`Records::text`].
+fn text_fields<'a>(whole: &'a str, ends: &'a [usize]) -> impl Iterator<Item = &'a str> {
+    let mut start = 0;
+    ends.iter().map(move |&end| {
+        let f = &whole[start..end];
+        start = end;
+        f
+    })
 }
 
 /// The reason a record past the limits is quarantined for.
@@ -200,15 +221,19 @@ pub fn decode(
                 Record::Fields(n) => n,
             }
         };
-        match check_row(&records, fields, &mapping, limits) {
-            Ok(()) => set_row(
-                &mut out,
-                &mapping,
-                records
-                    .fields(fields)
-                    // Checked by `check_row`: every mapped field is UTF-8.
-                    .map(|f| std::str::from_utf8(f).unwrap_or_default()),
-            ),
+        let text = records.text(fields);
+        match check_row(&records, fields, text.is_some(), &mapping, limits) {
+            Ok(()) => match text {
+                Some((whole, ends)) => set_row(&mut out, &mapping, text_fields(whole, ends)),
+                // Some unmapped field is not UTF-8: only the mapped ones, checked, are kept.
+                None => set_row(
+                    &mut out,
+                    &mapping,
+                    records
+                        .fields(fields)
+                        .map(|f| std::str::from_utf8(f).unwrap_or_default()),
+                ),
+            },
             Err(reason) => {
                 let raw = match reason.1 {
                     Some(big) => big,
@@ -237,6 +262,7 @@ pub fn decode(
 fn check_row<R: Read>(
     records: &Records<R>,
     fields: usize,
+    utf8: bool,
     mapping: &[Option<Column>],
     limits: &DecodeLimits,
 ) -> Result<(), (String, Option<String>)> {
@@ -261,7 +287,7 @@ fn check_row<R: Read>(
                 Some(value_head(field, field.len() as u64)),
             ));
         }
-        if std::str::from_utf8(field).is_err() {
+        if !utf8 && std::str::from_utf8(field).is_err() {
             return Err((format!("{} is not valid UTF-8", c.lake_name()), None));
         }
     }
