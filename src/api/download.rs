@@ -92,15 +92,16 @@ impl DpssClient {
             return Err(fail(format!("HTTP {status}")));
         }
         let expected = resp.content_length();
+        // Room first: a volume that cannot take the download is what the operator must fix.
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        if let Some(n) = expected {
+            crate::disk::ensure_room(dir, n, &format!("the {n}-byte download"))?;
+        }
         if expected.is_some_and(|n| n > max_bytes) {
             return Err(ApiError::TooLarge {
                 url: shown.to_string(),
                 limit: max_bytes,
             });
-        }
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        if let Some(n) = expected {
-            crate::disk::ensure_room(dir, n, &format!("the {n}-byte download"))?;
         }
         // The announced size may be absent, or wrong: the free space is looked at as it streams.
         let mut reserve = crate::disk::Reserve::new(dir, format!("the download from {shown}"))?;
