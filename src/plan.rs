@@ -1,8 +1,9 @@
 //! Which windows a cycle or a backfill must run, and why.
 //!
-//! A window is one UTC day of `StatusDatetime`, the product's only time filter; a date-only value
-//! selects the whole day. A first run with no watermark instead loads the whole 13-month history
-//! with one unfiltered export, which is far cheaper than ~400 day jobs.
+//! A window is one UTC day of the product's window column, asked for with the tokens the product
+//! declares (one day token, or a start and an end). A first run with no watermark instead loads
+//! the whole 13-month history with one unfiltered export, which is far cheaper than ~400 day
+//! jobs.
 //!
 //! A cycle converges: a closed day committed after it closed is not exported again unless it is
 //! within the lookback, and a window that keeps failing waits longer before each try, so one
@@ -31,13 +32,12 @@ pub fn available_from(today: NaiveDate) -> NaiveDate {
 }
 
 pub fn day_window(product: Product, day: NaiveDate, reason: String) -> WindowPlan {
-    let text = day.format("%Y-%m-%d").to_string();
     WindowPlan {
-        key: text.clone(),
+        key: day.format("%Y-%m-%d").to_string(),
         kind: WindowKind::Day,
         from: day,
         to: day,
-        tokens: BTreeMap::from([(product.day_token().to_string(), text)]),
+        tokens: product.day_tokens(day),
         reason,
     }
 }
@@ -49,7 +49,7 @@ pub fn history_window(product: Product, today: NaiveDate) -> WindowPlan {
         from: available_from(today),
         to: today,
         // Unused tokens go as "" (not supplied), as in every vendor example.
-        tokens: BTreeMap::from([(product.day_token().to_string(), String::new())]),
+        tokens: product.history_tokens(),
         reason: "no watermark yet: load the available 13 months with one unfiltered export".into(),
     }
 }
@@ -198,19 +198,36 @@ mod tests {
         s.parse().unwrap()
     }
 
-    const P: Product = Product::HidWorkOrders;
+    fn hid() -> Product {
+        crate::product::test_support::hid()
+    }
 
     fn cycle(watermark: Option<&str>, lookback: u32, today: &str, ledger: &Ledger) -> Vec<String> {
-        plan_cycle(P, watermark.map(d), lookback, d(today), Utc::now(), ledger)
-            .windows
-            .into_iter()
-            .map(|w| w.key)
-            .collect()
+        plan_cycle(
+            hid(),
+            watermark.map(d),
+            lookback,
+            d(today),
+            Utc::now(),
+            ledger,
+        )
+        .windows
+        .into_iter()
+        .map(|w| w.key)
+        .collect()
     }
 
     #[test]
     fn first_run_is_one_history_export() {
-        let w = plan_cycle(P, None, 2, d("2026-11-27"), Utc::now(), &Ledger::default()).windows;
+        let w = plan_cycle(
+            hid(),
+            None,
+            2,
+            d("2026-11-27"),
+            Utc::now(),
+            &Ledger::default(),
+        )
+        .windows;
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].kind, WindowKind::History);
         assert_eq!(w[0].from, d("2025-10-27"));
@@ -221,7 +238,7 @@ mod tests {
     fn cycle_covers_lookback_through_today() {
         let none = Ledger::default();
         let w = plan_cycle(
-            P,
+            hid(),
             Some(d("2026-11-26")),
             2,
             d("2026-11-27"),
@@ -276,7 +293,14 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let plan = plan_cycle(P, Some(d("2026-11-26")), 2, d("2026-11-27"), now, &ledger);
+        let plan = plan_cycle(
+            hid(),
+            Some(d("2026-11-26")),
+            2,
+            d("2026-11-27"),
+            now,
+            &ledger,
+        );
         let keys: Vec<_> = plan.windows.iter().map(|w| w.key.as_str()).collect();
         assert_eq!(keys, ["2026-11-25", "2026-11-27"]);
         assert_eq!(plan.deferred[0].key, "2026-11-26");
@@ -285,15 +309,15 @@ mod tests {
     #[test]
     fn backfill_clamps_and_says_so() {
         let (w, note) =
-            plan_backfill(P, d("2024-01-01"), d("2025-11-01"), d("2026-11-27")).unwrap();
+            plan_backfill(hid(), d("2024-01-01"), d("2025-11-01"), d("2026-11-27")).unwrap();
         assert_eq!(w.first().unwrap().from, d("2025-10-27"));
         assert_eq!(w.len(), 6);
         assert!(note.unwrap().contains("13-month"));
         let (w, note) =
-            plan_backfill(P, d("2026-11-01"), d("2026-11-03"), d("2026-11-27")).unwrap();
+            plan_backfill(hid(), d("2026-11-01"), d("2026-11-03"), d("2026-11-27")).unwrap();
         assert_eq!(w.len(), 3);
         assert!(note.is_none());
-        assert!(plan_backfill(P, d("2026-11-03"), d("2026-11-01"), d("2026-11-27")).is_err());
-        assert!(plan_backfill(P, d("2020-01-01"), d("2020-02-01"), d("2026-11-27")).is_err());
+        assert!(plan_backfill(hid(), d("2026-11-03"), d("2026-11-01"), d("2026-11-27")).is_err());
+        assert!(plan_backfill(hid(), d("2020-01-01"), d("2020-02-01"), d("2026-11-27")).is_err());
     }
 }

@@ -707,27 +707,39 @@ async fn every_report_is_one_json_document_with_pinned_fields() {
         .output()
         .unwrap();
     let doc = json_of(&demo, "demo");
-    assert_eq!(keys(&doc), ["run", "simulator", "summary"]);
-    assert_eq!(keys(&doc["run"]), product_keys);
-    assert_eq!(
-        keys(&doc["summary"]),
-        [
-            "bytes",
-            "delta",
-            "first_status_day",
-            "lake",
-            "last_status_day",
-            "objects",
-            "partitions",
-            "quarantined",
-            "rows",
-            "seconds",
-            "state",
-            "status_days",
-            "watermark"
-        ]
-    );
-    assert_eq!(doc["summary"]["delta"], false);
+    assert_eq!(keys(&doc), ["products", "seconds", "simulator"]);
+    let names: Vec<&str> = doc["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["product"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["atm_temperature_stats", "hid_work_orders"]);
+    for p in doc["products"].as_array().unwrap() {
+        assert_eq!(keys(p), ["product", "run", "summary"]);
+        assert_eq!(keys(&p["run"]), product_keys);
+        assert_eq!(
+            keys(&p["summary"]),
+            [
+                "bytes",
+                "delta",
+                "first_window_day",
+                "lake",
+                "last_window_day",
+                "objects",
+                "partitions",
+                "quarantined",
+                "rows",
+                "seconds",
+                "state",
+                "watermark",
+                "window_days"
+            ]
+        );
+        assert_eq!(p["summary"]["delta"], false);
+        assert!(p["summary"]["rows"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["summary"]["quarantined"].as_u64().unwrap() > 0, "{p}");
+    }
     sim.shutdown().await;
 }
 

@@ -438,7 +438,7 @@ impl FetchSetup {
 
     fn fetcher(&self) -> Fetcher<'_> {
         Fetcher {
-            product: P,
+            product: *P,
             client: &self.client,
             state: &self.state,
             api: &self.settings.api,
@@ -456,7 +456,7 @@ impl FetchSetup {
         let run = self.state.start_run("test", None).await.unwrap();
         let w = self
             .state
-            .plan_window(P, &day.to_string(), WindowKind::Day, day, day, run)
+            .plan_window(*P, &day.to_string(), WindowKind::Day, day, day, run)
             .await
             .unwrap();
         let job_id = self
@@ -469,7 +469,10 @@ impl FetchSetup {
             )
             .await
             .unwrap();
-        (self.state.window(P, &w.key).await.unwrap().unwrap(), job_id)
+        (
+            self.state.window(*P, &w.key).await.unwrap().unwrap(),
+            job_id,
+        )
     }
 }
 
@@ -479,7 +482,7 @@ async fn failed_job_surfaces_as_an_error_naming_the_job() {
     let (w, job_id) = t.submit(days_before_today(1)[0]).await;
     // The id is in the state before the first poll.
     assert_eq!(
-        t.state.jobs_for_window(P, &w.key).await.unwrap(),
+        t.state.jobs_for_window(*P, &w.key).await.unwrap(),
         vec![job_id.clone()]
     );
     let err = t

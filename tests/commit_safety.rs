@@ -165,7 +165,7 @@ async fn status_and_plan_in_a_loop_beside_a_spilling_import() {
         dpss_sync::lake::Lake::open(&local_lake(&dir.path().join("lake")), dir.path()).unwrap();
     let mut count = 0;
     let mut ids = HashSet::new();
-    for (_, b) in lake.read_table(P).await.unwrap() {
+    for (_, b) in lake.read_table(*P).await.unwrap() {
         count += b.num_rows() as u64;
         let wo = b
             .column_by_name("work_order_id")
@@ -191,14 +191,14 @@ async fn re_syncs_of_odd_exports_load_or_refuse_and_lose_nothing() {
     let pipeline = online(&sim, dir.path(), "csv").await;
     let d = days_before_today(3);
     let want = expected(&sim, d.clone(), Utc::now());
-    let first = pipeline.backfill(P, d[0], d[2], false).await.unwrap();
+    let first = pipeline.backfill(*P, d[0], d[2], false).await.unwrap();
     assert!(first.ok(), "{:?}", first.windows);
     assert_eq!(lake_rows(dir.path()).await, want);
     let quarantine = quarantined(dir.path()).await.len();
     assert!(quarantine > 0);
 
     sim.state.set_packaging(Packaging::Gzip);
-    let gzip = pipeline.backfill(P, d[1], d[2], false).await.unwrap();
+    let gzip = pipeline.backfill(*P, d[1], d[2], false).await.unwrap();
     assert!(gzip.ok(), "{:?}", gzip.windows);
     assert_eq!(gzip.windows.len(), 2);
     assert!(gzip.windows.iter().all(|w| w.counts.unwrap().written > 0));
@@ -212,7 +212,7 @@ async fn re_syncs_of_odd_exports_load_or_refuse_and_lose_nothing() {
             .unwrap_or_else(|| panic!("{day} did not fail: {:?}", r.windows))
     };
     sim.state.set_packaging(Packaging::Bzip2Named);
-    let unreadable = pipeline.backfill(P, d[1], d[1], false).await.unwrap();
+    let unreadable = pipeline.backfill(*P, d[1], d[1], false).await.unwrap();
     let error = error_of(&unreadable, d[1]);
     assert!(
         error.contains("holds no data part") && error.contains(".csv.bz2"),
@@ -220,7 +220,7 @@ async fn re_syncs_of_odd_exports_load_or_refuse_and_lose_nothing() {
     );
 
     sim.state.set_packaging(Packaging::Empty);
-    let empty = pipeline.backfill(P, d[2], d[2], false).await.unwrap();
+    let empty = pipeline.backfill(*P, d[2], d[2], false).await.unwrap();
     let error = error_of(&empty, d[2]);
     assert!(
         error.contains(&format!("refusing to replace closed status day {}", d[2]))
@@ -235,7 +235,7 @@ async fn re_syncs_of_odd_exports_load_or_refuse_and_lose_nothing() {
     );
     assert_eq!(quarantined(dir.path()).await.len(), quarantine);
 
-    let forced = pipeline.backfill(P, d[2], d[2], true).await.unwrap();
+    let forced = pipeline.backfill(*P, d[2], d[2], true).await.unwrap();
     assert!(forced.ok(), "{:?}", forced.windows);
     assert_eq!(
         lake_rows(dir.path()).await,
@@ -256,32 +256,32 @@ async fn a_day_that_keeps_failing_backs_off_and_the_days_around_it_are_not_re_ex
     let dir = tempfile::tempdir().unwrap();
     let pipeline = online(&sim, dir.path(), "csv").await;
     // A lake synced up to d[0], as after earlier cycles.
-    pipeline.state.advance_watermark(P, d[0]).await.unwrap();
+    pipeline.state.advance_watermark(*P, d[0]).await.unwrap();
     let keys = |r: &dpss_sync::sync::RunReport| -> Vec<String> {
         let mut k: Vec<String> = r.windows.iter().map(|w| w.key.clone()).collect();
         k.sort();
         k
     };
     let today = Utc::now().date_naive().to_string();
-    let first = pipeline.sync(P).await.unwrap();
+    let first = pipeline.sync(*P).await.unwrap();
     assert_eq!(first.windows.len(), 8, "{:?}", keys(&first));
     let failed: Vec<_> = first.windows.iter().filter(|w| w.error.is_some()).collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].key, bad.to_string());
-    assert_eq!(pipeline.state.watermark(P).await.unwrap(), Some(d[1]));
+    assert_eq!(pipeline.state.watermark(*P).await.unwrap(), Some(d[1]));
 
     // Lookback of the watermark (d0, d1), the failing day, lookback of today (d4, d5), today;
     // not d3, final since it was committed after it closed.
-    let second = pipeline.sync(P).await.unwrap();
+    let second = pipeline.sync(*P).await.unwrap();
     let s = |x: chrono::NaiveDate| x.to_string();
     assert_eq!(
         keys(&second),
         [s(d[0]), s(d[1]), s(bad), s(d[4]), s(d[5]), today.clone()]
     );
     // Failed twice in a row: the day now waits before its next try.
-    let third = pipeline.sync(P).await.unwrap();
+    let third = pipeline.sync(*P).await.unwrap();
     assert_eq!(keys(&third), [s(d[0]), s(d[1]), s(d[4]), s(d[5]), today]);
-    let w = pipeline.state.window(P, &s(bad)).await.unwrap().unwrap();
+    let w = pipeline.state.window(*P, &s(bad)).await.unwrap().unwrap();
     assert_eq!(w.failures, 2);
     assert!(w.next_attempt_at.unwrap() > Utc::now() + chrono::Duration::minutes(10));
 

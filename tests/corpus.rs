@@ -45,7 +45,7 @@ async fn check(file: &Path, expect: Expect, extra: &str) {
     let dir = tempfile::tempdir().unwrap();
     let p = pipeline(dir.path(), extra).await;
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
-    let report = p.import(P, vec![file.to_path_buf()], false).await.unwrap();
+    let report = p.import(*P, vec![file.to_path_buf()], false).await.unwrap();
     let w = &report.windows[0];
     match expect {
         Expect::Rows {
@@ -269,13 +269,13 @@ async fn a_4_mib_reason_is_quarantined_unless_the_limit_allows_it() {
     .await;
     let kept = tempfile::tempdir().unwrap();
     let p = pipeline(kept.path(), "").await;
-    p.import(P, vec![file.clone()], false).await.unwrap();
+    p.import(*P, vec![file.clone()], false).await.unwrap();
     let q = quarantined(kept.path()).await;
     assert_eq!(q.len(), 1);
     let raw_len = {
         let lake = dpss_sync::lake::Lake::open(&local_lake(&kept.path().join("lake")), kept.path())
             .unwrap();
-        let b = lake.read_quarantine(P).await.unwrap();
+        let b = lake.read_quarantine(*P).await.unwrap();
         let raw = b[0]
             .column_by_name("_raw")
             .unwrap()
@@ -299,7 +299,7 @@ async fn a_4_mib_reason_is_quarantined_unless_the_limit_allows_it() {
     let out = tempfile::tempdir().unwrap();
     let raised = "[decode]\nmax_field_size = \"8MiB\"";
     let p = pipeline(out.path(), raised).await;
-    p.import(P, vec![file], false).await.unwrap();
+    p.import(*P, vec![file], false).await.unwrap();
     let rows = lake_rows(out.path()).await;
     assert!(rows.iter().any(|r| r.5.len() == 4 << 20));
 }
@@ -324,7 +324,7 @@ async fn part_files_sharing_a_day_are_one_import() {
         parts.push(f);
     }
     let p = pipeline(dir.path(), "").await;
-    let report = p.import(P, parts, false).await.unwrap();
+    let report = p.import(*P, parts, false).await.unwrap();
     assert_eq!(report.windows.len(), 1);
     let c = report.windows[0].counts.unwrap();
     assert_eq!((c.read, c.written, c.duplicates), (4, 3, 1));

@@ -190,7 +190,7 @@ async fn daemon_serves_metrics_and_readiness_and_drains_on_sigterm() {
     // Bytes written are the objects' sizes.
     let lake =
         dpss_sync::lake::Lake::open(&local_lake(&dir.path().join("lake")), dir.path()).unwrap();
-    let objects = lake.objects(P).await.unwrap();
+    let objects = lake.objects(*P).await.unwrap();
     let on_disk: u64 = objects.iter().map(|(_, size)| size).sum();
     let written = metric(&metrics, "dpss_sync_written_bytes_total", &[p]);
     assert!(
@@ -269,7 +269,7 @@ async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
     let st = State::open_reader(&StateUrl::Sqlite(state_path.clone()))
         .await
         .unwrap();
-    let w = st.window(P, "history").await.unwrap().unwrap();
+    let w = st.window(*P, "history").await.unwrap().unwrap();
     assert_eq!(w.stage, Stage::Submitted);
     let job = w.job_id.clone().unwrap();
     st.close().await;
@@ -286,7 +286,7 @@ async fn sigterm_mid_job_leaves_it_recorded_and_the_next_start_resumes_it() {
     let st = State::open_reader(&StateUrl::Sqlite(state_path.clone()))
         .await
         .unwrap();
-    let w = st.window(P, "history").await.unwrap().unwrap();
+    let w = st.window(*P, "history").await.unwrap().unwrap();
     assert_eq!(
         (w.stage, w.job_id.as_deref()),
         (Stage::Committed, Some(job.as_str()))

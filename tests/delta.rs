@@ -41,7 +41,7 @@ async fn scenario(file_type: &str, seed: u64) {
     let pipeline = Pipeline::open(delta_settings(&sim, dir.path(), file_type), true, writer())
         .await
         .unwrap();
-    let report = pipeline.sync(P).await.unwrap();
+    let report = pipeline.sync(*P).await.unwrap();
     assert!(report.ok(), "{file_type}: {report:?}");
     let now = Utc::now();
     let days: Vec<_> = dpss_sync::plan::available_from(now.date_naive())
@@ -79,7 +79,7 @@ async fn scenario(file_type: &str, seed: u64) {
     );
 
     // A re-sync of unchanged days: the table reads the same.
-    assert!(pipeline.sync(P).await.unwrap().ok());
+    assert!(pipeline.sync(*P).await.unwrap().ok());
     let again = read_delta(&table, None).unwrap();
     assert!(
         closed(again.rows.clone()) == want,
@@ -97,7 +97,7 @@ async fn scenario(file_type: &str, seed: u64) {
     late.status = "Closed";
     late.work_order_id = "LATE-1".into();
     sim.state.inject_row(late);
-    assert!(pipeline.sync(P).await.unwrap().ok());
+    assert!(pipeline.sync(*P).await.unwrap().ok());
     let after = read_delta(&table, None).unwrap();
     let closed_after = closed(after.rows.clone());
     assert_eq!(closed_after.len(), want.len() + 1, "{file_type}");
@@ -210,7 +210,7 @@ async fn two_writers_racing_never_both_commit_a_version() {
     let a = Lake::open(&settings, dir.path()).unwrap();
     let b = Lake::open(&settings, dir.path()).unwrap();
     let table_dir = dir.path().join("lake/hid_work_orders");
-    let base = a.ensure_table(P, TableKind::Data).await.unwrap();
+    let base = a.ensure_table(*P, TableKind::Data).await.unwrap();
     let v0 = base.version();
     let add = |t: &dpss_sync::lake::delta::Table, day: &str, name: &str| Change {
         removes: Vec::new(),
@@ -221,7 +221,7 @@ async fn two_writers_racing_never_both_commit_a_version() {
         )]),
     };
     let note = |txn: i64, id: &str| CommitNote {
-        product: P,
+        product: *P,
         txn,
         commit_id: id.into(),
         window: Some("race".into()),
@@ -230,16 +230,16 @@ async fn two_writers_racing_never_both_commit_a_version() {
 
     // Both from the same version, other partitions: the second to commit finds the version
     // taken, sees the winner touched none of its partitions, and lands on top of it.
-    let mut ta = a.ensure_table(P, TableKind::Data).await.unwrap();
-    let mut tb = b.ensure_table(P, TableKind::Data).await.unwrap();
+    let mut ta = a.ensure_table(*P, TableKind::Data).await.unwrap();
+    let mut tb = b.ensure_table(*P, TableKind::Data).await.unwrap();
     let ca = add(&ta, "2024-06-01", "a");
     let cb = add(&tb, "2024-06-02", "b");
     assert_eq!(ta.commit(&ca, &note(1, "a")).await.unwrap().version, v0 + 1);
     assert_eq!(tb.commit(&cb, &note(2, "b")).await.unwrap().version, v0 + 2);
 
     // The same partition from the same version: exactly one commits; the other names it.
-    let mut ta = a.ensure_table(P, TableKind::Data).await.unwrap();
-    let mut tb = b.ensure_table(P, TableKind::Data).await.unwrap();
+    let mut ta = a.ensure_table(*P, TableKind::Data).await.unwrap();
+    let mut tb = b.ensure_table(*P, TableKind::Data).await.unwrap();
     let ca = add(&ta, "2024-06-03", "c");
     let cb = add(&tb, "2024-06-03", "d");
     let (nc, nd) = (note(3, "c"), note(4, "d"));
@@ -255,8 +255,8 @@ async fn two_writers_racing_never_both_commit_a_version() {
     );
 
     // A transaction version another writer already used: refused, whatever the partitions.
-    let mut tb = b.ensure_table(P, TableKind::Data).await.unwrap();
-    let mut ta = a.open_table(P, TableKind::Data).await.unwrap().unwrap();
+    let mut tb = b.ensure_table(*P, TableKind::Data).await.unwrap();
+    let mut ta = a.open_table(*P, TableKind::Data).await.unwrap().unwrap();
     let cb = add(&tb, "2024-06-04", "e");
     tb.commit(&cb, &note(5, "e")).await.unwrap();
     let ca = add(&ta, "2024-06-05", "f");
@@ -267,8 +267,8 @@ async fn two_writers_racing_never_both_commit_a_version() {
     );
 
     // A commit retried after its first attempt landed (an answer lost) is recognised, not doubled.
-    let mut ta = a.open_table(P, TableKind::Data).await.unwrap().unwrap();
-    let mut stale = a.open_table(P, TableKind::Data).await.unwrap().unwrap();
+    let mut ta = a.open_table(*P, TableKind::Data).await.unwrap().unwrap();
+    let mut stale = a.open_table(*P, TableKind::Data).await.unwrap().unwrap();
     let ca = add(&ta, "2024-06-06", "g");
     let first = ta.commit(&ca, &note(6, "g")).await.unwrap();
     let again = stale.commit(&ca, &note(6, "g")).await.unwrap();
@@ -402,7 +402,7 @@ async fn a_table_that_differs_is_refused_with_the_difference_named() {
     let mut settings = local_lake(&root);
     settings.format = dpss_sync::config::TableFormat::Delta;
     let lake = Lake::open(&settings, dir.path()).unwrap();
-    let err = lake.ensure_table(P, TableKind::Data).await.unwrap_err();
+    let err = lake.ensure_table(*P, TableKind::Data).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("partitioned by [work_order_id], expected [event_date]"),
@@ -424,14 +424,14 @@ async fn a_parquet_lake_switched_to_delta_keeps_its_rows() {
     let hive = Pipeline::open(settings(&sim, dir.path(), "csv", 2), true, writer())
         .await
         .unwrap();
-    assert!(hive.sync(P).await.unwrap().ok());
+    assert!(hive.sync(*P).await.unwrap().ok());
     let before = closed(lake_rows(dir.path()).await);
     hive.state.close().await;
     drop(hive);
     let delta = Pipeline::open(delta_settings(&sim, dir.path(), "csv"), true, writer())
         .await
         .unwrap();
-    assert!(delta.sync(P).await.unwrap().ok());
+    assert!(delta.sync(*P).await.unwrap().ok());
     if let Some(read) = read_delta(&dir.path().join("lake/hid_work_orders"), None) {
         assert!(
             closed(read.rows) == before,
@@ -470,7 +470,7 @@ async fn checkpoints_and_vacuum_keep_the_log_short_and_the_disk_clean() {
     })
     .unwrap();
     let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
-    assert!(pipeline.sync(P).await.unwrap().ok());
+    assert!(pipeline.sync(*P).await.unwrap().ok());
     // An object no commit names, old enough to be past the retention: a leftover VACUUM removes.
     let yesterday = Utc::now().date_naive() - chrono::Duration::days(1);
     let stray = table.join(format!("event_date={yesterday}/part-stray.parquet"));
@@ -491,7 +491,7 @@ async fn checkpoints_and_vacuum_keep_the_log_short_and_the_disk_clean() {
         late.work_order_id = format!("LATE-{n}");
         sim.state.inject_row(late);
         tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-        assert!(pipeline.sync(P).await.unwrap().ok());
+        assert!(pipeline.sync(*P).await.unwrap().ok());
     }
     let log = table.join("_delta_log");
     let checkpoints: Vec<_> = std::fs::read_dir(&log)
@@ -639,11 +639,11 @@ async fn reloading_unchanged_days_commits_nothing() {
         .unwrap();
     let days = days_before_today(3);
     let (from, to) = (days[0], days[2]);
-    assert!(pipeline.backfill(P, from, to, false).await.unwrap().ok());
+    assert!(pipeline.backfill(*P, from, to, false).await.unwrap().ok());
     let versions = || async {
         let mut out = Vec::new();
         for kind in [TableKind::Data, TableKind::Quarantine] {
-            let t = pipeline.lake.open_table(P, kind).await.unwrap().unwrap();
+            let t = pipeline.lake.open_table(*P, kind).await.unwrap().unwrap();
             out.push(t.version());
         }
         out
@@ -654,7 +654,7 @@ async fn reloading_unchanged_days_commits_nothing() {
         "the days should have quarantined rows, or the test shows nothing of the quarantine"
     );
     // Forced, or the backfill would find its windows committed and run none of them.
-    let report = pipeline.backfill(P, from, to, true).await.unwrap();
+    let report = pipeline.backfill(*P, from, to, true).await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.windows.len(), 3, "{report:?}");
     assert_eq!(versions().await, first, "an unchanged reload committed");

@@ -161,7 +161,7 @@ async fn recorded_job(db: &url::Url) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(st) = State::open_reader(&url).await {
-            let w = st.window(P, "history").await.ok().flatten();
+            let w = st.window(*P, "history").await.ok().flatten();
             st.close().await;
             if let Some(job) = w.and_then(|w| w.job_id) {
                 return job;
@@ -180,7 +180,7 @@ async fn committed(db: &url::Url, within: Duration) -> (Stage, Option<String>) {
     let deadline = Instant::now() + within;
     loop {
         if let Ok(st) = State::open_reader(&url).await {
-            let w = st.window(P, "history").await.ok().flatten();
+            let w = st.window(*P, "history").await.ok().flatten();
             st.close().await;
             if let Some(w) = w.filter(|w| w.stage == Stage::Committed) {
                 return (w.stage, w.job_id);

@@ -30,7 +30,10 @@ async fn backfill(
     .unwrap();
     let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
     let days = two_days();
-    let report = pipeline.backfill(P, days[0], days[1], false).await.unwrap();
+    let report = pipeline
+        .backfill(*P, days[0], days[1], false)
+        .await
+        .unwrap();
     (pipeline, report)
 }
 
@@ -57,7 +60,7 @@ async fn recovers(faults: &str, evidence: impl Fn(&SimHandle)) {
     .unwrap();
     let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
     for day in two_days() {
-        let report = pipeline.backfill(P, day, day, false).await.unwrap();
+        let report = pipeline.backfill(*P, day, day, false).await.unwrap();
         assert!(report.ok(), "{faults}: {:?}", report.windows);
     }
     assert_eq!(
@@ -81,12 +84,12 @@ async fn fails_cleanly(
     for w in &report.windows {
         let err = w.error.as_deref().unwrap_or_default();
         assert!(err.contains(message), "expected `{message}` in: {err}");
-        let row = pipeline.state.window(P, &w.key).await.unwrap().unwrap();
+        let row = pipeline.state.window(*P, &w.key).await.unwrap().unwrap();
         assert_ne!(row.stage, Stage::Committed);
         assert!(row.error.as_deref().is_some_and(|e| e.contains(message)));
     }
     assert!(lake_rows(dir.path()).await.is_empty());
-    assert_eq!(pipeline.state.watermark(P).await.unwrap(), None);
+    assert_eq!(pipeline.state.watermark(*P).await.unwrap(), None);
     let runs = pipeline.state.recent_runs(1).await.unwrap();
     assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
     assert!(
@@ -128,7 +131,7 @@ async fn server_error_bursts_are_retried_and_an_unknown_submission_waits_for_the
         let mut runs = 0;
         loop {
             runs += 1;
-            let report = pipeline.backfill(P, day, day, false).await.unwrap();
+            let report = pipeline.backfill(*P, day, day, false).await.unwrap();
             if report.ok() {
                 break;
             }
@@ -155,13 +158,13 @@ async fn a_lost_answer_to_a_batch_request_is_not_re_posted_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = online(&sim, dir.path(), "csv").await;
     let day = two_days()[0];
-    let first = pipeline.backfill(P, day, day, false).await.unwrap();
+    let first = pipeline.backfill(*P, day, day, false).await.unwrap();
     assert!(first.ok(), "{:?}", first.windows);
-    let lost = pipeline.backfill(P, day, day, true).await.unwrap();
+    let lost = pipeline.backfill(*P, day, day, true).await.unwrap();
     let error = lost.windows[0].error.clone().unwrap();
     assert!(error.contains("outcome is unknown"), "{error}");
     assert_eq!(sim.state.jobs_created(), 2, "re-posted within the run");
-    let again = pipeline.backfill(P, day, day, true).await.unwrap();
+    let again = pipeline.backfill(*P, day, day, true).await.unwrap();
     assert!(again.ok(), "{:?}", again.windows);
     assert_eq!(sim.state.jobs_created(), 3);
     assert_eq!(
@@ -311,7 +314,10 @@ async fn a_failing_object_store_commits_nothing() {
     .unwrap();
     let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
     let days = two_days();
-    let report = pipeline.backfill(P, days[0], days[1], false).await.unwrap();
+    let report = pipeline
+        .backfill(*P, days[0], days[1], false)
+        .await
+        .unwrap();
     assert!(!report.ok());
     for w in &report.windows {
         assert!(
@@ -319,9 +325,9 @@ async fn a_failing_object_store_commits_nothing() {
             "{:?}",
             w.error
         );
-        let row = pipeline.state.window(P, &w.key).await.unwrap().unwrap();
+        let row = pipeline.state.window(*P, &w.key).await.unwrap().unwrap();
         assert_ne!(row.stage, Stage::Committed);
     }
-    assert_eq!(pipeline.state.watermark(P).await.unwrap(), None);
+    assert_eq!(pipeline.state.watermark(*P).await.unwrap(), None);
     sim.shutdown().await;
 }

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Int32Array, StringArray};
+use arrow::array::{ArrayRef, Float64Array, Int32Array, StringArray};
 use arrow::record_batch::RecordBatch;
 use dpss_sync::decode::{DecodeLimits, decode_path};
+use dpss_sync::product::{Product, builtin};
 
 /// Cases per seed input; the run also stops once its time is spent.
 const CASES_PER_SEED: u64 = 5_000;
@@ -127,6 +128,23 @@ fn json_rows(lines: bool) -> String {
     }
 }
 
+/// Hourly temperatures in the vendor's sample form, numbers quoted and not.
+fn temperature_csv() -> String {
+    let mut s = String::from(
+        "ReceivedTime,ServicePointID,MeterID,MeterNumber,ElectronicSerialNumber,TransformerId,\
+         PremiseId,FeederId,MeasurementTime,AvgTemp,MaxTemp\r\n",
+    );
+    for i in 0..40 {
+        s.push_str(&format!(
+            "2025-12-14T00:30:34:000Z,SP{i},M{i},N{i},,--,P{i},,2025-12-13T{:02}:00:00.000Z,\"{}.5\",{}\r\n",
+            i % 24,
+            i,
+            i * 2
+        ));
+    }
+    s
+}
+
 fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, bytes) in entries {
@@ -168,11 +186,32 @@ fn batch() -> RecordBatch {
     .unwrap()
 }
 
-fn parquet() -> Vec<u8> {
-    let b = batch();
+fn temperature_batch() -> RecordBatch {
+    let text = |f: &dyn Fn(i32) -> String| {
+        Arc::new(StringArray::from((0..40).map(f).collect::<Vec<_>>())) as ArrayRef
+    };
+    let number = |f: &dyn Fn(i32) -> f64| {
+        Arc::new(Float64Array::from((0..40).map(f).collect::<Vec<_>>())) as ArrayRef
+    };
+    RecordBatch::try_from_iter([
+        ("ReceivedTime", text(&|_| "2025-12-14T00:30:34Z".into())),
+        ("ServicePointID", text(&|i| format!("SP{i}"))),
+        ("MeterID", text(&|i| format!("M{i}"))),
+        ("TransformerId", text(&|_| "--".into())),
+        (
+            "MeasurementTime",
+            text(&|i| format!("2025-12-13T{:02}:00:00Z", i % 24)),
+        ),
+        ("AvgTemp", number(&|i| f64::from(i) + 0.5)),
+        ("MaxTemp", number(&|i| f64::from(i) * 2.0)),
+    ])
+    .unwrap()
+}
+
+fn parquet_of(b: &RecordBatch) -> Vec<u8> {
     let mut out = Vec::new();
     let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, b.schema(), None).unwrap();
-    w.write(&b).unwrap();
+    w.write(b).unwrap();
     w.close().unwrap();
     out
 }
@@ -225,12 +264,15 @@ fn mutated_inputs_never_panic_nor_pass_the_memory_bound() {
         });
     }));
     let csv = csv_rows();
-    let seeds: Vec<(&str, Vec<u8>)> = vec![
-        ("export.csv", csv.clone().into_bytes()),
-        ("export.json", json_rows(false).into_bytes()),
-        ("export.jsonl", json_rows(true).into_bytes()),
+    let hid = builtin("hid_work_orders").unwrap();
+    let temperature = builtin("atm_temperature_stats").unwrap();
+    let seeds: Vec<(&str, Product, Vec<u8>)> = vec![
+        ("export.csv", hid, csv.clone().into_bytes()),
+        ("export.json", hid, json_rows(false).into_bytes()),
+        ("export.jsonl", hid, json_rows(true).into_bytes()),
         (
             "export.zip",
+            hid,
             zip_of(&[
                 ("part-00000.csv", csv.as_bytes()),
                 ("part-00001.json", json_rows(true).as_bytes()),
@@ -238,9 +280,19 @@ fn mutated_inputs_never_panic_nor_pass_the_memory_bound() {
                 ("_SUCCESS", b""),
             ]),
         ),
-        ("export.csv.gz", gzip(csv.as_bytes())),
-        ("export.parquet", parquet()),
-        ("export.orc", orc()),
+        ("export.csv.gz", hid, gzip(csv.as_bytes())),
+        ("export.parquet", hid, parquet_of(&batch())),
+        ("export.orc", hid, orc()),
+        (
+            "temperature.csv",
+            temperature,
+            temperature_csv().into_bytes(),
+        ),
+        (
+            "temperature.parquet",
+            temperature,
+            parquet_of(&temperature_batch()),
+        ),
     ];
     let limits = DecodeLimits {
         max_uncompressed: 16 << 20,
@@ -252,8 +304,8 @@ fn mutated_inputs_never_panic_nor_pass_the_memory_bound() {
     let mut rng = Rng(0x6470_7373_2d73_796e);
     let (mut cases, mut errors, mut rows, mut caught) = (0u64, 0u64, 0u64, 0u64);
     let mut per_seed = Vec::new();
-    for (k, (name, seed)) in seeds.iter().enumerate() {
-        let other = &seeds[(k + 1) % seeds.len()].1;
+    for (k, (name, product, seed)) in seeds.iter().enumerate() {
+        let other = &seeds[(k + 1) % seeds.len()].2;
         let path = dir.path().join(name);
         let mut ran = 0;
         for _ in 0..CASES_PER_SEED {
@@ -264,8 +316,8 @@ fn mutated_inputs_never_panic_nor_pass_the_memory_bound() {
             std::fs::write(&path, &input).unwrap();
             let panics_before = PANICS.load(Ordering::SeqCst);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                decode_path(&path, dir.path(), &limits, &mut |b| {
-                    rows += dpss_sync::normalize::check(b).rows() as u64;
+                decode_path(*product, &path, dir.path(), &limits, &mut |b| {
+                    rows += dpss_sync::normalize::check(*product, b).rows() as u64;
                     Ok(())
                 })
             }));

@@ -47,7 +47,7 @@ async fn history_sync_in(file_type: &str, seed: u64) {
     let pipeline = Pipeline::open(settings(&sim, dir.path(), file_type, 2), true, writer())
         .await
         .unwrap();
-    let report = pipeline.sync(P).await.unwrap();
+    let report = pipeline.sync(*P).await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.windows.len(), 1);
     assert_eq!(report.windows[0].key, "history");
@@ -107,14 +107,14 @@ async fn history_sync_in(file_type: &str, seed: u64) {
         );
     }
     // One object per partition: no small-files explosion.
-    let objects = pipeline.lake.objects(P).await.unwrap();
+    let objects = pipeline.lake.objects(*P).await.unwrap();
     let partitions: BTreeSet<_> = objects
         .iter()
         .map(|(p, _)| p.rsplit_once('/').unwrap().0.to_string())
         .collect();
     assert_eq!(objects.len(), partitions.len());
     assert!(
-        pipeline.state.watermark(P).await.unwrap()
+        pipeline.state.watermark(*P).await.unwrap()
             == Some(now.date_naive() - chrono::Duration::days(1))
     );
     sim.shutdown().await;
@@ -145,7 +145,7 @@ async fn resync_changes_nothing_and_a_late_row_lands_once() {
     let sim = sim_with(40, "").await;
     let dir = tempfile::tempdir().unwrap();
     let pipeline = online(&sim, dir.path(), "csv").await;
-    assert!(pipeline.sync(P).await.unwrap().ok());
+    assert!(pipeline.sync(*P).await.unwrap().ok());
     let first = closed(lake_rows(dir.path()).await);
     let today_text = Utc::now().date_naive().to_string();
     let closed_quarantine = |q: Vec<(String, String, String, String, String)>| {
@@ -160,7 +160,7 @@ async fn resync_changes_nothing_and_a_late_row_lands_once() {
     assert!(!quarantine_first.is_empty());
 
     // The next cycle re-syncs the lookback days and today; the data stays the same.
-    let report = pipeline.sync(P).await.unwrap();
+    let report = pipeline.sync(*P).await.unwrap();
     assert!(report.ok(), "{report:?}");
     let keys: Vec<_> = report.windows.iter().map(|w| w.key.clone()).collect();
     let today = Utc::now().date_naive();
@@ -193,7 +193,7 @@ async fn resync_changes_nothing_and_a_late_row_lands_once() {
     late.reason = "late update, arrived after the first sync".into();
     sim.state.inject_row(late.clone());
     for _ in 0..2 {
-        assert!(pipeline.sync(P).await.unwrap().ok());
+        assert!(pipeline.sync(*P).await.unwrap().ok());
         let rows = lake_rows(dir.path()).await;
         assert_eq!(rows.iter().filter(|r| r.7 == "LATE-1").count(), 1);
         assert_eq!(closed(rows).len(), first.len() + 1);
@@ -212,13 +212,16 @@ async fn failed_jobs_are_replanned_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = online(&sim, dir.path(), "json").await;
     let days = days_before_today(3);
-    let report = pipeline.backfill(P, days[0], days[2], false).await.unwrap();
+    let report = pipeline
+        .backfill(*P, days[0], days[2], false)
+        .await
+        .unwrap();
     assert!(report.ok(), "{report:?}");
     let mut attempts = 0;
     for d in &days {
         let w = pipeline
             .state
-            .window(P, &d.to_string())
+            .window(*P, &d.to_string())
             .await
             .unwrap()
             .unwrap();
@@ -227,7 +230,7 @@ async fn failed_jobs_are_replanned_and_counted() {
         assert_eq!(
             pipeline
                 .state
-                .jobs_for_window(P, &w.key)
+                .jobs_for_window(*P, &w.key)
                 .await
                 .unwrap()
                 .len() as i64,
@@ -249,13 +252,13 @@ async fn backfill_clamps_and_keeps_the_watermark() {
     let pipeline = online(&sim, dir.path(), "parquet").await;
     pipeline
         .state
-        .advance_watermark(P, Utc::now().date_naive() - chrono::Duration::days(1))
+        .advance_watermark(*P, Utc::now().date_naive() - chrono::Duration::days(1))
         .await
         .unwrap();
     let floor = available_from(Utc::now().date_naive());
     let report = pipeline
         .backfill(
-            P,
+            *P,
             floor - chrono::Duration::days(30),
             floor + chrono::Duration::days(1),
             false,
@@ -266,7 +269,7 @@ async fn backfill_clamps_and_keeps_the_watermark() {
     assert_eq!(report.windows.len(), 2);
     assert!(report.notes[0].contains("13-month"), "{:?}", report.notes);
     assert_eq!(
-        pipeline.state.watermark(P).await.unwrap(),
+        pipeline.state.watermark(*P).await.unwrap(),
         Some(Utc::now().date_naive() - chrono::Duration::days(1))
     );
     assert_eq!(
@@ -375,7 +378,7 @@ async fn manifest_and_objects(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>
         .await
         .unwrap();
     let recorded = st
-        .partition_objects(P)
+        .partition_objects(*P)
         .await
         .unwrap()
         .into_values()
@@ -508,7 +511,10 @@ async fn rows_outside_the_asked_day_merge_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = online(&sim, dir.path(), "csv").await;
     let days = days_before_today(4);
-    let report = pipeline.backfill(P, days[1], days[3], false).await.unwrap();
+    let report = pipeline
+        .backfill(*P, days[1], days[3], false)
+        .await
+        .unwrap();
     assert!(report.ok(), "{report:?}");
     let now = Utc::now();
     let mut want = expected(&sim, days[1..].to_vec(), now);
@@ -545,7 +551,7 @@ async fn refused_history_export_falls_back_to_day_windows() {
     })
     .unwrap();
     let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
-    let report = pipeline.sync(P).await.unwrap();
+    let report = pipeline.sync(*P).await.unwrap();
     assert!(
         report.ok(),
         "{:?}",
@@ -563,7 +569,7 @@ async fn refused_history_export_falls_back_to_day_windows() {
         expected(&sim, closed_days(), Utc::now())
     );
     assert_eq!(
-        pipeline.state.watermark(P).await.unwrap(),
+        pipeline.state.watermark(*P).await.unwrap(),
         Some(Utc::now().date_naive() - chrono::Duration::days(1))
     );
     sim.shutdown().await;
@@ -600,7 +606,7 @@ async fn a_sparse_year_with_marker_only_days_syncs_to_yesterday() {
         closed_days().len()
     );
     let pipeline = Pipeline::open(settings, true, writer()).await.unwrap();
-    let report = pipeline.sync(P).await.unwrap();
+    let report = pipeline.sync(*P).await.unwrap();
     let failed: Vec<_> = report
         .windows
         .iter()
@@ -612,7 +618,7 @@ async fn a_sparse_year_with_marker_only_days_syncs_to_yesterday() {
     let w = report.windows.iter().find(|w| w.key == quiet_key).unwrap();
     assert_eq!(w.counts.map(|c| c.read), Some(0), "{w:?}");
     assert_eq!(
-        pipeline.state.watermark(P).await.unwrap(),
+        pipeline.state.watermark(*P).await.unwrap(),
         Some(Utc::now().date_naive() - chrono::Duration::days(1))
     );
     assert_eq!(
@@ -623,7 +629,7 @@ async fn a_sparse_year_with_marker_only_days_syncs_to_yesterday() {
         assert_eq!(closed(rows), expected(&sim, closed_days(), Utc::now()));
     }
     // The next cycle's lookback days are quiet or unchanged: all commit, the lake stays.
-    let again = pipeline.sync(P).await.unwrap();
+    let again = pipeline.sync(*P).await.unwrap();
     assert!(again.ok(), "{:?}", again.windows);
     assert_eq!(
         closed(lake_rows(dir.path()).await),
@@ -642,20 +648,23 @@ async fn an_immediate_rerun_of_a_backfill_resumes_and_force_reloads() {
     let days = days_before_today(3);
     assert!(
         pipeline
-            .backfill(P, days[0], days[2], false)
+            .backfill(*P, days[0], days[2], false)
             .await
             .unwrap()
             .ok()
     );
     assert_eq!(sim.state.jobs_created(), 3);
-    let again = pipeline.backfill(P, days[0], days[2], false).await.unwrap();
+    let again = pipeline
+        .backfill(*P, days[0], days[2], false)
+        .await
+        .unwrap();
     assert!(again.ok() && again.windows.is_empty(), "{again:?}");
     assert!(again.notes[0].contains("--force"), "{:?}", again.notes);
     assert_eq!(sim.state.jobs_created(), 3);
     // A different range is a different request.
     assert!(
         pipeline
-            .backfill(P, days[1], days[2], false)
+            .backfill(*P, days[1], days[2], false)
             .await
             .unwrap()
             .windows
@@ -663,7 +672,7 @@ async fn an_immediate_rerun_of_a_backfill_resumes_and_force_reloads() {
             == 2
     );
     assert_eq!(sim.state.jobs_created(), 5);
-    let forced = pipeline.backfill(P, days[0], days[2], true).await.unwrap();
+    let forced = pipeline.backfill(*P, days[0], days[2], true).await.unwrap();
     assert_eq!(forced.windows.len(), 3);
     assert_eq!(sim.state.jobs_created(), 8);
     assert_eq!(

@@ -14,7 +14,8 @@ use crate::sim::{self, SimConfig};
 use crate::state::LeaseRequest;
 use crate::sync::{Access, Pipeline};
 
-/// Text (see [`Summary::print`]), or with `--json` one document: `{"simulator", "run": {...}, "summary": {...}}`.
+/// Text (see [`Summary::print`]), or with `--json` one document:
+/// `{"simulator", "seconds", "products": [{"product", "run": {...}, "summary": {...}}]}`.
 pub async fn run(output: Output, lake_format: &str) -> Result<ExitCode, CliError> {
     let sim_cfg = SimConfig {
         job_delay: Duration::from_secs(1),
@@ -25,7 +26,7 @@ pub async fn run(output: Output, lake_format: &str) -> Result<ExitCode, CliError
         .map_err(|e| CliError::Failed(format!("cannot start the simulator: {e}")))?;
     if output == Output::Text {
         crate::progress::println(&format!(
-            "simulator on {} (seed 42, ~300 rows/day, 13 months)",
+            "simulator on {} (seed 42, ~300 rows/day, 13 months, every built-in product)",
             handle.base_url()
         ));
     }
@@ -39,79 +40,102 @@ pub async fn run(output: Output, lake_format: &str) -> Result<ExitCode, CliError
         inline: vec![DEMO_TOML.to_string(), overrides],
         env: false,
     })?;
-    let product = Product::HidWorkOrders;
     let started = std::time::Instant::now();
     let lease = Access::Write(LeaseRequest::new("demo", None));
     let pipeline = Pipeline::open(settings, true, lease).await?;
-    let report = pipeline.sync(product).await?;
-    crate::progress::finish();
-    if output == Output::Text {
-        super::report::print_run(product, &report);
+    // Every built-in product, each a table of its own (`config/demo.toml` configures them all).
+    let products: Vec<Product> = pipeline.settings.products.keys().copied().collect();
+    let mut runs = Vec::new();
+    for product in products {
+        let report = pipeline.sync(product).await?;
+        crate::progress::finish();
+        if output == Output::Text {
+            super::report::print_run(product, &report);
+        }
+        let summary = summarize(&pipeline, product, started.elapsed()).await?;
+        runs.push((product, report, summary));
     }
-    let elapsed = started.elapsed();
-    let lake = &pipeline.lake;
-    let table = lake
-        .read_table(product)
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    let rows: usize = table.iter().map(|(_, b)| b.num_rows()).sum();
-    let partitions: BTreeSet<_> = table.iter().map(|(d, _)| *d).collect();
-    let status_days = crate::lake::count_by_status_day(&table);
-    let objects = lake
-        .objects(product)
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    let bytes: u64 = objects.iter().map(|(_, s)| s).sum();
-    let quarantined: usize = lake
-        .read_quarantine(product)
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))?
-        .iter()
-        .map(|b| b.num_rows())
-        .sum();
-    let watermark = pipeline.state.watermark(product).await?;
-    let summary = Summary {
-        seconds: elapsed.as_secs_f64(),
-        first_status_day: status_days.keys().next().copied(),
-        last_status_day: status_days.keys().last().copied(),
-        status_days: status_days.len(),
-        watermark,
-        rows,
-        partitions: partitions.len(),
-        objects: objects.len(),
-        bytes,
-        quarantined,
-        lake: "./lake",
-        state: "./state/state.db",
-        delta: lake.is_delta(),
-    };
     match output {
         Output::Json => {
+            let products: Vec<_> = runs
+                .iter()
+                .map(|(p, report, summary)| {
+                    serde_json::json!({
+                        "product": p.config_name(),
+                        "run": ProductRun::new(*p, report),
+                        "summary": summary,
+                    })
+                })
+                .collect();
             let doc = serde_json::json!({
                 "simulator": handle.base_url(),
-                "run": ProductRun::new(product, &report),
-                "summary": summary,
+                "seconds": started.elapsed().as_secs_f64(),
+                "products": products,
             });
             println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         }
-        Output::Text => summary.print(),
+        Output::Text => {
+            println!();
+            println!("demo finished in {:.1}s", started.elapsed().as_secs_f64());
+            for (p, _, summary) in &runs {
+                summary.print(*p);
+            }
+        }
         Output::Quiet => {}
     }
     handle.shutdown().await;
-    Ok(if report.ok() {
+    Ok(if runs.iter().all(|(_, r, _)| r.ok()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
 }
 
-/// What the demo did, for people and for `--json`.
+/// What one product's table holds after the demo's sync.
+async fn summarize(
+    pipeline: &Pipeline,
+    product: Product,
+    elapsed: Duration,
+) -> Result<Summary, CliError> {
+    let failed = |e: crate::lake::LakeError| CliError::Failed(e.to_string());
+    let lake = &pipeline.lake;
+    let table = lake.read_table(product).await.map_err(failed)?;
+    let rows: usize = table.iter().map(|(_, b)| b.num_rows()).sum();
+    let partitions: BTreeSet<_> = table.iter().map(|(d, _)| *d).collect();
+    let window_days = crate::lake::count_by_window_day(product, &table);
+    let objects = lake.objects(product).await.map_err(failed)?;
+    let quarantined: usize = lake
+        .read_quarantine(product)
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    Ok(Summary {
+        seconds: elapsed.as_secs_f64(),
+        first_window_day: window_days.keys().next().copied(),
+        last_window_day: window_days.keys().last().copied(),
+        window_days: window_days.len(),
+        watermark: pipeline.state.watermark(product).await?,
+        rows,
+        partitions: partitions.len(),
+        objects: objects.len(),
+        bytes: objects.iter().map(|(_, s)| s).sum(),
+        quarantined,
+        lake: "./lake",
+        state: "./state/state.db",
+        delta: lake.is_delta(),
+    })
+}
+
+/// What the demo did with one product, for people and for `--json`.
 #[derive(Debug, serde::Serialize)]
 struct Summary {
     seconds: f64,
-    first_status_day: Option<NaiveDate>,
-    last_status_day: Option<NaiveDate>,
-    status_days: usize,
+    /// The first and last window days the table holds, and how many.
+    first_window_day: Option<NaiveDate>,
+    last_window_day: Option<NaiveDate>,
+    window_days: usize,
     watermark: Option<NaiveDate>,
     rows: usize,
     partitions: usize,
@@ -125,54 +149,49 @@ struct Summary {
 }
 
 impl Summary {
-    fn print(&self) {
+    fn print(&self, product: Product) {
         let day = |d: Option<NaiveDate>| d.map(|d| d.to_string()).unwrap_or_default();
-        println!();
-        println!("demo finished in {:.1}s", self.seconds);
+        let name = product.config_name();
         println!(
-            "  status days {} .. {} ({} days), watermark {}",
-            day(self.first_status_day),
-            day(self.last_status_day),
-            self.status_days,
+            "{name}: days {} .. {} ({} days), watermark {}",
+            day(self.first_window_day),
+            day(self.last_window_day),
+            self.window_days,
             self.watermark
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| "none".into())
         );
         println!(
-            "  rows in the lake {} in {} event_date partitions, {} objects, {:.1} MiB",
+            "  rows in the lake {} in {} {} partitions, {} objects, {:.1} MiB; quarantined {} (./lake/_quarantine/{name}/)",
             self.rows,
             self.partitions,
+            product.partition_name,
             self.objects,
-            self.bytes as f64 / 1048576.0
-        );
-        println!(
-            "  rows quarantined {} (see ./lake/_quarantine/hid_work_orders/)",
+            self.bytes as f64 / 1048576.0,
             self.quarantined
         );
+        let window = product.window_name();
+        let partition = &product.partition_name;
         if self.delta {
             println!(
-                "  lake ./lake/hid_work_orders (a Delta table: _delta_log/ says which files are current), state ./state/state.db"
+                "  a Delta table (./lake/{name}/_delta_log/ says which files are current); read it with DuckDB's delta extension or Polars:"
             );
-            println!("read it with DuckDB (the delta extension):");
             println!(
-                "  duckdb -c \"SELECT event_date, status, count(*) FROM delta_scan('lake/hid_work_orders') GROUP BY ALL ORDER BY ALL\""
+                "    duckdb -c \"SELECT {partition}, count(*), min({window}), max({window}) FROM delta_scan('lake/{name}') GROUP BY ALL ORDER BY ALL\""
             );
-            println!("or Polars:");
             println!(
-                "  python -c \"import polars as pl; print(pl.scan_delta('lake/hid_work_orders').collect())\""
+                "    python -c \"import polars as pl; print(pl.scan_delta('lake/{name}').collect())\""
             );
             return;
         }
         println!(
-            "  lake ./lake/hid_work_orders/event_date=YYYY-MM-DD/part-00000.parquet, state ./state/state.db"
+            "  ./lake/{name}/{partition}=YYYY-MM-DD/part-00000.parquet; read it with DuckDB or Polars:"
         );
-        println!("read it with DuckDB:");
         println!(
-            "  duckdb -c \"SELECT event_date, status, count(*) FROM read_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\""
+            "    duckdb -c \"SELECT {partition}, count(*), min({window}), max({window}) FROM read_parquet('lake/{name}/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\""
         );
-        println!("or Polars:");
         println!(
-            "  python -c \"import polars as pl; print(pl.scan_parquet('lake/hid_work_orders/**/*.parquet', hive_partitioning=True).collect())\""
+            "    python -c \"import polars as pl; print(pl.scan_parquet('lake/{name}/**/*.parquet', hive_partitioning=True).collect())\""
         );
     }
 }

@@ -101,8 +101,9 @@ pub enum Command {
     /// Normalize local export files (zip, csv, json, parquet, orc) into the lake.
     #[command(after_help = EXIT_CODES)]
     Import {
-        #[arg(long)]
-        product: Product,
+        /// The product the files are an export of (a configured one).
+        #[arg(long, value_name = "NAME")]
+        product: String,
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Replace days even where the files hold far fewer rows than the lake (lake.max_shrink).
@@ -201,8 +202,8 @@ pub struct BackfillArgs {
 #[derive(Debug, Args)]
 pub struct ProductArg {
     /// Only this product (default: every configured product).
-    #[arg(long)]
-    pub product: Option<Product>,
+    #[arg(long, value_name = "NAME")]
+    pub product: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,15 +251,16 @@ pub fn load_settings(cli: &Cli) -> Result<Settings, ConfigError> {
     })
 }
 
-fn products(settings: &Settings, only: Option<Product>) -> Result<Vec<Product>, CliError> {
+/// The products a command runs for: the one `--product` names, else every configured one.
+fn products(settings: &Settings, only: Option<&str>) -> Result<Vec<Product>, CliError> {
     match only {
-        Some(p) => {
-            settings.product(p)?;
-            Ok(vec![p])
-        }
+        Some(name) => Ok(vec![settings.configured(name)?]),
         None if settings.products.is_empty() => Err(ConfigError::Missing {
             key: "products".into(),
-            hint: "configure at least [products.hid_work_orders]".into(),
+            hint: format!(
+                "configure at least one [products.<name>] (known: {})",
+                settings.catalog.names().join(", ")
+            ),
         }
         .into()),
         None => Ok(settings.products.keys().copied().collect()),
@@ -315,7 +317,7 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             format,
         } => {
             let settings = need()?;
-            let products = products(&settings, product.product)?;
+            let products = products(&settings, product.product.as_deref())?;
             settings.require_api()?;
             let pipeline = Pipeline::open(settings, true, wait.lease("sync")).await?;
             let mut runs = Vec::new();
@@ -332,7 +334,7 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
             format,
         } => {
             let settings = need()?;
-            let products = products(&settings, product.product)?;
+            let products = products(&settings, product.product.as_deref())?;
             settings.require_api()?;
             let pipeline = Pipeline::open(settings, true, wait.lease("backfill")).await?;
             let mut runs = Vec::new();
@@ -344,7 +346,7 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
         }
         Command::Plan { product, format } => {
             let settings = need()?;
-            let products = products(&settings, product.product)?;
+            let products = products(&settings, product.product.as_deref())?;
             let pipeline = Pipeline::open(settings, false, Access::Read).await?;
             let today = Utc::now().date_naive();
             let mut docs = Vec::new();
@@ -379,7 +381,7 @@ pub async fn execute(cli: Cli, settings: Option<Settings>) -> Result<ExitCode, C
                     return Err(CliError::Usage(format!("{}: no such file", f.display())));
                 }
             }
-            settings.product(product)?;
+            let product = settings.configured(&product)?;
             let pipeline = Pipeline::open(settings, false, wait.lease("import")).await?;
             let runs = [(product, pipeline.import(product, files, force).await?)];
             report::print_runs("import", &runs, format.output(quiet));

@@ -1,14 +1,17 @@
-//! `query`: the on-demand endpoint for ad-hoc look-ups. Rows are typed and validated exactly as
-//! the lake's are; invalid ones are listed with their reason instead of printed as data.
+//! `query`: the on-demand endpoint for ad-hoc look-ups. The filters are the product's declared
+//! ones (`--filter NAME=VALUE`, NAME a declared filter's flag or its token); rows are typed and
+//! validated exactly as the lake's are, and invalid ones are listed with their reason instead
+//! of printed as data.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, Date32Array, Int8Array, StringArray, TimestampMicrosecondArray,
+use arrow::array::{Array, ArrayRef, AsArray, Date32Array, StringArray};
+use arrow::datatypes::{
+    DataType, Date32Type, Field, Float64Type, Int8Type, Int32Type, Int64Type, Schema,
+    TimestampMicrosecondType,
 };
-use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use chrono::Utc;
 use clap::{Args, ValueEnum};
@@ -17,7 +20,7 @@ use super::CliError;
 use crate::api::DpssClient;
 use crate::config::Settings;
 use crate::normalize::{self, Normalizer};
-use crate::product::Product;
+use crate::product::{Kind, Product};
 use crate::sim::ON_DEMAND_MAX_ROWS;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -29,56 +32,100 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    #[arg(long)]
-    product: Product,
-    /// WorkOrderId; repeat for an In list.
-    #[arg(long = "work-order-id")]
-    work_order_id: Vec<String>,
-    #[arg(long)]
-    issue_id: Option<String>,
-    #[arg(long)]
-    status: Option<String>,
+    /// The product to look up (a configured one).
+    #[arg(long, value_name = "NAME")]
+    product: String,
+    /// A filter the product declares, as NAME=VALUE: NAME is the filter's flag (`status`) or its
+    /// token (`Status`); repeat it for several values of a list filter.
+    #[arg(long = "filter", value_name = "NAME=VALUE")]
+    filters: Vec<String>,
+    /// The work order filter (`--filter work-order-id=…`); repeat for an In list.
+    #[arg(long = "work-order-id", hide = true)]
+    work_order: Vec<String>,
+    #[arg(long = "issue-id", hide = true)]
+    issue: Option<String>,
+    #[arg(long = "status", hide = true)]
+    state: Option<String>,
     /// A day (YYYY-MM-DD, the whole UTC day) or an instant (YYYY-MM-DDTHH:MM:SSZ).
-    #[arg(long)]
-    status_datetime: Option<String>,
-    #[arg(long)]
-    reason_contains: Option<String>,
+    #[arg(long = "status-datetime", hide = true)]
+    when: Option<String>,
+    #[arg(long = "reason-contains", hide = true)]
+    contains: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
 }
 
 impl QueryArgs {
-    fn tokens(&self) -> Result<BTreeMap<String, String>, CliError> {
-        let mut t = BTreeMap::new();
-        if !self.work_order_id.is_empty() {
-            t.insert("WorkOrderId".into(), self.work_order_id.join(","));
+    /// Every filter asked for, as (name, value): `--filter`s, and the flags of the first
+    /// product's filters kept as flags of their own, which are its declared filters by name.
+    fn asked(&self) -> Result<Vec<(String, String)>, CliError> {
+        let mut out = Vec::new();
+        for f in &self.filters {
+            let (name, value) = f
+                .split_once('=')
+                .ok_or_else(|| CliError::Usage(format!("--filter `{f}` is not NAME=VALUE")))?;
+            out.push((name.trim().to_string(), value.to_string()));
         }
-        if let Some(v) = &self.issue_id {
-            t.insert("IssueId".into(), v.clone());
+        out.extend(
+            self.work_order
+                .iter()
+                .map(|v| ("work-order-id".into(), v.clone())),
+        );
+        for (flag, v) in [
+            ("issue-id", &self.issue),
+            ("status", &self.state),
+            ("status-datetime", &self.when),
+            ("reason-contains", &self.contains),
+        ] {
+            if let Some(v) = v {
+                out.push((flag.into(), v.clone()));
+            }
         }
-        if let Some(v) = &self.status {
-            t.insert("Status".into(), v.clone());
-        }
-        if let Some(v) = &self.status_datetime {
-            if crate::normalize::time::parse_utc(v).is_none() {
+        Ok(out)
+    }
+
+    /// The on-demand tokens: each asked filter matched to the product's declaration.
+    fn tokens(&self, product: Product) -> Result<BTreeMap<String, String>, CliError> {
+        let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, value) in self.asked()? {
+            let f = product
+                .filters
+                .iter()
+                .find(|f| f.flag == name || f.token.eq_ignore_ascii_case(&name))
+                .ok_or_else(|| {
+                    let known: Vec<&str> =
+                        product.filters.iter().map(|f| f.flag.as_str()).collect();
+                    CliError::Usage(format!(
+                        "{product} has no filter `{}` (its filters: {})",
+                        crate::model::shown(&name),
+                        known.join(", ")
+                    ))
+                })?;
+            if f.time && crate::normalize::time::parse_utc(&value).is_none() {
                 return Err(CliError::Usage(format!(
-                    "--status-datetime `{v}` is neither YYYY-MM-DD nor YYYY-MM-DDTHH:MM:SSZ"
+                    "filter {} `{value}` is neither YYYY-MM-DD nor YYYY-MM-DDTHH:MM:SSZ",
+                    f.flag
                 )));
             }
-            t.insert("StatusDatetime".into(), v.clone());
+            let values = lists.entry(f.token.clone()).or_default();
+            if !f.list && !values.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "filter {} takes one value",
+                    f.flag
+                )));
+            }
+            values.push(value);
         }
-        if let Some(v) = &self.reason_contains {
-            t.insert("Reason".into(), v.clone());
-        }
-        Ok(t)
+        Ok(lists.into_iter().map(|(k, v)| (k, v.join(","))).collect())
     }
 }
 
 pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliError> {
-    let tokens = args.tokens()?;
+    let product = settings.configured(&args.product)?;
+    let tokens = args.tokens(product)?;
     settings.require_api()?;
     let sub = settings
-        .product(args.product)?
+        .product(product)?
         .subscription_id
         .clone()
         .unwrap_or_default();
@@ -88,7 +135,7 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
         .await
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let served = rows.len();
-    let (raw, unknown) = crate::decode::rows_to_batch(&rows, "on-demand");
+    let (raw, unknown) = crate::decode::rows_to_batch(product, &rows, "on-demand");
     if !unknown.is_empty() {
         eprintln!(
             "note: ignoring columns this product does not know: {}",
@@ -98,13 +145,13 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
     let scratch =
         tempfile::tempdir().map_err(|e| CliError::Failed(format!("scratch directory: {e}")))?;
     let mut n = Normalizer::new(
-        args.product,
+        product,
         "on-demand",
         Utc::now(),
         scratch.path(),
         served as u64,
     );
-    n.push(&normalize::check(raw));
+    n.push(&normalize::check(product, raw));
     let out = n.finish().map_err(|e| CliError::Failed(e.to_string()))?;
     let quarantine = out
         .quarantine
@@ -113,45 +160,23 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
     let (partitions, counts) = out
         .into_batches()
         .map_err(|e| CliError::Failed(e.to_string()))?;
-    let table = with_event_date(&partitions);
+    let table = declared_columns(product, &partitions);
     match args.format {
-        Format::Table => {
-            let shown = table
-                .project(&[0, 1, 2, 3, 4, 5, 6, 7])
-                .expect("columns exist");
-            println!(
-                "{}",
-                arrow::util::pretty::pretty_format_batches(&[shown]).expect("printable")
-            );
-        }
+        Format::Table => println!(
+            "{}",
+            arrow::util::pretty::pretty_format_batches(std::slice::from_ref(&table))
+                .expect("printable")
+        ),
         Format::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&json_rows(&table)).expect("json")
+            serde_json::to_string_pretty(&json_rows(product, &table)).expect("json")
         ),
         Format::Csv => {
-            write_csv(&table).map_err(|e| CliError::Failed(format!("writing CSV: {e}")))?
+            write_csv(product, &table).map_err(|e| CliError::Failed(format!("writing CSV: {e}")))?
         }
     }
     if let Some(q) = &quarantine {
-        let reasons = q
-            .column_by_name("_reason")
-            .expect("reason")
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("utf8");
-        let wo = q
-            .column_by_name("work_order_id")
-            .expect("wo")
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("utf8");
-        for i in 0..q.num_rows() {
-            eprintln!(
-                "invalid row (work order {}): {}",
-                if wo.is_null(i) { "?" } else { wo.value(i) },
-                reasons.value(i)
-            );
-        }
+        report_invalid(product, q);
     }
     eprintln!(
         "{served} row(s) served: {} valid, {} invalid, {} duplicate(s) collapsed",
@@ -160,98 +185,134 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
     if served >= ON_DEMAND_MAX_ROWS {
         eprintln!(
             "warning: the on-demand endpoint returns at most {ON_DEMAND_MAX_ROWS} rows and this answer reached the cap, \
-             so it is probably incomplete; narrow the filters (a --status-datetime day, --work-order-id) or use `sync`/`backfill`"
+             so it is probably incomplete; narrow the filters or use `sync`/`backfill`"
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The query's rows as one batch with the event_date the lake keeps in the path.
-fn with_event_date(parts: &BTreeMap<chrono::NaiveDate, RecordBatch>) -> RecordBatch {
-    let schema = Product::HidWorkOrders.lake_schema();
-    let mut fields: Vec<Field> = schema
-        .fields()
+/// Each invalid row, named by its identity's raw values, with its reason.
+fn report_invalid(product: Product, q: &RecordBatch) {
+    let text = |name: &str| q.column_by_name(name).map(|c| c.as_string::<i32>().clone());
+    let reasons = text("_reason").expect("the quarantine has reasons");
+    let ids: Vec<(String, StringArray)> = product
+        .identity
         .iter()
-        .take(7)
-        .map(|f| f.as_ref().clone())
+        .filter_map(|&c| {
+            let name = &product.columns[c].lake;
+            text(name).map(|a| (name.clone(), a))
+        })
         .collect();
-    fields.insert(6, Field::new("event_date", DataType::Date32, false));
-    let out_schema = Arc::new(Schema::new(fields));
+    for i in 0..q.num_rows() {
+        let id: Vec<String> = ids
+            .iter()
+            .map(|(n, a)| format!("{n} {}", if a.is_null(i) { "?" } else { a.value(i) }))
+            .collect();
+        eprintln!("invalid row ({}): {}", id.join(", "), reasons.value(i));
+    }
+}
+
+/// The rows as one batch of the product's declared columns, in declared order: a partition
+/// column that lives in the lake's path is filled with its partition's day.
+fn declared_columns(
+    product: Product,
+    parts: &BTreeMap<chrono::NaiveDate, RecordBatch>,
+) -> RecordBatch {
+    let fields: Vec<Field> = product
+        .columns
+        .iter()
+        .map(|c| Field::new(&c.lake, c.kind.data_type(), !c.required))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
     let batches: Vec<RecordBatch> = parts
         .iter()
         .map(|(date, b)| {
-            let mut cols: Vec<ArrayRef> = b.columns().iter().take(7).cloned().collect();
-            let days = (*date - epoch).num_days() as i32;
-            cols.insert(6, Arc::new(Date32Array::from(vec![days; b.num_rows()])));
-            RecordBatch::try_new(out_schema.clone(), cols).expect("schema matches")
+            let cols: Vec<ArrayRef> = product
+                .columns
+                .iter()
+                .map(|c| match b.column_by_name(&c.lake) {
+                    Some(a) if c.stored => a.clone(),
+                    _ => {
+                        let days = (*date - epoch).num_days() as i32;
+                        Arc::new(Date32Array::from(vec![days; b.num_rows()])) as ArrayRef
+                    }
+                })
+                .collect();
+            RecordBatch::try_new(schema.clone(), cols).expect("schema matches")
         })
         .collect();
-    arrow::compute::concat_batches(&out_schema, &batches).expect("same schema")
+    arrow::compute::concat_batches(&schema, &batches).expect("same schema")
 }
 
-fn strings(b: &RecordBatch, i: usize) -> &StringArray {
-    b.column(i).as_any().downcast_ref().expect("utf8 column")
+/// One value as JSON: numbers as numbers, instants in RFC 3339, days as `YYYY-MM-DD`.
+fn json_value(kind: Kind, a: &ArrayRef, row: usize) -> serde_json::Value {
+    use serde_json::Value;
+    if a.is_null(row) {
+        return Value::Null;
+    }
+    match kind {
+        Kind::Utf8 => Value::from(a.as_string::<i32>().value(row)),
+        Kind::Int8 => Value::from(a.as_primitive::<Int8Type>().value(row)),
+        Kind::Int32 => Value::from(a.as_primitive::<Int32Type>().value(row)),
+        Kind::Int64 => Value::from(a.as_primitive::<Int64Type>().value(row)),
+        Kind::Float64 => Value::from(a.as_primitive::<Float64Type>().value(row)),
+        Kind::Timestamp | Kind::Date => Value::from(text(kind, a, row)),
+    }
 }
 
-fn cells(b: &RecordBatch, row: usize) -> [String; 8] {
-    let phase: &Int8Array = b.column(1).as_any().downcast_ref().expect("int8");
-    let ts: &TimestampMicrosecondArray = b.column(4).as_any().downcast_ref().expect("timestamp");
-    let ed: &Date32Array = b.column(6).as_any().downcast_ref().expect("date32");
-    [
-        strings(b, 0).value(row).to_string(),
-        phase.value(row).to_string(),
-        strings(b, 2).value(row).to_string(),
-        strings(b, 3).value(row).to_string(),
-        ts.value_as_datetime(row)
-            .map(|t| {
-                t.and_utc()
-                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-            })
-            .unwrap_or_default(),
-        strings(b, 5).value(row).to_string(),
-        ed.value_as_date(row)
+/// One value as text, as the CSV output writes it.
+fn text(kind: Kind, a: &ArrayRef, row: usize) -> String {
+    if a.is_null(row) {
+        return String::new();
+    }
+    match kind {
+        Kind::Timestamp => chrono::DateTime::from_timestamp_micros(
+            a.as_primitive::<TimestampMicrosecondType>().value(row),
+        )
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default(),
+        Kind::Date => a
+            .as_primitive::<Date32Type>()
+            .value_as_date(row)
             .map(|d| d.to_string())
             .unwrap_or_default(),
-        strings(b, 7).value(row).to_string(),
-    ]
+        Kind::Utf8 => a.as_string::<i32>().value(row).to_string(),
+        _ => match a.data_type() {
+            DataType::Float64 => a.as_primitive::<Float64Type>().value(row).to_string(),
+            DataType::Int8 => a.as_primitive::<Int8Type>().value(row).to_string(),
+            DataType::Int32 => a.as_primitive::<Int32Type>().value(row).to_string(),
+            _ => a.as_primitive::<Int64Type>().value(row).to_string(),
+        },
+    }
 }
 
-const NAMES: [&str; 8] = [
-    "service_point_id",
-    "phase",
-    "issue_id",
-    "status",
-    "status_datetime",
-    "reason",
-    "event_date",
-    "work_order_id",
-];
-
-fn json_rows(b: &RecordBatch) -> serde_json::Value {
+fn json_rows(product: Product, b: &RecordBatch) -> serde_json::Value {
     let rows = (0..b.num_rows())
         .map(|r| {
-            let c = cells(b, r);
-            let mut obj = serde_json::Map::new();
-            for (i, name) in NAMES.iter().enumerate() {
-                let v = if i == 1 {
-                    serde_json::Value::from(c[i].parse::<i64>().unwrap_or_default())
-                } else {
-                    serde_json::Value::from(c[i].clone())
-                };
-                obj.insert(name.to_string(), v);
-            }
+            let obj: serde_json::Map<String, serde_json::Value> = product
+                .columns
+                .iter()
+                .zip(b.columns())
+                .map(|(c, a)| (c.lake.clone(), json_value(c.kind, a, r)))
+                .collect();
             serde_json::Value::Object(obj)
         })
         .collect();
     serde_json::Value::Array(rows)
 }
 
-fn write_csv(b: &RecordBatch) -> Result<(), csv::Error> {
+fn write_csv(product: Product, b: &RecordBatch) -> Result<(), csv::Error> {
     let mut w = csv::Writer::from_writer(std::io::stdout());
-    w.write_record(NAMES)?;
+    w.write_record(product.columns.iter().map(|c| c.lake.as_str()))?;
     for r in 0..b.num_rows() {
-        w.write_record(cells(b, r))?;
+        w.write_record(
+            product
+                .columns
+                .iter()
+                .zip(b.columns())
+                .map(|(c, a)| text(c.kind, a, r)),
+        )?;
     }
     w.flush()?;
     Ok(())

@@ -523,19 +523,29 @@ async fn online_checks(settings: &Settings) -> Result<(Vec<String>, Vec<String>)
                     "{product}: token and discovery OK; the API accepts tokens {}",
                     names.join(", ")
                 ));
-                if !names
-                    .iter()
-                    .any(|n| n.eq_ignore_ascii_case(product.day_token()))
-                {
-                    failures.push(format!(
-                        "{product}: discovery does not list the `{}` token this product filters days with",
-                        product.day_token()
-                    ));
+                let sent = |name: &str| {
+                    product
+                        .window_tokens
+                        .iter()
+                        .any(|w| w.name.eq_ignore_ascii_case(name))
+                };
+                for w in &product.window_tokens {
+                    if !names.iter().any(|n| n.eq_ignore_ascii_case(&w.name)) {
+                        failures.push(format!(
+                            "{product}: discovery does not list the `{}` token this product selects days with",
+                            w.name
+                        ));
+                    }
                 }
-                for t in tokens
-                    .iter()
-                    .filter(|t| t.required() && !t.name.eq_ignore_ascii_case(product.day_token()))
-                {
+                for f in &product.filters {
+                    if !names.iter().any(|n| n.eq_ignore_ascii_case(&f.token)) {
+                        failures.push(format!(
+                            "{product}: discovery does not list the `{}` token of the declared filter `{}`",
+                            f.token, f.flag
+                        ));
+                    }
+                }
+                for t in tokens.iter().filter(|t| t.required() && !sent(&t.name)) {
                     failures.push(format!(
                         "{product}: the API requires token `{}`, which dpss-sync does not send",
                         t.name

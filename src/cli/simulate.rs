@@ -29,8 +29,19 @@ pub struct SimulateArgs {
     client_secret: String,
     #[arg(long, default_value = "00000000-0000-4000-8000-00000000beef")]
     subscriber_id: String,
+    /// HID work orders' subscription.
     #[arg(long, default_value = "00000000-0000-4000-8000-00000000cafe")]
     subscription_id: String,
+    /// Advanced Temperature Statistics' subscription.
+    #[arg(long, default_value = "00000000-0000-4000-8000-00000000f00d")]
+    temperature_subscription_id: String,
+    /// A configuration file whose `[catalog.<name>]` declarations `--serve` may name.
+    #[arg(long, value_name = "FILE")]
+    catalog: Option<std::path::PathBuf>,
+    /// Serve a declared product (of `--catalog`, or a built-in one) at a subscription of its
+    /// own, with generated values of its declared types: NAME=SUBSCRIPTION_ID (repeat).
+    #[arg(long, value_name = "NAME=SUBSCRIPTION_ID")]
+    serve: Vec<String>,
     /// How long a job takes from New to Success.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     job_delay: Duration,
@@ -47,7 +58,32 @@ pub async fn run(a: SimulateArgs) -> Result<ExitCode, CliError> {
     if a.max_parts == 0 {
         return Err(CliError::Usage("--max-parts must be at least 1".into()));
     }
+    let catalog = match &a.catalog {
+        Some(file) => {
+            crate::config::Settings::load(&crate::config::Sources {
+                files: vec![file.clone()],
+                ..Default::default()
+            })?
+            .catalog
+        }
+        None => crate::product::Catalog::default(),
+    };
+    let mut declared = Vec::new();
+    for s in &a.serve {
+        let (name, sub) = s
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--serve `{s}` is not NAME=SUBSCRIPTION_ID")))?;
+        let product = catalog.get(name.trim()).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--serve: no product `{name}` (known: {})",
+                catalog.names().join(", ")
+            ))
+        })?;
+        declared.push((sub.trim().to_string(), product));
+    }
     let cfg = SimConfig {
+        temperature_subscription_id: a.temperature_subscription_id,
+        declared,
         seed: a.seed,
         rows_per_day: a.rows_per_day,
         client_id: a.client_id,
@@ -67,12 +103,18 @@ pub async fn run(a: SimulateArgs) -> Result<ExitCode, CliError> {
     let banner = format!(
         "DPSS simulator listening on {base}\n  token URL        {base}/connect/token\n  \
          API base         {base}/dpss/api/v1\n  client_id        {}\n  client_secret    {}\n  \
-         DataSubscriberId {}\n  SubscriptionId   {}\n  seed {}, ~{} rows/day, job delay {}, faults: {}\n\
+         DataSubscriberId {}\n  SubscriptionId   {} (hid_work_orders), {} (atm_temperature_stats){}\n  \
+         seed {}, ~{} rows/day, job delay {}, faults: {}\n\
          Ctrl-C stops it.\n",
         cfg.client_id,
         cfg.client_secret,
         cfg.subscriber_id,
         cfg.subscription_id,
+        cfg.temperature_subscription_id,
+        cfg.declared
+            .iter()
+            .map(|(sub, p)| format!(", {sub} ({p})"))
+            .collect::<String>(),
         cfg.seed,
         cfg.rows_per_day,
         humantime::format_duration(cfg.job_delay),

@@ -65,8 +65,8 @@ pub async fn run(
         ),
     };
     let output = json.output(quiet);
-    if let Some(p) = product {
-        settings.product(p)?;
+    if let Some(name) = product {
+        let p = settings.configured(&name)?;
         query.push(("product", p.config_name().to_string()));
     }
     let url = format!("{base}/admin/trigger/{command}");
@@ -100,7 +100,7 @@ pub async fn run(
     let runs: Vec<(Product, crate::sync::RunReport)> = triggered
         .runs
         .into_iter()
-        .filter_map(|(name, report)| Product::from_config_name(&name).map(|p| (p, report)))
+        .filter_map(|(name, report)| settings.catalog.get(&name).map(|p| (p, report)))
         .collect();
     report::print_runs(command, &runs, output);
     Ok(outcome(&runs))

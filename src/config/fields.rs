@@ -84,6 +84,24 @@ impl Table {
         }
     }
 
+    /// A whole sub-tree as JSON (a product's declaration, which its own parser checks), with
+    /// where it came from.
+    pub fn tree(&mut self, name: &str) -> Result<(serde_json::Value, String), ConfigError> {
+        let v = self
+            .entries
+            .remove(name)
+            .unwrap_or_else(|| Value::from(config::Map::<String, Value>::new()));
+        let origin = origin_of(&v);
+        let tree = v
+            .try_deserialize::<serde_json::Value>()
+            .map_err(|e| ConfigError::Invalid {
+                key: self.key(name),
+                origin: origin.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok((tree, origin))
+    }
+
     /// A scalar as text; numbers and booleans from the environment arrive as strings anyway.
     fn scalar(&mut self, name: &str) -> Result<Option<(String, Value)>, ConfigError> {
         let Some(v) = self.entries.remove(name) else {

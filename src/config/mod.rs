@@ -19,7 +19,7 @@ use url::Url;
 
 use crate::model::StateUrl;
 pub use crate::model::TableFormat;
-use crate::product::Product;
+use crate::product::{Catalog, Product};
 
 /// The defaults a `demo` run uses: the embedded simulator, a lake and a state under `./`.
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
@@ -62,6 +62,9 @@ pub struct Settings {
     pub log: LogSettings,
     pub decode: DecodeLimits,
     pub products: BTreeMap<Product, ProductSettings>,
+    /// Every product this configuration knows: the built-ins and those `[catalog.<name>]`
+    /// declares; `products` are the ones it syncs.
+    pub catalog: Catalog,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +250,8 @@ impl Settings {
         let mut server = root.table("server")?;
         let mut log = root.table("log")?;
         let mut decode = root.table("decode")?;
+        let mut catalog_table = root.table("catalog")?;
+        let catalog = Self::catalog(&mut catalog_table)?;
         let mut products_table = root.table("products")?;
 
         let max_uncompressed = lake.size("max_uncompressed_size", "64GiB")?;
@@ -325,7 +330,8 @@ impl Settings {
                 },
                 level: log.string("level", "info")?,
             },
-            products: Self::products(&mut products_table)?,
+            products: Self::products(&mut products_table, &catalog)?,
+            catalog,
             decode: DecodeLimits {
                 max_uncompressed,
                 max_field: decode.size("max_field_size", "1MiB")? as usize,
@@ -353,6 +359,7 @@ impl Settings {
             server,
             log,
             decode,
+            catalog_table,
             products_table,
             root,
         ] {
@@ -361,13 +368,46 @@ impl Settings {
         Ok(settings)
     }
 
-    fn products(table: &mut Table) -> Result<BTreeMap<Product, ProductSettings>, ConfigError> {
+    /// The built-in products and those `[catalog.<name>]` declares, each checked whole: a bad
+    /// declaration is an error naming its field.
+    fn catalog(table: &mut Table) -> Result<Catalog, ConfigError> {
+        let mut catalog = Catalog::default();
+        for name in table.keys() {
+            let (tree, origin) = table.tree(&name)?;
+            let product =
+                crate::product::declare(&name, &tree).map_err(|e| ConfigError::Invalid {
+                    key: if e.field.is_empty() {
+                        format!("catalog.{name}")
+                    } else {
+                        format!("catalog.{name}.{}", e.field)
+                    },
+                    origin: origin.clone(),
+                    reason: e.reason,
+                })?;
+            if !catalog.add(product) {
+                return Err(ConfigError::Invalid {
+                    key: format!("catalog.{name}"),
+                    origin,
+                    reason: "a built-in product has this name; declare yours under another".into(),
+                });
+            }
+        }
+        Ok(catalog)
+    }
+
+    fn products(
+        table: &mut Table,
+        catalog: &Catalog,
+    ) -> Result<BTreeMap<Product, ProductSettings>, ConfigError> {
         let mut products = BTreeMap::new();
         for name in table.keys() {
-            let Some(product) = Product::from_config_name(&name) else {
+            let Some(product) = catalog.get(&name) else {
                 return Err(ConfigError::UnknownKey {
                     key: format!("products.{name}"),
-                    origin: format!(" (known products: {})", Product::config_names().join(", ")),
+                    origin: format!(
+                        " (known products: {}; declare another under [catalog.{name}])",
+                        catalog.names().join(", ")
+                    ),
                 });
             };
             let mut p = table.table(&name)?;
@@ -427,7 +467,10 @@ impl Settings {
         if self.products.is_empty() {
             return Err(ConfigError::Missing {
                 key: "products".into(),
-                hint: "configure at least [products.hid_work_orders]".into(),
+                hint: format!(
+                    "configure at least one [products.<name>] (known: {})",
+                    self.catalog.names().join(", ")
+                ),
             });
         }
         for (product, p) in &self.products {
@@ -443,6 +486,27 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// A configured product by name (`--product NAME`), or an error naming what is known.
+    pub fn configured(&self, name: &str) -> Result<Product, ConfigError> {
+        match self.catalog.get(name) {
+            Some(p) if self.products.contains_key(&p) => Ok(p),
+            Some(_) => Err(ConfigError::Missing {
+                key: format!("products.{name}"),
+                hint: "the product is known but not configured: add [products.{name}]"
+                    .replace("{name}", name),
+            }),
+            None => Err(ConfigError::Invalid {
+                key: "--product".into(),
+                origin: String::new(),
+                reason: format!(
+                    "unknown product `{}` (known: {})",
+                    crate::model::shown(name),
+                    self.catalog.names().join(", ")
+                ),
+            }),
+        }
     }
 
     /// The settings of one product, or a configuration error naming it.

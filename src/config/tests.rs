@@ -106,12 +106,12 @@ fn bad_values_are_named_with_reason() {
 fn schedules_are_read_in_utc_unless_a_zone_is_named() {
     let s = load("[products.hid_work_orders]\n").unwrap();
     assert_eq!(
-        s.products[&Product::HidWorkOrders].schedule_timezone,
+        s.products[&crate::product::test_support::hid()].schedule_timezone,
         chrono_tz::UTC
     );
     let s = load("[products.hid_work_orders]\nschedule_timezone = \"America/Chicago\"\n").unwrap();
     assert_eq!(
-        s.products[&Product::HidWorkOrders].schedule_timezone,
+        s.products[&crate::product::test_support::hid()].schedule_timezone,
         chrono_tz::America::Chicago
     );
 }
@@ -186,7 +186,7 @@ fn file_type_is_case_insensitive() {
 fn annotated_example_is_valid() {
     let s = load(include_str!("../../config/example.toml")).unwrap();
     assert_eq!(
-        s.products[&Product::HidWorkOrders].file_type,
+        s.products[&crate::product::test_support::hid()].file_type,
         FileType::Parquet
     );
     // The secret is left to the environment.
@@ -201,6 +201,9 @@ fn annotated_example_is_valid() {
 #[test]
 fn demo_defaults_are_valid() {
     let s = load(DEMO_TOML).unwrap();
-    assert!(s.products.contains_key(&Product::HidWorkOrders));
+    assert!(
+        s.products
+            .contains_key(&crate::product::test_support::hid())
+    );
     s.require_api().unwrap();
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use csv_core::{ReadRecordResult, Reader};
 
-use super::{DecodeError, DecodeLimits, DecodeSummary, RawBuilder, Sink, map_header};
+use super::{DecodeError, DecodeLimits, DecodeSummary, RawBuilder, Sink, absent, map_header};
 use crate::model::{VALUE_HEAD, value_head};
-use crate::product::Column;
+use crate::product::Product;
 
 /// Fields a record may have: far more than any export's columns; more is a broken line, and
 /// each field's end costs memory of its own.
@@ -160,6 +160,7 @@ fn too_large(bytes: u64, fields: bool, limits: &DecodeLimits) -> String {
 /// without a header row (Spark can) is read with it, provided no field of its first row is a
 /// known column name and the widths agree.
 pub fn decode(
+    product: Product,
     reader: impl Read,
     file: Arc<str>,
     limits: &DecodeLimits,
@@ -188,20 +189,24 @@ pub fn decode(
             .collect(),
     };
     let first_fields = names.len();
-    let headerless = names.iter().all(|n| Column::from_header(n).is_none())
+    let headerless = names.iter().all(|n| product.column_of(n).is_none())
         && previous_header
             .as_ref()
             .is_some_and(|h| h.len() == names.len());
     let mapping = if headerless {
         let header = previous_header.clone().expect("checked above");
         tracing::warn!(file = %file, "part has no header row; reading it with the previous part's header");
-        map_header(&header, &file, summary)?
+        map_header(product, &header, &file, summary)?
     } else {
-        let m = map_header(&names, &file, summary)?;
+        let m = map_header(product, &names, &file, summary)?;
         *previous_header = Some(names);
         m
     };
-    let mut out = RawBuilder::new(file.clone());
+    let row = Row {
+        absent: absent(product, &mapping),
+        mapping,
+    };
+    let mut out = RawBuilder::new(file.clone(), product.columns.len());
     let mut first_is_data = headerless;
     loop {
         // A headerless part's first record is a row, still in the buffer.
@@ -222,13 +227,19 @@ pub fn decode(
             }
         };
         let text = records.text(fields);
-        match check_row(&records, fields, text.is_some(), &mapping, limits) {
+        match check_row(
+            product,
+            &records,
+            fields,
+            text.is_some(),
+            &row.mapping,
+            limits,
+        ) {
             Ok(()) => match text {
-                Some((whole, ends)) => set_row(&mut out, &mapping, text_fields(whole, ends)),
+                Some((whole, ends)) => row.set(&mut out, text_fields(whole, ends)),
                 // Some unmapped field is not UTF-8: only the mapped ones, checked, are kept.
-                None => set_row(
+                None => row.set(
                     &mut out,
-                    &mapping,
                     records
                         .fields(fields)
                         .map(|f| std::str::from_utf8(f).unwrap_or_default()),
@@ -260,10 +271,11 @@ pub fn decode(
 /// width, a mapped field that is not UTF-8, or one past the field limit (with its first KiB, as
 /// the quarantine keeps it).
 fn check_row<R: Read>(
+    product: Product,
     records: &Records<R>,
     fields: usize,
     utf8: bool,
-    mapping: &[Option<Column>],
+    mapping: &[Option<usize>],
     limits: &DecodeLimits,
 ) -> Result<(), (String, Option<String>)> {
     let width = mapping.len();
@@ -276,11 +288,11 @@ fn check_row<R: Read>(
     }
     for (col, field) in mapping.iter().zip(records.fields(fields)) {
         let Some(c) = col else { continue };
+        let name = &product.columns[*c].lake;
         if field.len() > limits.max_field {
             return Err((
                 format!(
-                    "{} is {} bytes, more than decode.max_field_size ({})",
-                    c.lake_name(),
+                    "{name} is {} bytes, more than decode.max_field_size ({})",
                     field.len(),
                     limits.max_field
                 ),
@@ -288,39 +300,45 @@ fn check_row<R: Read>(
             ));
         }
         if !utf8 && std::str::from_utf8(field).is_err() {
-            return Err((format!("{} is not valid UTF-8", c.lake_name()), None));
+            return Err((format!("{name} is not valid UTF-8"), None));
         }
     }
     Ok(())
 }
 
-/// One row from its fields in file order; a column named twice keeps its first value.
-fn set_row<'a>(
-    out: &mut RawBuilder,
-    mapping: &[Option<Column>],
-    fields: impl Iterator<Item = &'a str>,
-) {
-    let mut seen = [false; 8];
-    for (col, field) in mapping.iter().zip(fields) {
-        if let Some(c) = col
-            && !seen[c.index()]
-        {
-            seen[c.index()] = true;
-            out.set(*c, Some(field));
+/// Where a part's fields go: the declared column of each field (each column once), and the
+/// declared columns the part does not have.
+struct Row {
+    mapping: Vec<Option<usize>>,
+    absent: Vec<usize>,
+}
+
+impl Row {
+    /// One row from its fields in file order.
+    fn set<'a>(&self, out: &mut RawBuilder, fields: impl Iterator<Item = &'a str>) {
+        for (col, field) in self.mapping.iter().zip(fields) {
+            if let Some(c) = col {
+                out.set(*c, Some(field));
+            }
         }
+        for c in &self.absent {
+            out.set(*c, None);
+        }
+        out.end_row();
     }
-    out.end_row();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decode::RawBatch;
+    use crate::product::test_support::{col, hid};
 
     fn run(text: &[u8]) -> Result<(Vec<RawBatch>, DecodeSummary), DecodeError> {
         let mut batches = Vec::new();
         let mut summary = DecodeSummary::default();
         decode(
+            hid(),
             text,
             Arc::from("t.csv"),
             &DecodeLimits::default(),
@@ -334,8 +352,8 @@ mod tests {
         Ok((batches, summary))
     }
 
-    fn cell(b: &RawBatch, c: Column, row: usize) -> Option<String> {
-        b.columns[c.index()].cell(row).map(|v| v.to_string())
+    fn cell(b: &RawBatch, c: usize, row: usize) -> Option<String> {
+        b.columns[c].cell(row).map(|v| v.to_string())
     }
 
     #[test]
@@ -348,13 +366,19 @@ mod tests {
         let b = &b[0];
         assert_eq!(b.num_rows(), 2);
         assert!(b.errors.is_empty());
-        assert_eq!(cell(b, Column::WorkOrderId, 0).as_deref(), Some("123456"));
         assert_eq!(
-            cell(b, Column::Reason, 0).as_deref(),
+            cell(b, col(hid(), "work_order_id"), 0).as_deref(),
+            Some("123456")
+        );
+        assert_eq!(
+            cell(b, col(hid(), "reason"), 0).as_deref(),
             Some("Checked, \"twice\"\r\nthen left")
         );
-        assert_eq!(cell(b, Column::IssueId, 1).as_deref(), Some("19866"));
-        assert_eq!(cell(b, Column::Reason, 1).as_deref(), Some("Zählerprüfung"));
+        assert_eq!(cell(b, col(hid(), "issue_id"), 1).as_deref(), Some("19866"));
+        assert_eq!(
+            cell(b, col(hid(), "reason"), 1).as_deref(),
+            Some("Zählerprüfung")
+        );
         assert_eq!(
             summary.unknown_columns.into_iter().collect::<Vec<_>>(),
             vec!["Extra"]
@@ -401,13 +425,14 @@ mod tests {
             "Accepted,2024-06-16T00:00:13Z,r,2024-06-15,1,9,1,7,\n".to_string(),
         ] {
             decode(
+                hid(),
                 text.as_bytes(),
                 Arc::from("p.csv"),
                 &DecodeLimits::default(),
                 &mut previous,
                 &mut summary,
                 &mut |b| {
-                    rows.push(cell(&b, Column::Status, 0).unwrap());
+                    rows.push(cell(&b, col(hid(), "status"), 0).unwrap());
                     Ok(())
                 },
             )
@@ -416,6 +441,7 @@ mod tests {
         assert_eq!(rows, ["New", "Accepted"]);
         // Without an earlier header, a headerless first part is an error naming a column.
         let err = decode(
+            hid(),
             b"Accepted,x\n".as_slice(),
             Arc::from("q.csv"),
             &DecodeLimits::default(),
@@ -441,6 +467,7 @@ mod tests {
             ..DecodeLimits::default()
         };
         decode(
+            hid(),
             text,
             Arc::from("big.csv"),
             &limits,
@@ -474,7 +501,7 @@ mod tests {
             raw.len() < 1100 && raw.ends_with("[first 1024 of 5000 bytes]"),
             "{raw}"
         );
-        assert_eq!(cell(b, Column::Reason, 1).as_deref(), Some("ok"));
+        assert_eq!(cell(b, col(hid(), "reason"), 1).as_deref(), Some("ok"));
     }
 
     #[test]
@@ -492,7 +519,7 @@ mod tests {
                 .contains("over decode.max_record_size (8192 bytes")
         );
         assert!(b.errors[0].raw.as_deref().unwrap().starts_with("xxxx"));
-        assert_eq!(cell(b, Column::Reason, 1).as_deref(), Some("ok"));
+        assert_eq!(cell(b, col(hid(), "reason"), 1).as_deref(), Some("ok"));
         assert!(b.errors[1].raw.as_deref().unwrap().starts_with("9,1,2,New"));
         // A header past the limit fails the part, naming it.
         let err = limited(format!("{long}\n").as_bytes(), 4096, 8192).unwrap_err();

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use crate::config::DecodeLimits;
 use crate::config::FileType;
-use crate::product::Column;
+use crate::product::Product;
 
 /// Name prefix of the scratch copies of Parquet/ORC parts, so a killed run's leftovers can be
 /// recognised and removed.
@@ -43,7 +43,7 @@ pub enum DecodeError {
     #[error("{file}: required column `{column}` is missing (columns found: {found})")]
     MissingColumn {
         file: String,
-        column: &'static str,
+        column: String,
         found: String,
     },
     #[error("{file}: {detail}")]
@@ -108,6 +108,7 @@ pub type Sink<'a> = dyn FnMut(RawBatch) -> Result<(), DecodeError> + 'a;
 /// One export being decoded: its limits, the budget of uncompressed bytes all its parts share,
 /// and what the parts have in common (a CSV header an unheaded part reuses).
 pub(super) struct Decoding<'a, 'b> {
+    product: Product,
     scratch: &'a Path,
     limits: DecodeLimits,
     budget: Budget,
@@ -116,9 +117,10 @@ pub(super) struct Decoding<'a, 'b> {
     sink: &'a mut Sink<'b>,
 }
 
-/// Decodes one local file: a zip of part files, or a single part file. Nothing the file says
-/// becomes a path: scratch copies and spills get names of our own.
+/// Decodes one local file of `product`'s export: a zip of part files, or a single part file.
+/// Nothing the file says becomes a path: scratch copies and spills get names of our own.
 pub fn decode_path(
+    product: Product,
     path: &Path,
     scratch: &Path,
     limits: &DecodeLimits,
@@ -126,6 +128,7 @@ pub fn decode_path(
 ) -> Result<DecodeSummary, DecodeError> {
     let name = path.display().to_string();
     let mut d = Decoding {
+        product,
         scratch,
         limits: *limits,
         budget: Budget::new(limits.max_uncompressed),
@@ -133,13 +136,7 @@ pub fn decode_path(
         summary: DecodeSummary::default(),
         sink,
     };
-    let known = |text: &str| {
-        let text = text.to_ascii_lowercase();
-        Column::ALL
-            .iter()
-            .any(|c| text.contains(&c.vendor_name().to_ascii_lowercase()))
-    };
-    match sniff(path, known).map_err(|e| io_error(&name, e))? {
+    match sniff(path, |text| product.mentions_a_column(text)).map_err(|e| io_error(&name, e))? {
         Kind::Zip => d.zip(path)?,
         Kind::Part(part) => {
             let file = File::open(path).map_err(|e| io_error(&name, e))?;
@@ -207,8 +204,10 @@ impl Decoding<'_, '_> {
         let reader = Counted::new(inner, &mut self.budget);
         let label_arc: Arc<str> = Arc::from(label);
         let limits = self.limits;
+        let product = self.product;
         match part.format {
             FileType::Csv => csv::decode(
+                product,
                 reader,
                 label_arc,
                 &limits,
@@ -216,9 +215,14 @@ impl Decoding<'_, '_> {
                 &mut self.summary,
                 self.sink,
             ),
-            FileType::Json => {
-                json::decode(reader, label_arc, &limits, &mut self.summary, self.sink)
-            }
+            FileType::Json => json::decode(
+                product,
+                reader,
+                label_arc,
+                &limits,
+                &mut self.summary,
+                self.sink,
+            ),
             FileType::Parquet | FileType::Orc => {
                 let mut tmp = tempfile::Builder::new()
                     .prefix(SCRATCH_PREFIX)
@@ -229,6 +233,7 @@ impl Decoding<'_, '_> {
                 copy_to_scratch(reader, tmp.as_file_mut(), self.scratch, label)?;
                 let file = File::open(tmp.path()).map_err(|e| io_error(label, e))?;
                 columnar::decode(
+                    product,
                     part.format,
                     file,
                     label_arc,
@@ -270,28 +275,63 @@ pub(super) fn io_error(path: &str, source: io::Error) -> DecodeError {
     }
 }
 
-/// Maps header names to columns; fails when a required column is absent.
+/// Maps header names to the product's declared columns (a position for each name, `None` for
+/// a name it does not know); fails when a required column is absent. A nullable column a part
+/// does not have is null throughout.
 pub(crate) fn map_header(
+    product: Product,
     names: &[String],
     file: &str,
     summary: &mut DecodeSummary,
-) -> Result<Vec<Option<Column>>, DecodeError> {
-    let mapping: Vec<Option<Column>> = names.iter().map(|n| Column::from_header(n)).collect();
+) -> Result<Vec<Option<usize>>, DecodeError> {
+    let mut mapping: Vec<Option<usize>> = names.iter().map(|n| product.column_of(n)).collect();
     for (n, c) in names.iter().zip(&mapping) {
         if c.is_none() {
             summary.unknown(n);
         }
     }
-    for col in Column::ALL {
-        if !mapping.contains(&Some(col)) {
-            return Err(DecodeError::MissingColumn {
-                file: file.to_string(),
-                column: col.vendor_name(),
-                found: found(names.iter().map(String::as_str)),
-            });
+    // A column named twice keeps its first value.
+    for i in 0..mapping.len() {
+        if mapping[i].is_some() && mapping[..i].contains(&mapping[i]) {
+            mapping[i] = None;
         }
     }
+    missing(
+        product,
+        |c| mapping.contains(&Some(c)),
+        file,
+        || found(names.iter().map(String::as_str)),
+    )?;
     Ok(mapping)
+}
+
+/// The declared columns a mapping does not fill: null in every row of the part.
+pub(crate) fn absent(product: Product, mapping: &[Option<usize>]) -> Vec<usize> {
+    (0..product.columns.len())
+        .filter(|c| !mapping.contains(&Some(*c)))
+        .collect()
+}
+
+/// Fails naming the first required column `present` says a part lacks.
+pub(crate) fn missing(
+    product: Product,
+    present: impl Fn(usize) -> bool,
+    file: &str,
+    names: impl FnOnce() -> String,
+) -> Result<(), DecodeError> {
+    match product
+        .columns
+        .iter()
+        .enumerate()
+        .find(|(i, c)| c.required && !present(*i))
+    {
+        Some((_, c)) => Err(DecodeError::MissingColumn {
+            file: file.to_string(),
+            column: c.vendor.clone(),
+            found: names(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The names a part has, for a message: each escaped, all cut to an error text's length.
@@ -307,6 +347,7 @@ pub(crate) fn found<'a>(names: impl Iterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::product::test_support::hid;
 
     #[test]
     fn parts_are_known_by_name_and_side_files_are_not_parts() {
@@ -364,7 +405,7 @@ mod tests {
 
     fn rows_of(path: &Path, dir: &Path) -> Result<usize, DecodeError> {
         let mut rows = 0;
-        decode_path(path, dir, &unlimited(), &mut |b| {
+        decode_path(hid(), path, dir, &unlimited(), &mut |b| {
             rows += b.num_rows();
             Ok(())
         })?;
@@ -450,12 +491,12 @@ mod tests {
             max_uncompressed: 1 << 20,
             ..DecodeLimits::default()
         };
-        let err = decode_path(&z, dir.path(), &limits, &mut |_| Ok(())).unwrap_err();
+        let err = decode_path(hid(), &z, dir.path(), &limits, &mut |_| Ok(())).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
         // A .parquet.gz unpacked to scratch stops at the limit too, leaving no scratch file.
         let pq = dir.path().join("part-00000.parquet.gz");
         std::fs::write(&pq, gzip(&vec![0u8; 4 << 20])).unwrap();
-        let err = decode_path(&pq, dir.path(), &limits, &mut |_| Ok(())).unwrap_err();
+        let err = decode_path(hid(), &pq, dir.path(), &limits, &mut |_| Ok(())).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -475,7 +516,7 @@ mod tests {
         )
         .unwrap();
         let mut rows = 0;
-        decode_path(&raw, dir.path(), &unlimited(), &mut |b| {
+        decode_path(hid(), &raw, dir.path(), &unlimited(), &mut |b| {
             rows += b.num_rows();
             Ok(())
         })
@@ -483,7 +524,8 @@ mod tests {
         assert_eq!(rows, 1);
         let empty = dir.path().join("empty.zip");
         std::fs::write(&empty, "").unwrap();
-        let err = decode_path(&empty, dir.path(), &unlimited(), &mut |_| Ok(())).unwrap_err();
+        let err =
+            decode_path(hid(), &empty, dir.path(), &unlimited(), &mut |_| Ok(())).unwrap_err();
         assert!(matches!(err, DecodeError::BadZip { .. }), "{err}");
     }
 
@@ -504,7 +546,7 @@ mod tests {
                 max_uncompressed: limit,
                 ..DecodeLimits::default()
             };
-            let err = decode_path(path, dir.path(), &limits, &mut |_| Ok(())).unwrap_err();
+            let err = decode_path(hid(), path, dir.path(), &limits, &mut |_| Ok(())).unwrap_err();
             assert!(
                 matches!(err, DecodeError::TooLarge { limit: 65536, .. }),
                 "{}: {err}",

@@ -5,11 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, Date32Array, Int64Array, StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, Date32Array, Float64Array, Int64Array, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
 };
 
 use super::BATCH_ROWS;
-use crate::product::Column;
+use crate::product::Product;
 
 /// A row that could not be read into columns, with why.
 #[derive(Debug, Clone)]
@@ -30,6 +31,7 @@ pub enum RawColumn {
     /// A date as days since the epoch.
     Days(Date32Array),
     Int(Int64Array),
+    Float(Float64Array),
 }
 
 /// One value of a [`RawColumn`].
@@ -39,6 +41,7 @@ pub enum Cell<'a> {
     Micros(i64),
     Days(i32),
     Int(i64),
+    Float(f64),
 }
 
 impl RawColumn {
@@ -56,6 +59,7 @@ impl RawColumn {
             Self::Micros(a) => a,
             Self::Days(a) => a,
             Self::Int(a) => a,
+            Self::Float(a) => a,
         }
     }
 
@@ -71,6 +75,7 @@ impl RawColumn {
             Self::Micros(a) => a.is_valid(row).then(|| Cell::Micros(a.value(row))),
             Self::Days(a) => a.is_valid(row).then(|| Cell::Days(a.value(row))),
             Self::Int(a) => a.is_valid(row).then(|| Cell::Int(a.value(row))),
+            Self::Float(a) => a.is_valid(row).then(|| Cell::Float(a.value(row))),
         }
     }
 }
@@ -89,14 +94,16 @@ impl std::fmt::Display for Cell<'_> {
                 None => write!(f, "{d} days since the epoch"),
             },
             Self::Int(n) => write!(f, "{n}"),
+            Self::Float(x) => write!(f, "{x}"),
         }
     }
 }
 
-/// Up to [`BATCH_ROWS`] rows of one source file, each column null where absent.
+/// Up to [`BATCH_ROWS`] rows of one source file: a column for each of the product's declared
+/// columns, in declared order, null where absent.
 #[derive(Debug, Clone)]
 pub struct RawBatch {
-    pub columns: [RawColumn; 8],
+    pub columns: Vec<RawColumn>,
     pub errors: Vec<RowError>,
     pub source: Arc<str>,
     /// The 1-based row number of the first row within its source file.
@@ -111,7 +118,7 @@ impl RawBatch {
 
 /// Builds a [`RawBatch`] row by row; shared by the text decoders.
 pub(crate) struct RawBuilder {
-    cols: [StringBuilder; 8],
+    cols: Vec<StringBuilder>,
     errors: Vec<RowError>,
     rows: usize,
     source: Arc<str>,
@@ -119,11 +126,12 @@ pub(crate) struct RawBuilder {
 }
 
 impl RawBuilder {
-    pub fn new(source: Arc<str>) -> Self {
+    /// Text columns for `width` declared columns.
+    pub fn new(source: Arc<str>, width: usize) -> Self {
         Self {
-            cols: std::array::from_fn(|_| {
-                StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16)
-            }),
+            cols: (0..width)
+                .map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16))
+                .collect(),
             errors: Vec::new(),
             rows: 0,
             source,
@@ -131,10 +139,11 @@ impl RawBuilder {
         }
     }
 
-    pub fn set(&mut self, col: Column, value: Option<&str>) {
+    /// The value of declared column `col` in the current row.
+    pub fn set(&mut self, col: usize, value: Option<&str>) {
         match value {
-            Some(v) => self.cols[col.index()].append_value(v),
-            None => self.cols[col.index()].append_null(),
+            Some(v) => self.cols[col].append_value(v),
+            None => self.cols[col].append_null(),
         }
     }
 
@@ -165,7 +174,11 @@ impl RawBuilder {
             return None;
         }
         let batch = RawBatch {
-            columns: std::array::from_fn(|i| RawColumn::Text(self.cols[i].finish())),
+            columns: self
+                .cols
+                .iter_mut()
+                .map(|c| RawColumn::Text(c.finish()))
+                .collect(),
             errors: std::mem::take(&mut self.errors),
             source: self.source.clone(),
             first_row: self.next_row,
@@ -178,30 +191,33 @@ impl RawBuilder {
 
 /// On-demand rows (column name to text) as one batch, keys matched like any header.
 pub fn rows_to_batch(
+    product: Product,
     rows: &[crate::model::OnDemandRow],
     source: &str,
 ) -> (RawBatch, BTreeSet<String>) {
-    let mut out = RawBuilder::new(Arc::from(source));
+    let width = product.columns.len();
+    let mut out = RawBuilder::new(Arc::from(source), width);
     let mut unknown = BTreeSet::new();
+    let mut cells: Vec<Option<&str>> = vec![None; width];
     for row in rows {
-        let mut cells: [Option<&str>; 8] = [None; 8];
+        cells.iter_mut().for_each(|c| *c = None);
         for (k, v) in row {
-            match Column::from_header(k) {
-                Some(c) => cells[c.index()] = v.as_deref(),
+            match product.column_of(k) {
+                Some(c) => cells[c] = v.as_deref(),
                 None => {
                     unknown.insert(k.clone());
                 }
             }
         }
-        for c in Column::ALL {
-            out.set(c, cells[c.index()]);
+        for (c, v) in cells.iter().enumerate() {
+            out.set(c, *v);
         }
         out.end_row();
     }
     let batch = out.take().unwrap_or_else(|| RawBatch {
-        columns: std::array::from_fn(|_| {
-            RawColumn::Text(StringArray::from(Vec::<Option<&str>>::new()))
-        }),
+        columns: (0..width)
+            .map(|_| RawColumn::Text(StringArray::from(Vec::<Option<&str>>::new())))
+            .collect(),
         errors: Vec::new(),
         source: Arc::from(source),
         first_row: 1,

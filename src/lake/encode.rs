@@ -6,14 +6,15 @@ use std::path::PathBuf;
 
 use arrow::array::RecordBatch;
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use tempfile::SpooledTempFile;
 
-use super::columns::status_column;
+use crate::normalize::order_keys;
+use crate::product::Product;
 
 /// Rows per row group: big enough for scans to skip by statistics, small enough to write with
 /// bounded memory.
@@ -22,16 +23,40 @@ const ROW_GROUP_ROWS: usize = 1_000_000;
 /// Rows handed to the writer at a time, so the part-size check runs often enough to split.
 const WRITE_CHUNK_ROWS: usize = 65_536;
 
-/// Columns whose values rarely repeat within a partition.
-const NEAR_UNIQUE: [&str; 4] = [
-    "service_point_id",
-    "issue_id",
-    "work_order_id",
-    "status_datetime",
-];
+/// What a product's declaration says of its columns' encoding.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Layout {
+    /// Columns whose values rarely repeat within a partition (declared `dictionary = false`).
+    plain: Vec<String>,
+    /// The order column, when the objects hold it as a number.
+    delta: Option<String>,
+}
 
-/// How `schema`'s objects are written: the lake's and the quarantine's, whose columns are text.
-fn writer_properties(schema: &Schema) -> WriterProperties {
+impl Layout {
+    /// The lake's objects of `product`.
+    pub(super) fn data(product: Product) -> Self {
+        let order = &product.columns[product.order];
+        Self {
+            plain: product
+                .stored()
+                .filter(|(_, c)| !c.dictionary)
+                .map(|(_, c)| c.lake.clone())
+                .collect(),
+            delta: order.stored.then(|| order.lake.clone()),
+        }
+    }
+
+    /// The quarantine's objects: the same columns, all text.
+    pub(super) fn quarantine(product: Product) -> Self {
+        Self {
+            delta: None,
+            ..Self::data(product)
+        }
+    }
+}
+
+/// How objects of `schema` are written, as `layout` says.
+fn writer_properties(schema: &Schema, layout: &Layout) -> WriterProperties {
     // zstd level 1, not the usual 3: after sorting and the encodings below, little is left that
     // the slower levels find, so the objects barely grow while the import spends clearly less
     // on compressing (docs/performance.md has the measurement).
@@ -44,19 +69,17 @@ fn writer_properties(schema: &Schema) -> WriterProperties {
         .set_created_by(concat!("dpss-sync ", env!("CARGO_PKG_VERSION")).to_string());
     // Near-unique columns: a dictionary costs its build, then is dropped for plain pages or
     // kept at a loss (timestamps). The rest repeat a handful of values and keep theirs.
-    let builder = NEAR_UNIQUE.iter().fold(builder, |b, c| {
-        b.set_column_dictionary_enabled((*c).into(), false)
+    let builder = layout.plain.iter().fold(builder, |b, c| {
+        b.set_column_dictionary_enabled(c.as_str().into(), false)
     });
-    // Rows are in time order, so consecutive timestamps differ by seconds or minutes: delta
-    // encoding packs each into a few bits, smaller than plain before and after compression, and
-    // zstd has less to do (docs/performance.md has the sizes).
-    let timestamps = schema
-        .field_with_name("status_datetime")
-        .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(..)));
-    if timestamps {
-        builder.set_column_encoding("status_datetime".into(), Encoding::DELTA_BINARY_PACKED)
-    } else {
-        builder
+    // Rows are in order of this column, so consecutive values differ by seconds or minutes:
+    // delta encoding packs each into a few bits, smaller than plain before and after
+    // compression, and zstd has less to do (docs/performance.md has the sizes).
+    match &layout.delta {
+        Some(c) if schema.field_with_name(c).is_ok() => {
+            builder.set_column_encoding(c.as_str().into(), Encoding::DELTA_BINARY_PACKED)
+        }
+        _ => builder,
     }
     .build()
 }
@@ -92,9 +115,14 @@ pub(super) struct PartWriter {
 }
 
 impl PartWriter {
-    pub(super) fn new(schema: SchemaRef, target: u64, scratch: &std::path::Path) -> Self {
+    pub(super) fn new(
+        schema: SchemaRef,
+        layout: &Layout,
+        target: u64,
+        scratch: &std::path::Path,
+    ) -> Self {
         Self {
-            props: writer_properties(&schema),
+            props: writer_properties(&schema, layout),
             schema,
             target,
             scratch: scratch.to_path_buf(),
@@ -180,11 +208,11 @@ pub(super) fn conform(
     RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|e| e.to_string())
 }
 
-/// Sorted by time, ties in arrival order: deterministic for the same input, and tight min/max
-/// statistics on status_datetime. Exports mostly come in time order already, and then there is
-/// nothing to move.
-pub(super) fn sort_rows(b: &RecordBatch) -> RecordBatch {
-    let ts = status_column(b).values();
+/// Sorted by the product's order column, ties in arrival order: deterministic for the same
+/// input, and tight min/max statistics on that column. Exports mostly come in order already,
+/// and then there is nothing to move.
+pub(super) fn sort_rows(product: Product, b: &RecordBatch) -> RecordBatch {
+    let ts = order_keys(product, b);
     if ts.windows(2).all(|w| w[0] <= w[1]) {
         return b.clone();
     }
@@ -198,16 +226,18 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::product::Product;
+    use crate::lake::test_support::status_micros;
+    use crate::product::test_support::hid;
     use arrow::array::{ArrayRef, Int8Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::DataType;
     use bytes::Bytes;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     /// The parts `PartWriter` makes of `batch`, read back into memory.
-    fn encode(batch: &RecordBatch, target: u64) -> Vec<Bytes> {
+    fn encode(batch: &RecordBatch, layout: &Layout, target: u64) -> Vec<Bytes> {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PartWriter::new(batch.schema(), target, dir.path());
+        let mut w = PartWriter::new(batch.schema(), layout, target, dir.path());
         w.write(batch).unwrap();
         w.finish()
             .unwrap()
@@ -238,7 +268,7 @@ mod tests {
             .map(|i| 1_700_000_000_000_000 + i * 61_000_000)
             .collect();
         RecordBatch::try_new(
-            Product::HidWorkOrders.lake_schema(),
+            hid().lake_schema(),
             vec![
                 text("9"),
                 Arc::new(Int8Array::from(vec![1; n])),
@@ -257,8 +287,8 @@ mod tests {
     #[test]
     fn timestamps_are_delta_encoded_and_read_back_unchanged() {
         let batch = sample(1000);
-        let ts = status_column(&batch).values().to_vec();
-        let object = encode(&batch, u64::MAX).remove(0);
+        let ts = status_micros(&batch).values().to_vec();
+        let object = encode(&batch, &Layout::data(hid()), u64::MAX).remove(0);
         let meta = SerializedFileReader::new(object.clone()).unwrap();
         let chunk = meta.metadata().row_group(0).column(4);
         assert_eq!(chunk.column_path().string(), "status_datetime");
@@ -273,14 +303,14 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(status_column(&read[0]).values().as_ref(), ts);
+        assert_eq!(status_micros(&read[0]).values().as_ref(), ts);
     }
 
     #[test]
     fn a_partition_splits_near_a_small_target_and_reads_back_whole() {
         let n = 2000;
         let batch = sample(n);
-        let parts = encode(&batch, 16 << 10);
+        let parts = encode(&batch, &Layout::data(hid()), 16 << 10);
         assert!(parts.len() >= 3, "{} parts", parts.len());
         let mut read = Vec::new();
         for p in &parts {
@@ -290,11 +320,11 @@ mod tests {
                 .build()
                 .unwrap()
             {
-                read.extend_from_slice(status_column(&b.unwrap()).values());
+                read.extend_from_slice(status_micros(&b.unwrap()).values());
             }
         }
-        assert_eq!(read, status_column(&batch).values().to_vec());
-        assert_eq!(encode(&batch, 256 << 20).len(), 1);
+        assert_eq!(read, status_micros(&batch).values().to_vec());
+        assert_eq!(encode(&batch, &Layout::data(hid()), 256 << 20).len(), 1);
     }
 
     #[test]
@@ -312,7 +342,7 @@ mod tests {
         columns[5] = Arc::new(noise);
         let batch = RecordBatch::try_new(base.schema(), columns).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PartWriter::new(batch.schema(), 256 << 20, dir.path());
+        let mut w = PartWriter::new(batch.schema(), &Layout::data(hid()), 256 << 20, dir.path());
         w.write(&batch).unwrap();
         let mut parts = w.finish().unwrap();
         assert_eq!(parts.len(), 1);
@@ -339,7 +369,7 @@ mod tests {
         )]));
         let column = Arc::new(StringArray::from(vec!["2024-06-15:00:00:13"; 10])) as ArrayRef;
         let batch = RecordBatch::try_new(schema, vec![column]).unwrap();
-        let object = encode(&batch, u64::MAX).remove(0);
+        let object = encode(&batch, &Layout::quarantine(hid()), u64::MAX).remove(0);
         let meta = SerializedFileReader::new(object).unwrap();
         let chunk = meta.metadata().row_group(0).column(0);
         assert!(

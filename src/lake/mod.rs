@@ -1,6 +1,6 @@
 //! The lake: Hive-partitioned Parquet through `object_store`, on a local directory or any cloud.
 //!
-//! A partition `event_date=YYYY-MM-DD` is rewritten whole: the rows of the days being replaced
+//! A partition (`<partition>=YYYY-MM-DD`, the product's partition column) is rewritten whole: the rows of the days being replaced
 //! come out, the new rows go in. The old rows stream through a row group at a time and the new
 //! objects are spooled to the work directory once they outgrow memory (`rewrite.rs`), so a
 //! rewrite's memory does not grow with the partition. A partition that fits in one object is `part-00000.parquet`,
@@ -33,7 +33,9 @@ use tokio::io::AsyncWriteExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-pub use columns::{Identity, content_hashes, count_by_status_day, identities, status_day_rows};
+pub use columns::{
+    Identity, content_hashes, count_by_window_day, identities, window_day_rows, window_days,
+};
 pub use rewrite::Dropped;
 pub use select::{Replace, Selection};
 pub use store::open_store;
@@ -192,8 +194,11 @@ impl Lake {
 
     fn partition(&self, product: Product, date: NaiveDate) -> Path {
         // Built only from a validated date, so no input can steer the path.
-        self.table(product)
-            .join(format!("event_date={}", date.format("%Y-%m-%d")))
+        self.table(product).join(format!(
+            "{}={}",
+            product.partition_name,
+            date.format("%Y-%m-%d")
+        ))
     }
 
     /// A one-object partition keeps one fixed name, replaced in one put; the parts of a larger
@@ -375,11 +380,12 @@ impl Lake {
     }
 }
 
-/// The `event_date=` of an object path.
-pub fn partition_date(path: &Path) -> Option<NaiveDate> {
+/// The partition day of an object path (its `<partition>=YYYY-MM-DD` part).
+pub fn partition_date(product: Product, path: &Path) -> Option<NaiveDate> {
+    let prefix = format!("{}=", product.partition_name);
     path.parts().find_map(|p| {
         p.as_ref()
-            .strip_prefix("event_date=")
+            .strip_prefix(prefix.as_str())
             .and_then(|d| d.parse().ok())
     })
 }

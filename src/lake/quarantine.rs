@@ -1,5 +1,6 @@
 //! The quarantine: rows that failed validation, kept with their raw text under
-//! `_quarantine/<product>/status_date=YYYY-MM-DD/` (or `status_date=unknown/window=<window>/`) so
+//! `_quarantine/<product>/<day>=YYYY-MM-DD/` (or `<day>=unknown/window=<window>/`; `<day>` is the
+//! product's quarantine partition) so
 //! nothing a vendor sent is lost. A day's quarantine mirrors the data: replaced with the day, or
 //! merged without copies of rows already there.
 
@@ -13,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 
 use super::delta::{Change, Table};
-use super::encode::{PartWriter, Spooled};
+use super::encode::{Layout, PartWriter, Spooled};
 use super::{Lake, LakeError, WRITERS, parquet_err, store};
 use crate::normalize::QuarantineRows;
 use crate::product::Product;
@@ -21,14 +22,15 @@ use crate::product::Product;
 impl Lake {
     /// The same for the product's quarantine, in the directories modified since `since` (when
     /// the crashed write began). Rows with no day sit a level deeper, under
-    /// `status_date=unknown/window=…`, whose parent a rerun of the same window does not touch:
+    /// `<day>=unknown/window=…`, whose parent a rerun of the same window does not touch:
     /// that level is looked at on its own.
     pub fn remove_quarantine_staging(&self, product: Product, since: DateTime<Utc>) -> usize {
         let Some(dir) = &self.local else {
             return 0;
         };
         let root = dir.join(self.quarantine_root(product).as_ref());
-        [root.clone(), root.join("status_date=unknown")]
+        let unknown = format!("{}=unknown", product.quarantine_partition);
+        [root.clone(), root.join(unknown)]
             .iter()
             .map(|d| store::remove_staging_files(d, since.into()))
             .sum()
@@ -37,11 +39,17 @@ impl Lake {
     /// Encodes quarantined rows in the order given, on a blocking thread as partitions are.
     async fn encode_as_is(
         &self,
+        product: Product,
         prefix: &Path,
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
     ) -> Result<Vec<Spooled>, LakeError> {
-        let mut writer = PartWriter::new(schema, self.target_file_size, &self.scratch);
+        let mut writer = PartWriter::new(
+            schema,
+            &Layout::quarantine(product),
+            self.target_file_size,
+            &self.scratch,
+        );
         tokio::task::spawn_blocking(move || {
             for b in &batches {
                 writer.write(b)?;
@@ -96,10 +104,10 @@ impl Lake {
         self.delete_objects(&stale).await
     }
 
-    /// Writes a job's quarantined rows under `status_date=YYYY-MM-DD` (the day their raw
-    /// StatusDatetime names, else `default_day`, the job's one day), mirroring the data: the
-    /// quarantine of a `replaced` day is replaced, other days gain the new rows without copies
-    /// of ones already there. Rows with no day go to `status_date=unknown/window=<window>`.
+    /// Writes a job's quarantined rows under `<day>=YYYY-MM-DD` (the day their raw window column
+    /// names, else `default_day`, the job's one day), mirroring the data: the quarantine of a
+    /// `replaced` day is replaced, other days gain the new rows without copies of ones already
+    /// there. Rows with no day go to `<day>=unknown/window=<window>`.
     ///
     /// With a Delta quarantine `table`, what each directory holds comes from its log, nothing is
     /// deleted, and the change is returned for the window's commit.
@@ -118,14 +126,12 @@ impl Lake {
         for day in rows.days() {
             groups.entry(day.or(default_day)).or_default().push(day);
         }
-        let schema = crate::normalize::quarantine_schema();
-        let mut dirs: BTreeSet<String> = replaced
-            .iter()
-            .map(|d| format!("status_date={d}"))
-            .collect();
+        let schema = product.quarantine_schema();
+        let day = &product.quarantine_partition;
+        let mut dirs: BTreeSet<String> = replaced.iter().map(|d| format!("{day}={d}")).collect();
         dirs.extend(groups.keys().map(|d| match d {
-            Some(d) => format!("status_date={d}"),
-            None => format!("status_date=unknown/window={window}"),
+            Some(d) => format!("{day}={d}"),
+            None => format!("{day}=unknown/window={window}"),
         }));
         // One listing of the top level (a request per thousand days) says which day directories
         // exist; of those, only the ones this write touches are listed. A cycle costs what it
@@ -160,7 +166,7 @@ impl Lake {
         let jobs: Vec<_> = listed
             .into_iter()
             .filter_map(|(dir, old)| {
-                let day = dir_day(&dir);
+                let day = dir_day(product, &dir);
                 let named = groups.remove(&day).unwrap_or_default();
                 // A replaced day with no quarantine before or now: nothing to write.
                 (!named.is_empty() || !old.is_empty()).then_some((dir, day, named, old))
@@ -200,7 +206,9 @@ impl Lake {
                         return Ok(Change::default());
                     }
                     let prefix = dir_prefix(root, &dir);
-                    let parts = self.encode_as_is(&prefix, schema.clone(), batches).await?;
+                    let parts = self
+                        .encode_as_is(product, &prefix, schema.clone(), batches)
+                        .await?;
                     match table {
                         Some(t) => {
                             let written = self.put_parts(&prefix, None, parts).await?;
@@ -246,9 +254,10 @@ fn dir_prefix(root: &Path, dir: &str) -> Path {
     dir.split('/').fold(root.clone(), |p, part| p.join(part))
 }
 
-/// The status day of a quarantine directory (`status_date=YYYY-MM-DD`), none for `unknown`.
-fn dir_day(dir: &str) -> Option<NaiveDate> {
-    dir.strip_prefix("status_date=")
+/// The day of a quarantine directory (`<day>=YYYY-MM-DD`), none for `unknown`.
+fn dir_day(product: Product, dir: &str) -> Option<NaiveDate> {
+    dir.strip_prefix(product.quarantine_partition.as_str())
+        .and_then(|d| d.strip_prefix('='))
         .and_then(|d| d.parse::<NaiveDate>().ok())
 }
 

@@ -154,15 +154,18 @@ impl Lake {
         self.batches(objects).try_collect().await
     }
 
-    /// Rows per status day in `objects`: what a partition the state has no record of holds.
-    pub async fn rows_per_status_day(
+    /// Rows per window day in `objects`, the objects of partition `date`: what a partition the
+    /// state has no record of holds.
+    pub async fn rows_per_window_day(
         &self,
+        product: Product,
+        date: NaiveDate,
         objects: &[ObjectMeta],
     ) -> Result<std::collections::BTreeMap<NaiveDate, u64>, LakeError> {
         let mut out = std::collections::BTreeMap::new();
         let mut batches = self.batches(objects);
         while let Some(b) = batches.try_next().await? {
-            for (day, n) in super::status_day_rows(&b) {
+            for (day, n) in super::window_day_rows(product, &b, date) {
                 *out.entry(day).or_insert(0) += n;
             }
         }
@@ -191,7 +194,7 @@ impl Lake {
             .await?;
         let mut out = Vec::new();
         for meta in &objects {
-            let Some(date) = partition_date(&meta.location) else {
+            let Some(date) = partition_date(product, &meta.location) else {
                 continue;
             };
             for b in self.read_objects(std::slice::from_ref(meta)).await? {
@@ -212,7 +215,7 @@ mod tests {
     async fn a_big_object_is_read_by_ranges_and_a_small_one_in_one_request() {
         let scratch = tempfile::tempdir().unwrap();
         let lake = memory_lake(u64::MAX, scratch.path());
-        let product = Product::HidWorkOrders;
+        let product = crate::product::test_support::hid();
         let rows: Vec<(String, i64)> = (0..5000)
             .map(|i| (format!("WO-{:09}", i * 7919), i * 1_000_000))
             .collect();

@@ -12,11 +12,13 @@ use futures::TryStreamExt;
 use object_store::ObjectMeta;
 use object_store::path::Path;
 
-use super::columns::{Identity, content_hashes, identities, status_column};
-use super::encode::{PartWriter, conform, sort_rows};
+use super::columns::{Identity, content_hashes, window_days};
+use super::encode::{Layout, PartWriter, conform, sort_rows};
 use super::{Lake, LakeError, parquet_err};
 use crate::model::PartitionState;
-use crate::normalize::time::{day_of_micros, rows_per_day};
+use crate::normalize::keys::Identities;
+use crate::normalize::order_keys;
+use crate::normalize::time::{date_of_day, day_of_date, rows_per_day};
 use crate::product::Product;
 
 /// Old batches read ahead of the encoder: the store's latency hides behind encoding.
@@ -25,14 +27,14 @@ const READ_AHEAD: usize = 2;
 /// What a rewrite drops from a partition's old rows.
 #[derive(Clone)]
 pub struct Dropped {
-    /// Status days whose rows are replaced whole.
+    /// Window days whose rows are replaced whole.
     pub replaced: Arc<BTreeSet<NaiveDate>>,
     /// Identities the job delivers for days it does not replace: their old copies go.
     pub merged: Arc<HashSet<Identity>>,
 }
 
 impl Lake {
-    /// Rewrites one partition whose objects are `existing`: its rows of replaced status days are
+    /// Rewrites one partition whose objects are `existing`: its rows of replaced window days are
     /// dropped, and so are rows whose identity is merged; then `new` is added. The new objects
     /// are put; the old ones the result does not reuse are left for the caller to delete once
     /// the state records the new set. `generation` names the parts of a multi-object result.
@@ -51,10 +53,14 @@ impl Lake {
         // partitions written at once would take turns on one async thread.
         let encoder = {
             let (prefix, dropped) = (prefix.clone(), dropped.clone());
-            let mut writer =
-                PartWriter::new(product.lake_schema(), self.target_file_size, &self.scratch);
+            let mut writer = PartWriter::new(
+                product.lake_schema(),
+                &Layout::data(product),
+                self.target_file_size,
+                &self.scratch,
+            );
             tokio::task::spawn_blocking(move || {
-                let mut merge = Merge::new(product, &prefix, dropped, new);
+                let mut merge = Merge::new(product, date, &prefix, dropped, new);
                 while let Some(old) = rx.blocking_recv() {
                     if let Some(b) = merge.next(old)? {
                         merge.tally(&b);
@@ -100,6 +106,9 @@ impl Lake {
 /// The merge of a partition's kept old rows (in time order, as the lake writes them) with the new
 /// rows (sorted once), and the tally of what the result holds.
 struct Merge {
+    product: Product,
+    /// The partition's day, as days since the epoch.
+    day: i32,
     prefix: Path,
     schema: arrow::datatypes::SchemaRef,
     replaced: Arc<BTreeSet<NaiveDate>>,
@@ -112,13 +121,23 @@ struct Merge {
 
 impl Merge {
     /// Sorts the new rows: CPU work, so built on the encoder's thread.
-    fn new(product: Product, prefix: &Path, dropped: Dropped, new: Option<RecordBatch>) -> Self {
+    fn new(
+        product: Product,
+        date: NaiveDate,
+        prefix: &Path,
+        dropped: Dropped,
+        new: Option<RecordBatch>,
+    ) -> Self {
         Self {
+            product,
+            day: day_of_date(date),
             prefix: prefix.clone(),
             schema: product.lake_schema(),
             replaced: dropped.replaced,
             merged: dropped.merged,
-            new: new.filter(|b| b.num_rows() > 0).map(|b| sort_rows(&b)),
+            new: new
+                .filter(|b| b.num_rows() > 0)
+                .map(|b| sort_rows(product, &b)),
             cursor: 0,
             state: PartitionState::default(),
         }
@@ -132,14 +151,14 @@ impl Merge {
             path: self.prefix.to_string(),
             detail,
         })?;
-        let ts = status_column(&old);
-        let ids = (!self.merged.is_empty()).then(|| identities(&old));
+        let days = window_days(self.product, &old, date_of_day(self.day));
+        let ids = (!self.merged.is_empty()).then(|| Identities::of(self.product, &old, self.day));
         let mask: BooleanArray = (0..old.num_rows())
             .map(|i| {
-                let replaced = self.replaced.contains(&day_of_micros(ts.value(i)));
+                let replaced = self.replaced.contains(&date_of_day(days[i]));
                 let superseded = ids
                     .as_ref()
-                    .is_some_and(|ids| self.merged.contains(&ids[i]));
+                    .is_some_and(|ids| self.merged.contains(&ids.both(i)));
                 Some(!replaced && !superseded)
             })
             .collect();
@@ -150,8 +169,9 @@ impl Merge {
         let Some(new) = &self.new else {
             return Ok(Some(kept));
         };
-        let old_ts = status_column(&kept).values();
-        let new_ts = &status_column(new).values()[self.cursor..];
+        let old_keys = order_keys(self.product, &kept);
+        let new_keys = order_keys(self.product, new);
+        let (old_ts, new_ts) = (&old_keys[..], &new_keys[self.cursor..]);
         let last = old_ts.iter().copied().max().expect("kept is not empty");
         let take = new_ts.partition_point(|t| *t <= last);
         if take == 0 {
@@ -185,14 +205,16 @@ impl Merge {
         (rest.num_rows() > 0).then_some(rest)
     }
 
-    /// Counts, rows per status day and content hashes add up batch by batch (the hashes are sums).
+    /// Counts, rows per window day and content hashes add up batch by batch (the hashes are
+    /// sums).
     fn tally(&mut self, b: &RecordBatch) {
+        let date = date_of_day(self.day);
         let s = &mut self.state;
         s.rows += b.num_rows() as u64;
-        for (day, n) in rows_per_day(status_column(b).values()) {
+        for (day, n) in rows_per_day(&window_days(self.product, b, date)) {
             *s.day_rows.entry(day).or_insert(0) += n;
         }
-        for (day, h) in content_hashes(b) {
+        for (day, h) in content_hashes(self.product, b, date) {
             let sum = s.day_hashes.entry(day).or_insert(0);
             *sum = sum.wrapping_add(h);
         }
@@ -203,11 +225,14 @@ impl Merge {
 mod tests {
     use std::collections::BTreeMap;
 
+    use arrow::array::AsArray;
     use arrow::compute::concat_batches;
 
     use super::*;
-    use crate::lake::content_hashes;
-    use crate::lake::test_support::{batch, memory_lake};
+    use crate::lake::test_support::{batch, memory_lake, status_micros};
+    use crate::lake::{content_hashes, identities};
+    use crate::normalize::time::day_of_micros;
+    use crate::product::test_support::hid;
 
     const DAY: i64 = 86_400_000_000;
 
@@ -216,20 +241,23 @@ mod tests {
     }
 
     fn work_orders(b: &RecordBatch) -> Vec<String> {
-        let wo = super::super::columns::text_column(b, "work_order_id");
-        (0..b.num_rows()).map(|i| wo.value(i).to_string()).collect()
+        let wo = b
+            .column_by_name("work_order_id")
+            .unwrap()
+            .as_string::<i32>();
+        wo.iter().map(|v| v.unwrap().to_string()).collect()
     }
 
     #[test]
     fn old_and_new_rows_merge_in_time_order_without_replaced_or_superseded_rows() {
         let dropped = Dropped {
             replaced: Arc::new(BTreeSet::from([day(1)])),
-            merged: Arc::new(HashSet::from([(
-                "A".to_string(),
-                "I1".to_string(),
-                "Open".to_string(),
-                10,
-            )])),
+            merged: Arc::new(HashSet::from([identities(
+                hid(),
+                &batch(&[("A", "-", 10, "j0")]),
+                day(0),
+            )[0]
+            .0])),
         };
         let old = [
             batch(&[
@@ -245,7 +273,7 @@ mod tests {
             ("H", "h", DAY + 40, "j2"),
             ("I", "i", 3 * DAY, "j2"),
         ]);
-        let mut merge = Merge::new(Product::HidWorkOrders, &Path::from("t"), dropped, Some(new));
+        let mut merge = Merge::new(hid(), day(0), &Path::from("t"), dropped, Some(new));
         let mut out = Vec::new();
         for b in old {
             out.extend(merge.next(b).unwrap());
@@ -256,14 +284,14 @@ mod tests {
         }
         let all = concat_batches(&out[0].schema(), &out).unwrap();
         assert_eq!(work_orders(&all), ["G", "B", "H", "F", "E", "I"]);
-        let ts = status_column(&all).values();
+        let ts = status_micros(&all).values();
         assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
         assert_eq!(merge.state.rows, 6);
         assert_eq!(
             merge.state.day_rows,
             BTreeMap::from([(day(0), 2), (day(1), 1), (day(2), 2), (day(3), 1)])
         );
-        assert_eq!(merge.state.day_hashes, content_hashes(&all));
+        assert_eq!(merge.state.day_hashes, content_hashes(hid(), &all, day(0)));
     }
 
     /// `n` rows, a minute apart from `start`, with ids that do not compress away.
@@ -281,7 +309,7 @@ mod tests {
     async fn a_partition_past_the_target_is_rewritten_part_by_part_and_reads_back_whole() {
         let scratch = tempfile::tempdir().unwrap();
         let lake = memory_lake(32 << 10, scratch.path());
-        let product = Product::HidWorkOrders;
+        let product = hid();
         let date = day(0);
         let keep_all = Dropped {
             replaced: Arc::default(),
@@ -332,8 +360,8 @@ mod tests {
         let back = lake.read_partition(product, date).await.unwrap();
         let all = concat_batches(&product.lake_schema(), &back).unwrap();
         assert_eq!(all.num_rows(), 1540);
-        let ts = status_column(&all).values();
+        let ts = status_micros(&all).values();
         assert!(ts.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(content_hashes(&all), s2.day_hashes);
+        assert_eq!(content_hashes(hid(), &all, day(0)), s2.day_hashes);
     }
 }

@@ -4,8 +4,6 @@ use std::sync::Arc;
 
 use arrow::array::{Int8Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 
-use crate::product::Product;
-
 /// Work order, reason, status µs, job.
 pub(super) type Row<'a> = (&'a str, &'a str, i64, &'a str);
 
@@ -16,7 +14,7 @@ pub(super) fn batch(rows: &[Row<'_>]) -> RecordBatch {
     };
     let ts = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as _;
     RecordBatch::try_new(
-        Product::HidWorkOrders.lake_schema(),
+        crate::product::test_support::hid().lake_schema(),
         vec![
             text(&|_| "SP1".into()),
             Arc::new(Int8Array::from(vec![2; rows.len()])),
@@ -30,6 +28,13 @@ pub(super) fn batch(rows: &[Row<'_>]) -> RecordBatch {
         ],
     )
     .unwrap()
+}
+
+/// The status time column of a HID lake batch.
+pub(super) fn status_micros(b: &RecordBatch) -> &TimestampMicrosecondArray {
+    b.column_by_name("status_datetime")
+        .and_then(|c| c.as_any().downcast_ref())
+        .expect("a HID lake batch")
 }
 
 /// A lake in memory whose partitions split past `target` bytes.

@@ -2,19 +2,6 @@
 //! and a blocked Bloom filter over the hashes that says which identities were (probably) seen
 //! before. Its false positives only send a row to the repeats map; they never drop one.
 
-use std::hash::BuildHasher;
-
-/// A fixed-seed hash of a row's identity: fast (it runs once per row) and well mixed in all 64
-/// bits, which the Bloom filter slices into a block index and bit positions.
-pub fn identity_hash(wo: &str, issue: &str, status: &str, ts: i64) -> u64 {
-    foldhash::quality::FixedState::with_seed(0x6470_7373).hash_one((wo, issue, status, ts))
-}
-
-/// The other 64 bits of a repeated identity's key, from an unrelated seed.
-pub(super) fn second_hash(wo: &str, issue: &str, status: &str, ts: i64) -> u64 {
-    foldhash::quality::FixedState::with_seed(0x7379_6e63_2d32).hash_one((wo, issue, status, ts))
-}
-
 /// A blocked Bloom filter (all of a key's bits in one 64-byte block, so one cache miss per
 /// row instead of seven), sized for the export's expected row count and chained with larger,
 /// tighter filters should the estimate prove low; memory follows the export and the

@@ -1,14 +1,21 @@
 //! The repeats map: identities the filter saw more than once, keyed by 128 bits of hash, with
-//! the sequence number of their latest copy; loading a partition keeps only that copy.
+//! the sequence number of their latest copy; loading a partition keeps only the copy that wins.
+//!
+//! The copy served last wins, unless the product declares a `latest` column (a received time):
+//! then the copy with its greatest value wins, ties to the one served last. Such a product's
+//! identity holds its partition's column, so all copies of an identity are in one partition and
+//! the winner is found among the partition's rows as it loads: the map cannot know it, as the
+//! filter lets an identity's first copy by without a note.
 
 use std::collections::{HashMap, HashSet};
 
-use arrow::array::{BooleanArray, StringArray, TimestampMicrosecondArray, UInt64Array};
+use arrow::array::{BooleanArray, UInt64Array};
 use arrow::buffer::BooleanBuffer;
 use arrow::record_batch::RecordBatch;
 
-use super::bloom::second_hash;
-use super::buffer::{HASH, SEQ, column};
+use super::buffer::{HASH, SEQ, column, ordinal_keys};
+use super::keys::Identities;
+use crate::product::Product;
 
 pub(super) type Mixed = foldhash::fast::FixedState;
 
@@ -38,26 +45,66 @@ impl Repeats {
         self.bytes
     }
 
-    /// Which rows of a buffered batch to keep: all but earlier copies of repeated identities.
-    pub(super) fn keep(&self, b: &RecordBatch) -> BooleanArray {
-        let hashes = column::<UInt64Array>(b, HASH).values();
-        let seqs = column::<UInt64Array>(b, SEQ).values();
-        let wo = column::<StringArray>(b, "work_order_id");
-        let issue = column::<StringArray>(b, "issue_id");
-        let status = column::<StringArray>(b, "status");
-        let ts = column::<TimestampMicrosecondArray>(b, "status_datetime").values();
-        let keep = BooleanBuffer::collect_bool(b.num_rows(), |i| {
-            if !self.hashes.contains(&hashes[i]) {
-                return true;
+    /// Which rows of the buffered batches of one partition (whose day is `partition_day`) to
+    /// keep: all but the losing copies of repeated identities.
+    pub(super) fn keep(
+        &self,
+        product: Product,
+        batches: &[RecordBatch],
+        partition_day: i32,
+    ) -> Vec<BooleanArray> {
+        let ids: Vec<Identities<'_>> = batches
+            .iter()
+            .map(|b| Identities::of(product, b, partition_day))
+            .collect();
+        let winners = product
+            .latest
+            .map(|c| self.winners(product, c, batches, &ids));
+        batches
+            .iter()
+            .zip(&ids)
+            .map(|(b, ids)| {
+                let hashes = column::<UInt64Array>(b, HASH).values();
+                let seqs = column::<UInt64Array>(b, SEQ).values();
+                let keep = BooleanBuffer::collect_bool(b.num_rows(), |i| {
+                    if !self.hashes.contains(&hashes[i]) {
+                        return true;
+                    }
+                    let key = (hashes[i], ids.second(i));
+                    let winner = match &winners {
+                        Some(w) => w.get(&key).map(|(_, seq)| seq),
+                        None => self.latest.get(&key),
+                    };
+                    winner.is_none_or(|seq| *seq == seqs[i])
+                });
+                BooleanArray::new(keep, None)
+            })
+            .collect()
+    }
+
+    /// The winning copy of each repeated identity among a partition's rows: the greatest value
+    /// of column `latest`, then the greatest sequence number.
+    fn winners(
+        &self,
+        product: Product,
+        latest: usize,
+        batches: &[RecordBatch],
+        ids: &[Identities<'_>],
+    ) -> HashMap<(u64, u64), (i64, u64), Mixed> {
+        let mut best: HashMap<(u64, u64), (i64, u64), Mixed> = HashMap::default();
+        for (b, ids) in batches.iter().zip(ids) {
+            let hashes = column::<UInt64Array>(b, HASH).values();
+            let seqs = column::<UInt64Array>(b, SEQ).values();
+            let versions = ordinal_keys(&product.columns[latest], b);
+            for i in 0..b.num_rows() {
+                if self.hashes.contains(&hashes[i]) {
+                    let copy = (versions[i], seqs[i]);
+                    best.entry((hashes[i], ids.second(i)))
+                        .and_modify(|w| *w = (*w).max(copy))
+                        .or_insert(copy);
+                }
             }
-            let key = (
-                hashes[i],
-                second_hash(wo.value(i), issue.value(i), status.value(i), ts[i]),
-            );
-            self.latest
-                .get(&key)
-                .is_none_or(|latest| *latest == seqs[i])
-        });
-        BooleanArray::new(keep, None)
+        }
+        best
     }
 }

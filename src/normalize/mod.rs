@@ -1,11 +1,12 @@
 //! Normalizing decoded rows into the lake schema: typed, validated, de-duplicated, grouped by
-//! `event_date` partition. A row that fails validation goes to the quarantine with its raw values
+//! partition, all as the product's declaration says. A row that fails validation goes to the quarantine with its raw values
 //! and the reason; nothing is dropped silently, and the counts always reconcile:
 //! read = written + quarantined + duplicates.
 
 mod bloom;
 mod buffer;
 mod dedupe;
+pub mod keys;
 mod quarantine;
 mod rows;
 mod spill;
@@ -19,18 +20,17 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use buffer::Row;
+pub use buffer::order_keys;
 use quarantine::Quarantine;
-pub use quarantine::{QuarantineRows, quarantine_schema};
+pub use quarantine::QuarantineRows;
 use rows::RowStore;
 pub use rows::{Rows, RowsError};
 pub use spill::SpillError;
 use validate::cells;
 pub use validate::{Checked, check};
 
-use crate::decode::Cell;
 use crate::model::Counts;
-use crate::product::{Column, Product};
+use crate::product::Product;
 
 /// `text` `n` times, as a lineage column is: built at its final size, where collecting from an
 /// iterator grew the values buffer by doubling, a copy at each step, for every partition.
@@ -54,8 +54,8 @@ pub struct Normalized {
     pub quarantine: QuarantineRows,
     /// Rows read and quarantined; written and duplicates are known once partitions are loaded.
     pub counts: Counts,
-    /// Status days of the valid rows.
-    pub status_days: BTreeSet<NaiveDate>,
+    /// Window days of the valid rows.
+    pub window_days: BTreeSet<NaiveDate>,
     product: Product,
     job_id: Arc<str>,
     ingested_at: i64,
@@ -127,8 +127,9 @@ impl Normalizer {
             product,
             job_id: Arc::from(job_id),
             ingested_at: ingested_at.timestamp_micros(),
-            rows: RowStore::new(scratch, budget, expected_rows),
+            rows: RowStore::new(product, scratch, budget, expected_rows),
             quarantine: Quarantine::new(
+                product,
                 scratch,
                 quarantine::QUARANTINE_BUDGET.min(budget),
                 Arc::from(job_id),
@@ -163,26 +164,13 @@ impl Normalizer {
         // The duplicate filter's lookups miss the cache; issued together for a group of rows
         // the misses overlap instead of stalling row by row, and a group's blocks still sit in
         // the L1 cache when its rows are pushed.
-        for group in checked.accepted.chunks(PREFETCH_ROWS) {
-            self.rows.prefetch(group.iter().map(|(_, v)| v.hash));
-            for (row, v) in group {
-                let text = |c: Column| match batch.columns[c.index()].cell(*row) {
-                    Some(Cell::Text(t)) => t,
-                    _ => unreachable!("validate accepts only text in a text column"),
-                };
-                let row = Row {
-                    service_point_id: text(Column::ServicePointId),
-                    phase: v.phase,
-                    issue_id: text(Column::IssueId),
-                    status: text(Column::Status),
-                    status_datetime: v.ts,
-                    reason: text(Column::Reason),
-                    work_order_id: text(Column::WorkOrderId),
-                    event_day: v.event_day,
-                    hash: v.hash,
-                };
+        for start in (0..checked.accepted.len()).step_by(PREFETCH_ROWS) {
+            let end = (start + PREFETCH_ROWS).min(checked.accepted.len());
+            let group = &checked.accepted[start..end];
+            self.rows.prefetch(group.iter().map(|a| a.hash));
+            for k in start..end {
                 if self.failure.is_none()
-                    && let Err(e) = self.rows.push(&row)
+                    && let Err(e) = self.rows.push(checked, k)
                 {
                     self.failure = Some(e);
                 }
@@ -195,16 +183,16 @@ impl Normalizer {
             return Err(e);
         }
         let rows = self.rows.finish()?;
-        let status_days = rows
+        let window_days = rows
             .partitions
             .values()
-            .flat_map(|p| p.status_days.iter().copied())
+            .flat_map(|p| p.window_days.iter().copied())
             .collect();
         Ok(Normalized {
             rows,
             quarantine: self.quarantine.finish(),
             counts: self.counts,
-            status_days,
+            window_days,
             product: self.product,
             job_id: self.job_id,
             ingested_at: self.ingested_at,
@@ -216,15 +204,18 @@ impl Normalizer {
 mod tests {
     use super::*;
     use crate::decode::{RawBatch, RawColumn, RowError};
+    use crate::product::test_support::{col, hid};
     use arrow::array::{StringArray, TimestampMicrosecondArray};
 
     fn batch(rows: &[[&str; 8]]) -> RawBatch {
         RawBatch {
-            columns: std::array::from_fn(|c| {
-                RawColumn::Text(StringArray::from_iter(
-                    rows.iter().map(|r| (!r[c].is_empty()).then_some(r[c])),
-                ))
-            }),
+            columns: (0..8)
+                .map(|c| {
+                    RawColumn::Text(StringArray::from_iter(
+                        rows.iter().map(|r| (!r[c].is_empty()).then_some(r[c])),
+                    ))
+                })
+                .collect(),
             errors: Vec::new(),
             source: Arc::from("t.csv"),
             first_row: 1,
@@ -244,34 +235,31 @@ mod tests {
 
     /// A normalizer whose spill files go to a directory that lives as long as the test.
     fn normalizer(job: &str) -> Normalizer {
+        normalizer_of(hid(), job)
+    }
+
+    fn normalizer_of(product: Product, job: &str) -> Normalizer {
         let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
-        Normalizer::with_budget(
-            Product::HidWorkOrders,
-            job,
-            Utc::now(),
-            dir.path(),
-            100,
-            1 << 10,
-        )
+        Normalizer::with_budget(product, job, Utc::now(), dir.path(), 100, 1 << 10)
     }
 
     struct Out {
         partitions: BTreeMap<NaiveDate, RecordBatch>,
         counts: Counts,
         quarantine: Option<RecordBatch>,
-        status_days: BTreeSet<NaiveDate>,
+        window_days: BTreeSet<NaiveDate>,
     }
 
     /// Every partition and the final out.counts.
     fn run(n: Normalizer) -> Out {
         let out = n.finish().unwrap();
-        let (quarantine, status_days) = (out.quarantine.all().unwrap(), out.status_days.clone());
+        let (quarantine, window_days) = (out.quarantine.all().unwrap(), out.window_days.clone());
         let (partitions, counts) = out.into_batches().unwrap();
         Out {
             partitions,
             counts,
             quarantine,
-            status_days,
+            window_days,
         }
     }
 
@@ -285,7 +273,7 @@ mod tests {
         let mut other = GOOD;
         other[6] = "2024-06-14";
         other[3] = "New";
-        n.push(&check(batch(&[GOOD, other])));
+        n.push(&check(hid(), batch(&[GOOD, other])));
         let out = run(n);
         assert_eq!(
             out.counts,
@@ -301,7 +289,7 @@ mod tests {
             vec![day("2024-06-13"), day("2024-06-14")]
         );
         let b = &out.partitions[&day("2024-06-13")];
-        assert_eq!(b.schema(), Product::HidWorkOrders.lake_schema());
+        assert_eq!(b.schema(), hid().lake_schema());
         let ts = b
             .column(4)
             .as_any()
@@ -313,7 +301,7 @@ mod tests {
                 .unwrap()
                 .timestamp_micros()
         );
-        assert_eq!(out.status_days, BTreeSet::from([day("2024-06-15")]));
+        assert_eq!(out.window_days, BTreeSet::from([day("2024-06-15")]));
     }
 
     #[test]
@@ -339,7 +327,7 @@ mod tests {
         cases.push((r, "more than one day after"));
         let rows: Vec<[&str; 8]> = cases.iter().map(|c| c.0).collect();
         let mut n = normalizer("job-1");
-        n.push(&check(batch(&rows)));
+        n.push(&check(hid(), batch(&rows)));
         let out = run(n);
         assert_eq!(out.counts.quarantined, cases.len() as u64);
         assert!(out.partitions.is_empty());
@@ -374,7 +362,7 @@ mod tests {
         let mut placeholder = GOOD;
         placeholder[0] = "--";
         let mut n = normalizer("j");
-        n.push(&check(batch(&[tolerated, placeholder])));
+        n.push(&check(hid(), batch(&[tolerated, placeholder])));
         let out = run(n);
         assert_eq!(out.counts.written, 1);
         assert_eq!(out.counts.quarantined, 1);
@@ -386,7 +374,7 @@ mod tests {
         later[5] = "updated reason";
         later[6] = "2024-06-14";
         let mut n = normalizer("j");
-        n.push(&check(batch(&[GOOD, later])));
+        n.push(&check(hid(), batch(&[GOOD, later])));
         let out = run(n);
         assert_eq!(
             out.counts,
@@ -407,17 +395,16 @@ mod tests {
     #[test]
     fn typed_columns_validate_like_text() {
         let mut b = batch(&[GOOD, GOOD]);
-        b.columns[Column::StatusDatetime.index()] =
+        b.columns[col(hid(), "status_datetime")] =
             RawColumn::Micros(TimestampMicrosecondArray::from(vec![
                 1_718_409_613_000_000,
                 1_718_409_613_000_000,
             ]));
-        b.columns[Column::EventDate.index()] =
+        b.columns[col(hid(), "event_date")] =
             RawColumn::Days(arrow::array::Date32Array::from(vec![19_887, 19_887]));
-        b.columns[Column::Phase.index()] =
-            RawColumn::Int(arrow::array::Int64Array::from(vec![1, 7]));
+        b.columns[col(hid(), "phase")] = RawColumn::Int(arrow::array::Int64Array::from(vec![1, 7]));
         let mut n = normalizer("j");
-        n.push(&check(b));
+        n.push(&check(hid(), b));
         let out = run(n);
         assert_eq!(out.counts.written, 1);
         let p = &out.partitions[&day("2024-06-13")];
@@ -445,15 +432,17 @@ mod tests {
     #[test]
     fn decode_errors_are_quarantined_with_raw_text() {
         let mut b = batch(&[GOOD, GOOD]);
-        b.columns =
-            std::array::from_fn(|c| RawColumn::Text(StringArray::from(vec![Some(GOOD[c]), None])));
+        b.columns = GOOD
+            .iter()
+            .map(|v| RawColumn::Text(StringArray::from(vec![Some(*v), None])))
+            .collect();
         b.errors = vec![RowError {
             row: 1,
             reason: "row has 3 fields".into(),
             raw: Some("a,b,c".into()),
         }];
         let mut n = normalizer("j");
-        n.push(&check(b));
+        n.push(&check(hid(), b));
         let out = run(n);
         assert_eq!(out.counts.quarantined, 1);
         let q = out.quarantine.unwrap();
@@ -464,5 +453,104 @@ mod tests {
             .downcast_ref::<StringArray>()
             .unwrap();
         assert_eq!(raw.value(0), "a,b,c");
+    }
+
+    /// Temperature rows in declared order: received, service point, meter, meter number, ESN,
+    /// transformer, premise, feeder, measurement time, average, maximum.
+    fn temperatures(rows: &[[&str; 11]]) -> RawBatch {
+        RawBatch {
+            columns: (0..11)
+                .map(|c| {
+                    RawColumn::Text(StringArray::from_iter(
+                        rows.iter().map(|r| (!r[c].is_empty()).then_some(r[c])),
+                    ))
+                })
+                .collect(),
+            errors: Vec::new(),
+            source: Arc::from("t.csv"),
+            first_row: 1,
+        }
+    }
+
+    #[test]
+    fn temperatures_are_typed_by_their_declaration_and_bad_ones_quarantined() {
+        let hour = |time, received, avg| {
+            [
+                received, "SP1", "M1", "N1", "", "--", "P1", "", time, avg, "30",
+            ]
+        };
+        let first = hour(
+            "2025-12-13T05:00:00.000Z",
+            "2025-12-14T00:30:34:000Z",
+            "20.5",
+        );
+        // The same hour again, received later with a corrected value: it wins, though the
+        // export serves it first.
+        let corrected = hour("2025-12-13T05:00:00Z", "2025-12-15T00:00:00Z", "21.25");
+        let next_day = hour("2025-12-14T23:00:00Z", "2025-12-15T00:00:00Z", "-3");
+        let mut no_meter = first;
+        no_meter[2] = "";
+        let rows = [
+            corrected,
+            first,
+            next_day,
+            hour("2025-12-13T06:00:00Z", "2025-12-14T00:00:00Z", "NaN"),
+            hour("2025-12-13T07:00:00Z", "2025-12-14T00:00:00Z", "inf"),
+            hour("2025-12-13T08:00:00Z", "2025-12-14T00:00:00Z", "warm"),
+            hour("2025-12-13T25:00:00Z", "2025-12-14T00:00:00Z", "1"),
+            no_meter,
+        ];
+        let atm = crate::product::test_support::atm();
+        let mut n = normalizer_of(atm, "j");
+        n.push(&check(atm, temperatures(&rows)));
+        let out = run(n);
+        assert_eq!(
+            out.counts,
+            Counts {
+                read: 8,
+                written: 2,
+                quarantined: 5,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            out.window_days,
+            BTreeSet::from([day("2025-12-13"), day("2025-12-14")])
+        );
+        let b = &out.partitions[&day("2025-12-13")];
+        assert_eq!(b.schema(), atm.lake_schema());
+        let number = |name: &str| {
+            b.column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Float64Array>()
+                .unwrap()
+                .value(0)
+        };
+        assert_eq!(number("avg_temp"), 21.25);
+        assert_eq!(number("max_temp"), 30.0);
+        assert!(b.column_by_name("transformer_id").unwrap().is_null(0));
+        assert!(b.column_by_name("measurement_date").is_none());
+        let q = out.quarantine.unwrap();
+        let reasons = q
+            .column_by_name("_reason")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let reasons: Vec<&str> = reasons.iter().map(Option::unwrap).collect();
+        for want in [
+            "avg_temp",
+            "avg_temp",
+            "avg_temp",
+            "measurement_time",
+            "meter_id",
+        ] {
+            assert!(
+                reasons.iter().any(|r| r.contains(want)),
+                "{want}: {reasons:?}"
+            );
+        }
+        assert!(reasons[0].contains("finite"), "{reasons:?}");
     }
 }

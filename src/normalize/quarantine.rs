@@ -1,5 +1,5 @@
 //! Quarantined rows: every raw value as served, why it failed, and where it came from, grouped
-//! by the status day their raw `StatusDatetime` names, as the quarantine's layout is.
+//! by the day their raw window column names, as the quarantine's layout is.
 //!
 //! A bad export can be mostly bad rows, and each carries all its text plus a reason and a
 //! source, so the quarantine gets a memory budget of its own: past it, the rows collected so far
@@ -13,42 +13,22 @@ use arrow::array::{
     Array, ArrayRef, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
 
 use super::spill::{Spill, SpillError, Spilled};
 use super::time::parse_date;
 use crate::decode::Cell;
-use crate::product::Column;
+use crate::product::Product;
 
 /// Bytes of quarantined text held before they are spilled.
 pub const QUARANTINE_BUDGET: usize = 4 << 20;
 
-/// The quarantine's columns: the raw values under their lake names, all text and nullable.
-pub fn quarantine_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = Column::ALL
-        .iter()
-        .map(|c| Field::new(c.lake_name(), DataType::Utf8, true))
-        .collect();
-    fields.extend([
-        Field::new("_raw", DataType::Utf8, true),
-        Field::new("_reason", DataType::Utf8, false),
-        Field::new("_source", DataType::Utf8, false),
-        Field::new("_row_number", DataType::Int64, false),
-        Field::new("_job_id", DataType::Utf8, false),
-        Field::new(
-            "_ingested_at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-    ]);
-    Arc::new(Schema::new(fields))
-}
-
-/// Quarantined rows being collected.
+/// Quarantined rows being collected: the raw values under their lake names, all text (the
+/// product's quarantine schema).
 pub struct Quarantine {
-    cells: [StringBuilder; 8],
+    product: Product,
+    cells: Vec<StringBuilder>,
     raw: StringBuilder,
     reason: StringBuilder,
     source: StringBuilder,
@@ -64,9 +44,18 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
-    pub fn new(scratch: &Path, budget: usize, job_id: Arc<str>, ingested_at: i64) -> Self {
+    pub fn new(
+        product: Product,
+        scratch: &Path,
+        budget: usize,
+        job_id: Arc<str>,
+        ingested_at: i64,
+    ) -> Self {
         Self {
-            cells: Default::default(),
+            product,
+            cells: (0..product.columns.len())
+                .map(|_| StringBuilder::new())
+                .collect(),
             raw: StringBuilder::new(),
             reason: StringBuilder::new(),
             source: StringBuilder::new(),
@@ -83,7 +72,7 @@ impl Quarantine {
 
     pub fn push(
         &mut self,
-        cells: &[Option<Cell<'_>>; 8],
+        cells: &[Option<Cell<'_>>],
         raw: Option<&str>,
         reason: &str,
         source: &str,
@@ -105,10 +94,13 @@ impl Quarantine {
         self.len += 1;
         self.bytes += raw.map_or(0, str::len) + reason.len() + source.len();
         if self.bytes > self.budget {
-            let days = self.take().map(|b| split_by_day(&b)).unwrap_or_default();
+            let days = self
+                .take()
+                .map(|b| split_by_day(self.product, &b))
+                .unwrap_or_default();
             let spilled = self
                 .spill
-                .write(&quarantine_schema(), days.values().cloned())?;
+                .write(&self.product.quarantine_schema(), days.values().cloned())?;
             for (day, at) in days.keys().zip(spilled) {
                 self.spilled.entry(*day).or_default().push(at);
             }
@@ -137,12 +129,19 @@ impl Quarantine {
         cols.push(Arc::new(
             TimestampMicrosecondArray::from(vec![self.ingested_at; n]).with_timezone("UTC"),
         ));
-        Some(RecordBatch::try_new(quarantine_schema(), cols).expect("quarantine schema matches"))
+        Some(
+            RecordBatch::try_new(self.product.quarantine_schema(), cols)
+                .expect("quarantine schema matches"),
+        )
     }
 
     pub fn finish(mut self) -> QuarantineRows {
-        let memory = self.take().map(|b| split_by_day(&b)).unwrap_or_default();
+        let memory = self
+            .take()
+            .map(|b| split_by_day(self.product, &b))
+            .unwrap_or_default();
         QuarantineRows(Arc::new(Collected {
+            product: self.product,
             memory,
             spilled: self.spilled,
             spill: self.spill,
@@ -150,12 +149,12 @@ impl Quarantine {
     }
 }
 
-/// Rows grouped by the status day their raw `StatusDatetime` names, `None` when it names none.
-fn split_by_day(b: &RecordBatch) -> BTreeMap<Option<NaiveDate>, RecordBatch> {
+/// Rows grouped by the day their raw window column names, `None` when it names none.
+fn split_by_day(product: Product, b: &RecordBatch) -> BTreeMap<Option<NaiveDate>, RecordBatch> {
     let ts = b
-        .column_by_name(Column::StatusDatetime.lake_name())
+        .column_by_name(product.window_name())
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .expect("the quarantine schema's status_datetime is text");
+        .expect("the quarantine schema's columns are text");
     let days: Vec<Option<NaiveDate>> = (0..b.num_rows())
         .map(|i| {
             // A broken time often still has a good day (`2024-06-15T25:61:00Z`).
@@ -181,6 +180,7 @@ fn split_by_day(b: &RecordBatch) -> BTreeMap<Option<NaiveDate>, RecordBatch> {
 }
 
 struct Collected {
+    product: Product,
     memory: BTreeMap<Option<NaiveDate>, RecordBatch>,
     spilled: BTreeMap<Option<NaiveDate>, Vec<Spilled>>,
     spill: Spill,
@@ -191,13 +191,13 @@ struct Collected {
 pub struct QuarantineRows(Arc<Collected>);
 
 impl QuarantineRows {
-    /// The status days the rows name; `None` for rows that name none.
+    /// The window days the rows name; `None` for rows that name none.
     pub fn days(&self) -> BTreeSet<Option<NaiveDate>> {
         let c = &self.0;
         c.memory.keys().chain(c.spilled.keys()).copied().collect()
     }
 
-    /// The rows of one status day. Reads spill files: blocking work, off the async threads.
+    /// The rows of one window day. Reads spill files: blocking work, off the async threads.
     pub async fn load(&self, day: Option<NaiveDate>) -> Result<Vec<RecordBatch>, SpillError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.load_blocking(day))
@@ -228,7 +228,8 @@ impl QuarantineRows {
             return Ok(None);
         }
         Ok(Some(
-            concat_batches(&quarantine_schema(), &batches).expect("batches share the schema"),
+            concat_batches(&self.0.product.quarantine_schema(), &batches)
+                .expect("batches share the schema"),
         ))
     }
 }
@@ -236,10 +237,11 @@ impl QuarantineRows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::product::test_support::{col, hid};
 
     fn cells(ts: &str) -> [Option<Cell<'_>>; 8] {
         let mut c = [Some(Cell::Text("x")); 8];
-        c[Column::StatusDatetime.index()] = (!ts.is_empty()).then_some(Cell::Text(ts));
+        c[col(hid(), "status_datetime")] = (!ts.is_empty()).then_some(Cell::Text(ts));
         c
     }
 
@@ -247,7 +249,7 @@ mod tests {
     fn past_its_budget_the_quarantine_spills_by_day_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         // A budget this small spills after every row.
-        let mut q = Quarantine::new(dir.path(), 1, Arc::from("j"), 0);
+        let mut q = Quarantine::new(hid(), dir.path(), 1, Arc::from("j"), 0);
         let times = [
             "2024-06-15T25:61:00Z",
             "",
@@ -289,12 +291,12 @@ mod tests {
     #[test]
     fn under_its_budget_nothing_is_spilled() {
         let dir = tempfile::tempdir().unwrap();
-        let mut q = Quarantine::new(dir.path(), QUARANTINE_BUDGET, Arc::from("j"), 0);
+        let mut q = Quarantine::new(hid(), dir.path(), QUARANTINE_BUDGET, Arc::from("j"), 0);
         q.push(&cells("2024-06-15"), Some("a,b"), "bad", "f.csv", 1)
             .unwrap();
         assert_eq!(q.spill.files(), 0);
         let all = q.finish().all().unwrap().unwrap();
         assert_eq!(all.num_rows(), 1);
-        assert_eq!(all.schema(), quarantine_schema());
+        assert_eq!(all.schema(), hid().quarantine_schema());
     }
 }

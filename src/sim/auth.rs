@@ -142,7 +142,7 @@ fn guard(s: &SimState, headers: &HeaderMap, sub: &str) -> Option<Response> {
             json!({"Itron-CorrelationId": ["required; a UUID per request"]}),
         ));
     }
-    if sub != s.cfg.subscription_id {
+    if s.served(sub).is_none() {
         return Some(
             (
                 StatusCode::FORBIDDEN,

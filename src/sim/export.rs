@@ -1,96 +1,25 @@
 //! Writing an export zip: 1..N part files in the requested format plus `_SUCCESS`, with the quirks
-//! the vendor's examples show (shuffled columns, header casing, BOM, CRLF, trailing commas, mixed
-//! timestamp forms, JSON arrays or lines, Phase as a string). Rows stream from the generator into
-//! per-part files on disk and then into the zip, so a multi-million-row export never sits in memory.
+//! the vendor's examples show (shuffled columns, header casing, BOM, CRLF, trailing commas, JSON
+//! arrays or lines, numbers as strings), for any product's rows. Rows stream from the product
+//! into per-part files on disk and then into the zip, so a multi-million-row export never sits
+//! in memory.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Date32Builder, Int32Builder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayRef, Date32Builder, Float64Builder, Int32Builder, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 
-use super::data::{Dataset, SimRow, mix};
+use super::data::mix;
+use super::record::{ColType, Columns, Record, Value};
 use crate::config::FileType;
-
-/// What a batch request or on-demand call asked for, as the seed's parameter table defines it.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// `StatusDatetime` with a date-only value: that whole UTC day.
-    pub day: Option<NaiveDate>,
-    /// `StatusDatetime` with a full timestamp: that instant.
-    pub instant: Option<DateTime<Utc>>,
-    /// `WorkOrderId`, In list.
-    pub work_orders: Option<HashSet<String>>,
-    pub issue_id: Option<String>,
-    pub status: Option<String>,
-    /// `Reason`, contains.
-    pub reason_contains: Option<String>,
-}
-
-impl Filter {
-    pub fn matches(&self, r: &SimRow) -> bool {
-        self.day.is_none_or(|d| r.status_day() == d)
-            && self.instant.is_none_or(|t| r.status_datetime == t)
-            && self
-                .work_orders
-                .as_ref()
-                .is_none_or(|w| w.contains(&r.work_order_id))
-            && self.issue_id.as_ref().is_none_or(|i| &r.issue_id == i)
-            && self
-                .status
-                .as_ref()
-                .is_none_or(|s| r.status.eq_ignore_ascii_case(s))
-            && self
-                .reason_contains
-                .as_ref()
-                .is_none_or(|s| r.reason.contains(s.as_str()))
-    }
-
-    /// Every row that matches, day by day over the availability window, then the injected rows.
-    pub fn for_each_row(
-        &self,
-        ds: &Dataset,
-        today: NaiveDate,
-        as_of: DateTime<Utc>,
-        extra: &[SimRow],
-        mut emit: impl FnMut(SimRow) -> bool,
-    ) {
-        let from = Dataset::available_from(today);
-        let (first, last) = match (self.day, self.instant) {
-            (Some(d), _) => (d, d),
-            (None, Some(t)) => (t.date_naive(), t.date_naive()),
-            (None, None) => (from, today),
-        };
-        let mut day = first.max(from);
-        while day <= last.min(today) {
-            let mut go_on = true;
-            ds.rows_for_day(day, as_of, |r| {
-                if go_on && self.matches(&r) {
-                    go_on = emit(r);
-                }
-            });
-            if !go_on {
-                return;
-            }
-            for r in extra
-                .iter()
-                .filter(|r| r.status_day() == day && self.matches(r))
-            {
-                if !emit(r.clone()) {
-                    return;
-                }
-            }
-            day = day.succ_opt().expect("dates stay in range");
-        }
-    }
-}
 
 /// The knobs of one export's layout, derived from the job's id so each job looks a bit different.
 #[derive(Debug, Clone, Copy)]
@@ -117,47 +46,10 @@ pub enum Packaging {
     Empty,
 }
 
-const NAMES: [[&str; 8]; 3] = [
-    [
-        "ServicePointId",
-        "Phase",
-        "IssueId",
-        "Status",
-        "StatusDatetime",
-        "Reason",
-        "EventDate",
-        "WorkOrderId",
-    ],
-    [
-        "ServicePointId",
-        "Phase",
-        "IssueID",
-        "Status",
-        "StatusDateTime",
-        "Reason",
-        "EventDate",
-        "WorkOrderID",
-    ],
-    [
-        "servicePointId",
-        "phase",
-        "Issueid",
-        "status",
-        "statusDatetime",
-        "reason",
-        "eventDate",
-        "workOrderId",
-    ],
-];
-
 impl Layout {
-    fn names(&self) -> &'static [&'static str; 8] {
-        &NAMES[(self.variant % 3) as usize]
-    }
-
-    /// A column order of this export: a seeded shuffle of the eight columns.
-    fn order(&self) -> [usize; 8] {
-        let mut idx = [0, 1, 2, 3, 4, 5, 6, 7];
+    /// A column order of this export: a seeded shuffle of `n` columns.
+    fn order(&self, n: usize) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..n).collect();
         let mut h = self.variant;
         for i in (1..idx.len()).rev() {
             h = mix(h);
@@ -167,31 +59,18 @@ impl Layout {
     }
 }
 
-fn fields(r: &SimRow) -> [String; 8] {
-    [
-        r.service_point_id.clone(),
-        r.phase.to_string(),
-        r.issue_id.clone(),
-        r.status.to_string(),
-        r.status_datetime_text(),
-        r.reason.clone(),
-        r.event_date_text(),
-        r.work_order_id.clone(),
-    ]
-}
-
 trait PartWriter {
-    fn write(&mut self, row: &SimRow) -> io::Result<()>;
+    fn write(&mut self, row: &Record) -> io::Result<()>;
     fn finish(self: Box<Self>) -> io::Result<()>;
 }
 
 struct CsvPart {
     w: csv::Writer<BufWriter<File>>,
-    order: [usize; 8],
+    order: Vec<usize>,
 }
 
 impl CsvPart {
-    fn new(file: File, layout: &Layout, part: usize) -> io::Result<Self> {
+    fn new(file: File, columns: &Columns, layout: &Layout, part: usize) -> io::Result<Self> {
         let mut buf = BufWriter::with_capacity(1 << 20, file);
         if part == 0 || layout.variant.is_multiple_of(2) {
             buf.write_all("\u{feff}".as_bytes())?;
@@ -199,10 +78,10 @@ impl CsvPart {
         let mut w = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
             .from_writer(buf);
-        let order = layout.order();
-        let names = layout.names();
+        let order = layout.order(columns.len());
+        let names = columns.names(layout.variant);
         // The vendor's example ends every line with a comma: an unnamed empty last column.
-        let mut header: Vec<&str> = order.iter().map(|&i| names[i]).collect();
+        let mut header: Vec<&str> = order.iter().map(|&i| names[i].as_str()).collect();
         header.push("");
         w.write_record(&header)?;
         Ok(Self { w, order })
@@ -210,10 +89,9 @@ impl CsvPart {
 }
 
 impl PartWriter for CsvPart {
-    fn write(&mut self, row: &SimRow) -> io::Result<()> {
-        let f = fields(row);
+    fn write(&mut self, row: &Record) -> io::Result<()> {
         for &i in &self.order {
-            self.w.write_field(&f[i])?;
+            self.w.write_field(row.values[i].text())?;
         }
         self.w.write_field("")?;
         self.w.write_record(None::<&[u8]>)?;
@@ -229,12 +107,12 @@ struct JsonPart {
     w: BufWriter<File>,
     lines: bool,
     first: bool,
-    names: &'static [&'static str; 8],
-    phase_as_string: bool,
+    names: Vec<String>,
+    numbers_as_strings: bool,
 }
 
 impl JsonPart {
-    fn new(file: File, layout: &Layout, part: usize) -> io::Result<Self> {
+    fn new(file: File, columns: &Columns, layout: &Layout, part: usize) -> io::Result<Self> {
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let lines = (part as u64 + layout.variant) % 2 == 1;
         if !lines {
@@ -244,30 +122,31 @@ impl JsonPart {
             w,
             lines,
             first: true,
-            names: layout.names(),
-            phase_as_string: !layout.variant.is_multiple_of(3),
+            names: columns.names(layout.variant).to_vec(),
+            numbers_as_strings: !layout.variant.is_multiple_of(3),
         })
     }
 }
 
 impl PartWriter for JsonPart {
-    fn write(&mut self, row: &SimRow) -> io::Result<()> {
+    fn write(&mut self, row: &Record) -> io::Result<()> {
         if !self.lines && !self.first {
             self.w.write_all(b",\n")?;
         }
         self.first = false;
-        let f = fields(row);
         self.w.write_all(b"{")?;
-        for (i, value) in f.iter().enumerate() {
+        for (i, value) in row.values.iter().enumerate() {
             if i > 0 {
                 self.w.write_all(b",")?;
             }
-            serde_json::to_writer(&mut self.w, self.names[i])?;
+            serde_json::to_writer(&mut self.w, &self.names[i])?;
             self.w.write_all(b":")?;
-            if i == 1 && !self.phase_as_string {
-                self.w.write_all(value.as_bytes())?;
-            } else {
-                serde_json::to_writer(&mut self.w, value)?;
+            match value {
+                Value::Int(_) | Value::Float(_) if !self.numbers_as_strings => {
+                    self.w.write_all(value.text().as_bytes())?
+                }
+                Value::Null => self.w.write_all(b"null")?,
+                other => serde_json::to_writer(&mut self.w, &other.text())?,
             }
         }
         self.w.write_all(b"}")?;
@@ -285,73 +164,109 @@ impl PartWriter for JsonPart {
     }
 }
 
-/// Typed columns, as a Spark job would write them; an unparseable timestamp becomes null.
+/// A column's builder in a columnar part.
+enum Builder {
+    Text(StringBuilder),
+    Int(Int32Builder),
+    Float(Float64Builder),
+    Time(TimestampMillisecondBuilder),
+    Date(Date32Builder),
+}
+
+impl Builder {
+    fn new(t: ColType) -> Self {
+        match t {
+            ColType::Utf8 => Builder::Text(StringBuilder::new()),
+            ColType::Int32 => Builder::Int(Int32Builder::new()),
+            ColType::Float64 => Builder::Float(Float64Builder::new()),
+            ColType::Timestamp => {
+                Builder::Time(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+            }
+            ColType::Date => Builder::Date(Date32Builder::new()),
+        }
+    }
+
+    fn data_type(t: ColType) -> DataType {
+        match t {
+            ColType::Utf8 => DataType::Utf8,
+            ColType::Int32 => DataType::Int32,
+            ColType::Float64 => DataType::Float64,
+            ColType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            ColType::Date => DataType::Date32,
+        }
+    }
+
+    /// A value as the column's type holds it; what does not fit (a temperature that is "NaN"
+    /// text, a time that names no instant) is written as the file can: text as text, else null.
+    fn push(&mut self, v: &Value) {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+        match (self, v) {
+            (Builder::Text(b), Value::Null) => b.append_null(),
+            (Builder::Text(b), v) => b.append_value(v.text()),
+            (Builder::Int(b), Value::Int(n)) => b.append_value(*n as i32),
+            (Builder::Int(b), _) => b.append_null(),
+            (Builder::Float(b), Value::Float(x)) => b.append_value(*x),
+            (Builder::Float(b), Value::Int(n)) => b.append_value(*n as f64),
+            (Builder::Float(b), Value::Text(t)) => match t.parse::<f64>() {
+                Ok(x) => b.append_value(x),
+                Err(_) => b.append_null(),
+            },
+            (Builder::Float(b), _) => b.append_null(),
+            (
+                Builder::Time(b),
+                Value::Time {
+                    micros: Some(us), ..
+                },
+            ) => b.append_value(us.div_euclid(1000)),
+            (Builder::Time(b), _) => b.append_null(),
+            (Builder::Date(b), Value::Date(d)) => b.append_value((*d - epoch).num_days() as i32),
+            (Builder::Date(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Text(b) => Arc::new(b.finish()),
+            Builder::Int(b) => Arc::new(b.finish()),
+            Builder::Float(b) => Arc::new(b.finish()),
+            Builder::Time(b) => Arc::new(b.finish()),
+            Builder::Date(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Typed columns, as a Spark job would write them.
 struct ColumnarBuffer {
     schema: SchemaRef,
-    order: [usize; 8],
-    sp: StringBuilder,
-    phase: Int32Builder,
-    issue: StringBuilder,
-    status: StringBuilder,
-    ts: TimestampMillisecondBuilder,
-    reason: StringBuilder,
-    event: Date32Builder,
-    wo: StringBuilder,
+    order: Vec<usize>,
+    builders: Vec<Builder>,
     len: usize,
 }
 
 const BATCH_ROWS: usize = 65_536;
 
 impl ColumnarBuffer {
-    fn new(layout: &Layout) -> Self {
-        let names = layout.names();
-        let types = [
-            DataType::Utf8,
-            DataType::Int32,
-            DataType::Utf8,
-            DataType::Utf8,
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            DataType::Utf8,
-            DataType::Date32,
-            DataType::Utf8,
-        ];
-        let order = layout.order();
+    fn new(columns: &Columns, layout: &Layout) -> Self {
+        let names = columns.names(layout.variant);
+        let order = layout.order(columns.len());
         let schema = Arc::new(Schema::new(
             order
                 .iter()
-                .map(|&i| Field::new(names[i], types[i].clone(), true))
+                .map(|&i| Field::new(&names[i], Builder::data_type(columns.types[i]), true))
                 .collect::<Vec<_>>(),
         ));
         Self {
             schema,
             order,
-            sp: StringBuilder::new(),
-            phase: Int32Builder::new(),
-            issue: StringBuilder::new(),
-            status: StringBuilder::new(),
-            ts: TimestampMillisecondBuilder::new().with_timezone("UTC"),
-            reason: StringBuilder::new(),
-            event: Date32Builder::new(),
-            wo: StringBuilder::new(),
+            builders: columns.types.iter().map(|t| Builder::new(*t)).collect(),
             len: 0,
         }
     }
 
-    fn push(&mut self, r: &SimRow) {
-        self.sp.append_value(&r.service_point_id);
-        self.phase.append_value(r.phase as i32);
-        self.issue.append_value(&r.issue_id);
-        self.status.append_value(r.status);
-        if r.defect == Some(super::data::Defect::BadTimestamp) {
-            self.ts.append_null();
-        } else {
-            self.ts.append_value(r.status_datetime.timestamp_millis());
+    fn push(&mut self, r: &Record) {
+        for (b, v) in self.builders.iter_mut().zip(&r.values) {
+            b.push(v);
         }
-        self.reason.append_value(&r.reason);
-        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
-        self.event
-            .append_value((r.event_date - epoch).num_days() as i32);
-        self.wo.append_value(&r.work_order_id);
         self.len += 1;
     }
 
@@ -360,16 +275,7 @@ impl ColumnarBuffer {
             return None;
         }
         self.len = 0;
-        let cols: [ArrayRef; 8] = [
-            Arc::new(self.sp.finish()),
-            Arc::new(self.phase.finish()),
-            Arc::new(self.issue.finish()),
-            Arc::new(self.status.finish()),
-            Arc::new(self.ts.finish()),
-            Arc::new(self.reason.finish()),
-            Arc::new(self.event.finish()),
-            Arc::new(self.wo.finish()),
-        ];
+        let cols: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
         let ordered = self.order.iter().map(|&i| cols[i].clone()).collect();
         Some(RecordBatch::try_new(self.schema.clone(), ordered).expect("schema matches columns"))
     }
@@ -406,7 +312,7 @@ struct ColumnarPart {
 }
 
 impl PartWriter for ColumnarPart {
-    fn write(&mut self, row: &SimRow) -> io::Result<()> {
+    fn write(&mut self, row: &Record) -> io::Result<()> {
         self.buf.push(row);
         if self.buf.len >= BATCH_ROWS {
             let b = self.buf.take().expect("non-empty");
@@ -426,14 +332,15 @@ impl PartWriter for ColumnarPart {
 fn part_writer(
     file_type: FileType,
     file: File,
+    columns: &Columns,
     layout: &Layout,
     part: usize,
 ) -> io::Result<Box<dyn PartWriter>> {
     Ok(match file_type {
-        FileType::Csv => Box::new(CsvPart::new(file, layout, part)?),
-        FileType::Json => Box::new(JsonPart::new(file, layout, part)?),
+        FileType::Csv => Box::new(CsvPart::new(file, columns, layout, part)?),
+        FileType::Json => Box::new(JsonPart::new(file, columns, layout, part)?),
         FileType::Parquet => {
-            let buf = ColumnarBuffer::new(layout);
+            let buf = ColumnarBuffer::new(columns, layout);
             let props = parquet::file::properties::WriterProperties::builder()
                 .set_compression(parquet::basic::Compression::SNAPPY)
                 .build();
@@ -445,7 +352,7 @@ fn part_writer(
             })
         }
         FileType::Orc => {
-            let buf = ColumnarBuffer::new(layout);
+            let buf = ColumnarBuffer::new(columns, layout);
             let w = orc_rust::ArrowWriterBuilder::new(file, buf.schema.clone())
                 .try_build()
                 .map_err(io::Error::other)?;
@@ -457,13 +364,15 @@ fn part_writer(
     })
 }
 
-/// Writes the export of `rows` as a zip at `dest`; returns the number of data rows.
+/// Writes the export of `rows` (each with `columns`) as a zip at `dest`; returns the number of
+/// data rows.
 pub fn write_zip(
     dest: &Path,
     job_id: &str,
     file_type: FileType,
     layout: Layout,
-    rows: impl FnOnce(&mut dyn FnMut(SimRow) -> bool),
+    columns: &Columns,
+    rows: impl FnOnce(&mut dyn FnMut(Record) -> bool),
 ) -> io::Result<u64> {
     let dir = tempfile::tempdir_in(dest.parent().unwrap_or(Path::new(".")))?;
     let mut writers = Vec::with_capacity(layout.parts);
@@ -475,15 +384,13 @@ pub fn write_zip(
             file_type.as_str()
         );
         let file = File::create(dir.path().join(&name))?;
-        writers.push(part_writer(file_type, file, &layout, p)?);
+        writers.push(part_writer(file_type, file, columns, &layout, p)?);
         names.push(name);
     }
     let mut count = 0u64;
     let mut failure = None;
-    let mut emit = |row: SimRow| {
-        // A work order's rows stay in one part, so a duplicate's later copy is also later in the zip.
-        let part = (mix(row.work_order_id.len() as u64 ^ hash_str(&row.work_order_id))
-            % layout.parts as u64) as usize;
+    let mut emit = |row: Record| {
+        let part = (row.part_key % layout.parts as u64) as usize;
         if let Err(e) = writers[part].write(&row) {
             failure = Some(e);
             return false;
@@ -537,10 +444,4 @@ pub fn write_zip(
     zip.finish().map_err(io::Error::other)?.flush()?;
     std::fs::rename(&tmp, dest)?;
     Ok(count)
-}
-
-fn hash_str(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
 }

@@ -8,16 +8,15 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::auth::gated;
 use super::blob::download_link;
-use super::export::{Filter, Layout};
+use super::export::Layout;
 use super::faults::fires;
-use super::filter::{TOKENS, lookup, parse_filter};
-use super::{Build, Job, STRAY_ROWS, Shared, SimState, data, export, problem};
+use super::served::lookup;
+use super::{Build, Job, Shared, SimState, data, export, problem};
 use crate::config::FileType;
 
 pub(super) async fn parameters(
@@ -32,7 +31,11 @@ pub(super) async fn parameters(
         "batch-request-parameters",
         |_| None,
         || {
-            let tokens: Vec<Value> = TOKENS
+            let Some(product) = s.served(&sub) else {
+                return problem(StatusCode::NOT_FOUND, "Unknown subscription.", json!({}));
+            };
+            let tokens: Vec<Value> = product
+                .discovery()
                 .iter()
                 .map(|(name, kind, list)| {
                     json!({"name": name, "type": kind, "isList": list,
@@ -52,11 +55,14 @@ pub(super) async fn create_job(
 ) -> Response {
     let created = |r: &Response| r.status().is_success().then(|| "created".to_string());
     gated(&s, &headers, &sub, "batch-request", created, || {
-        create_job_inner(&s, &body)
+        create_job_inner(&s, &sub, &body)
     })
 }
 
-pub(super) fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
+pub(super) fn create_job_inner(s: &Arc<SimState>, sub: &str, body: &str) -> Response {
+    let Some(product) = s.served(sub) else {
+        return problem(StatusCode::NOT_FOUND, "Unknown subscription.", json!({}));
+    };
     let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(body) else {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -84,15 +90,17 @@ pub(super) fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
             );
         }
     };
-    let filter = match parse_filter(&tokens) {
-        Ok(f) => f,
+    let query = match product.query(&tokens) {
+        Ok(q) => q,
         Err(r) => return *r,
     };
-    if s.cfg.faults.no_history && filter.day.is_none() && filter.instant.is_none() {
+    if s.cfg.faults.no_history && query.day().is_none() {
+        let mut errors = serde_json::Map::new();
+        errors.insert(product.day_token().to_string(), json!(["required"]));
         return problem(
             StatusCode::BAD_REQUEST,
             "One or more validation errors occurred.",
-            json!({"StatusDatetime": ["required"]}),
+            Value::Object(errors),
         );
     }
     let seq = {
@@ -109,7 +117,7 @@ pub(super) fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
         created: Instant::now(),
         delay: s.cfg.faults.slow_jobs.unwrap_or(s.cfg.job_delay),
         fails: s.cfg.faults.failed_jobs.is_some_and(|n| (seq - 1) % n == 0)
-            || (s.cfg.faults.failing_day.is_some() && s.cfg.faults.failing_day == filter.day),
+            || (s.cfg.faults.failing_day.is_some() && s.cfg.faults.failing_day == query.day()),
         lost: s.cfg.faults.lost_jobs.is_some_and(|n| (seq - 1) % n == 0),
         build: build.clone(),
     };
@@ -117,8 +125,7 @@ pub(super) fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
     s.jobs.lock().expect("jobs").insert(id.clone(), job);
     // The result is frozen now: what exists at creation is what the zip holds.
     let state = s.clone();
-    let as_of = Utc::now();
-    let extra = s.extra.lock().expect("extra").clone();
+    let as_of = s.now();
     tokio::task::spawn_blocking(move || {
         let h = data::mix(id.bytes().fold(0u64, |a, b| a.rotate_left(5) ^ b as u64));
         let layout = Layout {
@@ -132,23 +139,8 @@ pub(super) fn create_job_inner(s: &Arc<SimState>, body: &str) -> Response {
             .path()
             .join(format!("{}.zip", id.to_ascii_uppercase()));
         let today = as_of.date_naive();
-        let strays = state.cfg.faults.stray_rows.then_some(filter.day).flatten();
-        let result = export::write_zip(&path, &id, file_type, layout, |emit| {
-            filter.for_each_row(&state.dataset, today, as_of, &extra, &mut *emit);
-            if let Some(day) = strays {
-                let before = Filter {
-                    day: day.pred_opt(),
-                    ..Default::default()
-                };
-                let mut left = STRAY_ROWS;
-                before.for_each_row(&state.dataset, today, as_of, &extra, |r| {
-                    if r.is_valid() && left > 0 {
-                        left -= 1;
-                        return emit(r);
-                    }
-                    left > 0
-                });
-            }
+        let result = export::write_zip(&path, &id, file_type, layout, product.columns(), |emit| {
+            query.rows(&state, today, as_of, emit)
         });
         *build.lock().expect("build") = match result {
             Ok(rows) => {

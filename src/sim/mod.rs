@@ -1,17 +1,24 @@
 //! The built-in DPSS simulator: the identity token endpoint and the DPSS v1 data-product API
 //! (discovery, batch-request create / status, on-demand), plus a SAS-style blob host for the
 //! export zips. It follows `dpss-api.md`, including the parts the vendor only implies, and can
-//! inject every fault the client must survive. Tests run it in-process; `dpss-sync simulate`
-//! serves it for curl or any other client.
+//! inject every fault the client must survive. It serves several products, each behind a
+//! subscription of its own: HID work orders (`hid.rs`), Advanced Temperature Statistics
+//! (`temperature.rs`), and any declared product from its declaration (`declared.rs`). Tests run
+//! it in-process; `dpss-sync simulate` serves it for curl or any other client.
 
 mod auth;
 mod blob;
 pub mod data;
+mod declared;
 pub mod export;
 pub mod faults;
 mod filter;
+mod hid;
 mod jobs;
 mod on_demand;
+pub mod record;
+mod served;
+pub mod temperature;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -30,13 +37,17 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::config::FileType;
+use crate::product::Product;
 use auth::token;
 use blob::download;
 use data::{Dataset, SimRow};
-use export::Filter;
 pub use faults::Faults;
+use filter::Filter;
+use hid::Hid;
 use jobs::{create_job, job_status, parameters};
 use on_demand::on_demand;
+use served::Served;
+use temperature::{TempRow, Temperature};
 
 /// Rows of the previous day a `stray-rows` export adds.
 pub const STRAY_ROWS: usize = 3;
@@ -51,7 +62,12 @@ pub struct SimConfig {
     pub client_id: String,
     pub client_secret: String,
     pub subscriber_id: String,
+    /// HID work orders' subscription.
     pub subscription_id: String,
+    /// Advanced Temperature Statistics' subscription.
+    pub temperature_subscription_id: String,
+    /// Declared products served from their declarations, each with its subscription.
+    pub declared: Vec<(String, Product)>,
     pub job_delay: Duration,
     pub token_ttl: Duration,
     pub link_ttl: Duration,
@@ -68,6 +84,8 @@ impl Default for SimConfig {
             client_secret: "dpss-sim-secret".into(),
             subscriber_id: "00000000-0000-4000-8000-00000000beef".into(),
             subscription_id: "00000000-0000-4000-8000-00000000cafe".into(),
+            temperature_subscription_id: "00000000-0000-4000-8000-00000000f00d".into(),
+            declared: Vec::new(),
             job_delay: Duration::from_secs(2),
             token_ttl: Duration::from_secs(3600),
             link_ttl: Duration::from_secs(3600),
@@ -120,16 +138,20 @@ struct Counters {
 
 pub struct SimState {
     cfg: SimConfig,
-    dataset: Dataset,
+    hid: Arc<Hid>,
+    temperature: Arc<Temperature>,
+    /// Every product served, by subscription id.
+    served: HashMap<String, Arc<dyn Served>>,
     work: tempfile::TempDir,
     signer: std::hash::RandomState,
     tokens: Mutex<Tokens>,
     jobs: Mutex<HashMap<String, Job>>,
     counters: Mutex<Counters>,
     log: Mutex<Vec<RequestRecord>>,
-    extra: Mutex<Vec<SimRow>>,
     packaging: Mutex<export::Packaging>,
     addr: Mutex<Option<SocketAddr>>,
+    /// The vendor's clock, when a test holds it still: what exists is what was received by then.
+    clock: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// A running simulator; dropping it does not stop the server, `shutdown` does.
@@ -190,24 +212,55 @@ impl SimState {
         *self.packaging.lock().expect("packaging") = packaging;
     }
 
-    /// Adds a row that exports created from now on will serve: a late status update.
-    pub fn inject_row(&self, row: SimRow) {
-        self.extra.lock().expect("extra").push(row);
+    /// Holds the vendor's clock at `at` (`None` lets it run): exports and look-ups serve what
+    /// exists then, so a test can sync, move the clock on, and see late and corrected rows come.
+    pub fn set_clock(&self, at: Option<DateTime<Utc>>) {
+        *self.clock.lock().expect("clock") = at;
     }
 
-    /// Every row an unfiltered export created at `as_of` would serve for `day`, in order.
+    /// The vendor's time now.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.lock().expect("clock").unwrap_or_else(Utc::now)
+    }
+
+    /// Adds a HID row that exports created from now on will serve: a late status update.
+    pub fn inject_row(&self, row: SimRow) {
+        self.hid.extra.lock().expect("extra").push(row);
+    }
+
+    /// Every HID row an unfiltered export created at `as_of` would serve for `day`, in order.
     pub fn rows_for_day(&self, day: NaiveDate, as_of: DateTime<Utc>) -> Vec<SimRow> {
         let mut out = Vec::new();
         let filter = Filter {
             day: Some(day),
             ..Default::default()
         };
-        let extra = self.extra.lock().expect("extra").clone();
-        filter.for_each_row(&self.dataset, Utc::now().date_naive(), as_of, &extra, |r| {
-            out.push(r);
-            true
-        });
+        let extra = self.hid.extra.lock().expect("extra").clone();
+        filter.for_each_row(
+            &self.hid.dataset,
+            self.now().date_naive(),
+            as_of,
+            &extra,
+            |r| {
+                out.push(r);
+                true
+            },
+        );
         out
+    }
+
+    /// Every temperature row an export created at `as_of` would serve for measurement day `day`.
+    pub fn temperature_rows_for_day(&self, day: NaiveDate, as_of: DateTime<Utc>) -> Vec<TempRow> {
+        let mut out = Vec::new();
+        self.temperature
+            .data
+            .rows_for_day(day, as_of, |r| out.push(r));
+        out
+    }
+
+    /// The product behind a subscription.
+    fn served(&self, subscription: &str) -> Option<Arc<dyn Served>> {
+        self.served.get(subscription).cloned()
     }
 
     fn record(
@@ -237,11 +290,31 @@ impl SimState {
 pub async fn spawn(cfg: SimConfig, listen: SocketAddr) -> std::io::Result<SimHandle> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(SimState {
-        dataset: Dataset {
+    let hid = Arc::new(Hid::new(
+        Dataset {
             active_every: cfg.faults.sparse.unwrap_or(1),
             ..Dataset::new(cfg.seed, cfg.rows_per_day)
         },
+        cfg.faults.stray_rows,
+    ));
+    let temperature = Arc::new(Temperature::new(cfg.seed, cfg.rows_per_day));
+    let mut served: HashMap<String, Arc<dyn Served>> = HashMap::new();
+    served.insert(cfg.subscription_id.clone(), hid.clone());
+    served.insert(cfg.temperature_subscription_id.clone(), temperature.clone());
+    for (sub, product) in &cfg.declared {
+        served.insert(
+            sub.clone(),
+            Arc::new(declared::Declared::new(
+                *product,
+                cfg.seed,
+                cfg.rows_per_day.min(200),
+            )),
+        );
+    }
+    let state = Arc::new(SimState {
+        hid,
+        temperature,
+        served,
         packaging: Mutex::new(cfg.faults.packaging),
         cfg,
         work: tempfile::tempdir()?,
@@ -250,8 +323,8 @@ pub async fn spawn(cfg: SimConfig, listen: SocketAddr) -> std::io::Result<SimHan
         jobs: Default::default(),
         counters: Default::default(),
         log: Default::default(),
-        extra: Default::default(),
         addr: Mutex::new(Some(addr)),
+        clock: Mutex::new(None),
     });
     let api = "/dpss/api/v1/subscriptions/{sub}";
     let app = Router::new()

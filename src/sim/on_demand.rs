@@ -3,11 +3,10 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::auth::gated;
-use super::filter::{lookup, parse_filter};
+use super::served::lookup;
 use super::{ON_DEMAND_MAX_ROWS, Shared, SimState, problem};
 
 pub(super) async fn on_demand(
@@ -22,11 +21,14 @@ pub(super) async fn on_demand(
         &sub,
         "on-demand",
         |_| None,
-        || on_demand_inner(&s, &body),
+        || on_demand_inner(&s, &sub, &body),
     )
 }
 
-pub(super) fn on_demand_inner(s: &SimState, body: &str) -> Response {
+pub(super) fn on_demand_inner(s: &SimState, sub: &str, body: &str) -> Response {
+    let Some(product) = s.served(sub) else {
+        return problem(StatusCode::NOT_FOUND, "Unknown subscription.", json!({}));
+    };
     let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(body) else {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -39,24 +41,20 @@ pub(super) fn on_demand_inner(s: &SimState, body: &str) -> Response {
         Some(Value::Object(t)) => t.clone(),
         _ => obj,
     };
-    let filter = match parse_filter(&tokens) {
-        Ok(f) => f,
+    let query = match product.query(&tokens) {
+        Ok(q) => q,
         Err(r) => return *r,
     };
-    let now = Utc::now();
-    let extra = s.extra.lock().expect("extra").clone();
+    let now = s.now();
+    let names = product.columns().names(0);
     let mut rows = Vec::new();
-    filter.for_each_row(&s.dataset, now.date_naive(), now, &extra, |r| {
-        rows.push(json!({
-            "ServicePointId": r.service_point_id,
-            "Phase": r.phase.to_string(),
-            "IssueId": r.issue_id,
-            "Status": r.status,
-            "StatusDatetime": r.status_datetime_text(),
-            "Reason": r.reason,
-            "EventDate": r.event_date_text(),
-            "WorkOrderId": r.work_order_id,
-        }));
+    query.rows(s, now.date_naive(), now, &mut |r| {
+        let row: serde_json::Map<String, Value> = names
+            .iter()
+            .zip(&r.values)
+            .map(|(n, v)| (n.clone(), Value::from(v.text())))
+            .collect();
+        rows.push(Value::Object(row));
         rows.len() < ON_DEMAND_MAX_ROWS
     });
     axum::Json(Value::Array(rows)).into_response()

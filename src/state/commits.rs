@@ -142,7 +142,7 @@ mod tests {
 
     async fn pending_cycle(url: &StateUrl) {
         let st = writer_at(url).await;
-        let p = Product::HidWorkOrders;
+        let p = crate::product::test_support::hid();
         let part = d("2026-01-01");
         let state = PartitionState {
             day_rows: BTreeMap::from([(d("2026-01-01"), 3)]),

@@ -54,7 +54,6 @@ mod tests {
     use super::*;
     use crate::model::StateUrl;
     use crate::model::{Counts, WindowKind};
-    use crate::product::Product;
     use crate::state::test_support::{backends, d, writer_at};
     use crate::state::{RunTotals, Stage};
 
@@ -68,7 +67,7 @@ mod tests {
 
     async fn prune_cycle(url: &StateUrl) {
         let st = writer_at(url).await;
-        let p = Product::HidWorkOrders;
+        let p = crate::product::test_support::hid();
         let run = st.start_run("sync", Some(p)).await.unwrap();
         let mut windows = Vec::new();
         for day in ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-05"] {

@@ -465,7 +465,6 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::{d, writer};
     use super::*;
-    use crate::product::Product;
 
     #[test]
     fn pools_run_no_maintenance_task() {
@@ -483,20 +482,28 @@ mod tests {
         // No database yet: an empty state, and no file is created.
         let url = StateUrl::Sqlite(path.clone());
         let r = State::open_reader(&url).await.unwrap();
-        assert!(r.is_missing() && r.watermark(Product::HidWorkOrders).await.unwrap().is_none());
+        assert!(
+            r.is_missing()
+                && r.watermark(crate::product::test_support::hid())
+                    .await
+                    .unwrap()
+                    .is_none()
+        );
         assert!(!path.exists());
         let w = writer(&path).await;
-        w.advance_watermark(Product::HidWorkOrders, d("2026-01-02"))
+        w.advance_watermark(crate::product::test_support::hid(), d("2026-01-02"))
             .await
             .unwrap();
         let r = State::open_reader(&url).await.unwrap();
         assert!(r.lease().is_none() && w.lease().is_some());
         assert_eq!(
-            r.watermark(Product::HidWorkOrders).await.unwrap(),
+            r.watermark(crate::product::test_support::hid())
+                .await
+                .unwrap(),
             Some(d("2026-01-02"))
         );
         let refused = r
-            .advance_watermark(Product::HidWorkOrders, d("2026-01-03"))
+            .advance_watermark(crate::product::test_support::hid(), d("2026-01-03"))
             .await
             .unwrap_err();
         assert!(refused.to_string().contains("readonly"), "{refused}");
@@ -504,13 +511,13 @@ mod tests {
         let Db::Sqlite(pool) = &w.db else {
             unreachable!()
         };
-        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 5")
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 6")
             .execute(pool)
             .await
             .unwrap();
         let err = State::open_reader(&url).await.err().unwrap();
         assert!(
-            err.to_string().contains("schema version 4")
+            err.to_string().contains("schema version 5")
                 && err.to_string().contains("next writer command"),
             "{err}"
         );

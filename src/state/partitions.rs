@@ -15,7 +15,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 pub struct Rewrite {
     /// Also the generation in the names of the rewrite's objects.
     pub id: i64,
-    pub event_date: NaiveDate,
+    pub partition: NaiveDate,
     /// The partition's objects before the rewrite began.
     pub before: Vec<String>,
     pub started_at: DateTime<Utc>,
@@ -24,13 +24,13 @@ pub struct Rewrite {
 }
 
 impl State {
-    /// What the state believes each partition holds: event_date -> status days (a superset).
+    /// What the state believes each partition holds: its day -> window days (a superset).
     pub async fn partition_days(
         &self,
         product: Product,
     ) -> Result<BTreeMap<NaiveDate, BTreeSet<NaiveDate>>, StateError> {
         let rows: Vec<(String, String)> = on_db!(self, |pool| {
-            sqlx::query_as("SELECT event_date, status_days FROM partitions WHERE product = $1")
+            sqlx::query_as("SELECT partition_date, status_days FROM partitions WHERE product = $1")
                 .bind(product.config_name())
                 .fetch_all(pool)
                 .await?
@@ -48,7 +48,7 @@ impl State {
     ) -> Result<BTreeMap<NaiveDate, BTreeMap<NaiveDate, u64>>, StateError> {
         let rows: Vec<(String, String)> = on_db!(self, |pool| {
             sqlx::query_as(
-                "SELECT event_date, day_hashes FROM partitions
+                "SELECT partition_date, day_hashes FROM partitions
                  WHERE product = $1 AND day_hashes IS NOT NULL",
             )
             .bind(product.config_name())
@@ -117,35 +117,35 @@ impl State {
         let mut known = self.partition_days(product).await?;
         let t = now();
         in_tx!(self, |tx| {
-            for (event_date, days) in additions {
-                let mut all = known.remove(event_date).unwrap_or_default();
+            for (partition_date, days) in additions {
+                let mut all = known.remove(partition_date).unwrap_or_default();
                 all.extend(days.iter().copied());
                 sqlx::query(
-                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, updated_at)
+                "INSERT INTO partitions (product, partition_date, status_days, objects, rows, bytes, updated_at)
                  VALUES ($1, $2, $3, '[]', 0, 0, $4)
-                 ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days, updated_at = excluded.updated_at",
+                 ON CONFLICT (product, partition_date) DO UPDATE SET status_days = excluded.status_days, updated_at = excluded.updated_at",
             )
             .bind(product.config_name())
-            .bind(day_text(*event_date))
+            .bind(day_text(*partition_date))
             .bind(days_text(&all))
             .bind(&t)
             .execute(&mut *tx)
             .await?;
             }
             let mut generations = BTreeMap::new();
-            for (event_date, objects) in before {
+            for (partition_date, objects) in before {
                 let id: i64 = sqlx::query_scalar(
-                "INSERT INTO rewrites (product, event_date, before, started_at, token) VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO rewrites (product, partition_date, before, started_at, token) VALUES ($1, $2, $3, $4, $5)
                  RETURNING id",
             )
             .bind(product.config_name())
-            .bind(day_text(*event_date))
+            .bind(day_text(*partition_date))
             .bind(serde_json::to_string(objects).expect("strings serialize"))
             .bind(&t)
             .bind(token)
             .fetch_one(&mut *tx)
             .await?;
-                generations.insert(*event_date, id);
+                generations.insert(*partition_date, id);
             }
             Ok(generations)
         })
@@ -155,17 +155,17 @@ impl State {
     pub async fn open_rewrites(&self, product: Product) -> Result<Vec<Rewrite>, StateError> {
         let rows: Vec<(i64, String, String, String, Option<String>)> = on_db!(self, |pool| {
             sqlx::query_as(
-                "SELECT id, event_date, before, started_at, token FROM rewrites WHERE product = $1 ORDER BY id",
+                "SELECT id, partition_date, before, started_at, token FROM rewrites WHERE product = $1 ORDER BY id",
             )
             .bind(product.config_name())
             .fetch_all(pool)
             .await?
         });
         rows.iter()
-            .map(|(id, event_date, before, started_at, token)| {
+            .map(|(id, partition_date, before, started_at, token)| {
                 Ok(Rewrite {
                     id: *id,
-                    event_date: day(event_date)?,
+                    partition: day(partition_date)?,
                     before: serde_json::from_str(before)
                         .map_err(|e| StateError::Corrupt(format!("rewrite objects: {e}")))?,
                     started_at: DateTime::parse_from_rfc3339(started_at)
@@ -234,18 +234,20 @@ impl State {
                     .execute(&mut *tx)
                     .await?;
             }
-            for (event_date, p) in written {
-                sqlx::query("DELETE FROM rewrites WHERE product = $1 AND event_date = $2")
+            for (partition_date, p) in written {
+                sqlx::query("DELETE FROM rewrites WHERE product = $1 AND partition_date = $2")
                     .bind(product.config_name())
-                    .bind(day_text(*event_date))
+                    .bind(day_text(*partition_date))
                     .execute(&mut *tx)
                     .await?;
                 if p.rows == 0 {
-                    sqlx::query("DELETE FROM partitions WHERE product = $1 AND event_date = $2")
-                        .bind(product.config_name())
-                        .bind(day_text(*event_date))
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "DELETE FROM partitions WHERE product = $1 AND partition_date = $2",
+                    )
+                    .bind(product.config_name())
+                    .bind(day_text(*partition_date))
+                    .execute(&mut *tx)
+                    .await?;
                     continue;
                 }
                 let day_rows: BTreeMap<String, u64> =
@@ -256,15 +258,15 @@ impl State {
                     .map(|(d, h)| (day_text(*d), *h))
                     .collect();
                 sqlx::query(
-                "INSERT INTO partitions (product, event_date, status_days, objects, rows, bytes, job_id, updated_at, day_rows, day_hashes)
+                "INSERT INTO partitions (product, partition_date, status_days, objects, rows, bytes, job_id, updated_at, day_rows, day_hashes)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (product, event_date) DO UPDATE SET status_days = excluded.status_days,
+                 ON CONFLICT (product, partition_date) DO UPDATE SET status_days = excluded.status_days,
                    objects = excluded.objects, rows = excluded.rows, bytes = excluded.bytes,
                    job_id = excluded.job_id, updated_at = excluded.updated_at, day_rows = excluded.day_rows,
                    day_hashes = excluded.day_hashes",
             )
             .bind(product.config_name())
-            .bind(day_text(*event_date))
+            .bind(day_text(*partition_date))
             .bind(days_text(&p.status_days()))
             .bind(serde_json::to_string(&p.objects).expect("strings serialize"))
             .bind(p.rows as i64)
@@ -315,7 +317,7 @@ impl State {
     ) -> Result<BTreeMap<NaiveDate, Vec<String>>, StateError> {
         let rows: Vec<(String, String)> = on_db!(self, |pool| {
             sqlx::query_as(
-                "SELECT event_date, objects FROM partitions WHERE product = $1 AND rows > 0",
+                "SELECT partition_date, objects FROM partitions WHERE product = $1 AND rows > 0",
             )
             .bind(product.config_name())
             .fetch_all(pool)
@@ -349,7 +351,7 @@ mod tests {
 
     async fn rewrite_cycle(url: &StateUrl) {
         let st = writer_at(url).await;
-        let p = Product::HidWorkOrders;
+        let p = crate::product::test_support::hid();
         let part = d("2026-01-01");
         let add = |day: &str| BTreeMap::from([(part, BTreeSet::from([d(day)]))]);
         let before = BTreeMap::from([(part, vec!["t/old-0".to_string(), "t/old-1".into()])]);

@@ -340,7 +340,6 @@ mod tests {
     use sqlx::Connection;
 
     use super::*;
-    use crate::product::Product;
     use crate::state::State;
     use crate::state::test_support::{d, postgres_db, writer_at};
 
@@ -393,7 +392,7 @@ mod tests {
         drop(first);
         assert_eq!(until_held(&standby, Duration::from_secs(5)).await, 2);
         standby
-            .advance_watermark(Product::HidWorkOrders, d("2026-01-02"))
+            .advance_watermark(crate::product::test_support::hid(), d("2026-01-02"))
             .await
             .unwrap();
         assert_eq!(
@@ -413,7 +412,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let p = Product::HidWorkOrders;
+        let p = crate::product::test_support::hid();
         st.advance_watermark(p, d("2026-01-01")).await.unwrap();
         // Another replica took over while this one was not looking.
         let mut other = admin(&url).await;

@@ -29,6 +29,11 @@ pub(super) const MIGRATIONS: &Migrations = &[
         "delta commits",
         include_str!("../../migrations/postgres/0003_delta_commits.sql"),
     ),
+    (
+        4,
+        "partition date",
+        include_str!("../../migrations/postgres/0004_partition_date.sql"),
+    ),
 ];
 
 /// The schema version this binary writes and reads.

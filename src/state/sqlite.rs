@@ -40,6 +40,11 @@ pub(super) const MIGRATIONS: &Migrations = &[
         "delta commits",
         include_str!("../../migrations/sqlite/0005_delta_commits.sql"),
     ),
+    (
+        6,
+        "partition date",
+        include_str!("../../migrations/sqlite/0006_partition_date.sql"),
+    ),
 ];
 
 /// The schema version this binary writes and reads.

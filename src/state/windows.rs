@@ -342,7 +342,7 @@ mod tests {
                 0o600
             );
         }
-        let p = Product::HidWorkOrders;
+        let p = crate::product::test_support::hid();
         let run = st.start_run("sync", Some(p)).await.unwrap();
         let w = st
             .plan_window(
@@ -430,7 +430,7 @@ mod tests {
     async fn a_value_of_the_wrong_type_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let st = writer(&dir.path().join("state.db")).await;
-        let p = Product::HidWorkOrders;
+        let p = crate::product::test_support::hid();
         let run = st.start_run("sync", Some(p)).await.unwrap();
         st.plan_window(
             p,

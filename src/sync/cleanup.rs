@@ -21,7 +21,7 @@ pub async fn repair_lake(state: &State, lake: &Lake, product: Product) -> Result
     if let Some(since) = rewrites.iter().map(|r| r.started_at).min() {
         orphans += lake.remove_quarantine_staging(product, since);
         for r in &rewrites {
-            orphans += lake.remove_staging(product, r.event_date, r.started_at);
+            orphans += lake.remove_staging(product, r.partition, r.started_at);
         }
     }
     if lake.is_delta() {
@@ -36,7 +36,7 @@ pub async fn repair_lake(state: &State, lake: &Lake, product: Product) -> Result
     }
     for r in rewrites {
         let extra: Vec<String> = lake
-            .list_partition(product, r.event_date)
+            .list_partition(product, r.partition)
             .await?
             .into_iter()
             .map(|m| m.location.to_string())
@@ -61,12 +61,16 @@ pub async fn repair_lake(state: &State, lake: &Lake, product: Product) -> Result
 /// Leftovers of a killed process: `.part` files (half-written downloads, never resumed),
 /// scratch copies of columnar parts and spill directories, and zips of jobs no window is still working on (one killed
 /// between commit and clean-up).
-pub(super) async fn clean_downloads(dir: &Path, state: &State) -> Result<(), SyncError> {
+pub(super) async fn clean_downloads(
+    dir: &Path,
+    state: &State,
+    products: impl Iterator<Item = Product>,
+) -> Result<(), SyncError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
     let mut live = HashSet::new();
-    for product in Product::ALL {
+    for product in products {
         for w in state.in_flight(product).await? {
             live.extend(w.job_id);
         }

@@ -253,7 +253,7 @@ async fn remove_untracked(
         };
     let mut doomed = Vec::new();
     for r in rewrites.iter().filter(|r| r.token.is_some()) {
-        let listed = lake.list_partition(product, r.event_date).await?;
+        let listed = lake.list_partition(product, r.partition).await?;
         doomed.extend(crashed_and_untracked(listed, table));
     }
     doomed.extend(crashed_and_untracked(

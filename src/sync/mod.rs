@@ -251,7 +251,7 @@ impl Pipeline {
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(&work)
             .map_err(|e| SyncError::Usage(format!("cannot create {}: {e}", work.display())))?;
-        for product in Product::ALL {
+        for product in self.settings.products.keys().copied() {
             if !self.lake.is_delta() && self.lake.holds_delta_table(product).await {
                 return Err(SyncError::Usage(format!(
                     "the lake {} holds a Delta table for {product} (a _delta_log directory) but lake.format is \"parquet\": \
@@ -261,7 +261,7 @@ impl Pipeline {
             }
             repair_lake(&self.state, &self.lake, product).await?;
         }
-        clean_downloads(&work, &self.state).await?;
+        clean_downloads(&work, &self.state, self.settings.products.keys().copied()).await?;
         Ok(())
     }
 

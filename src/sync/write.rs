@@ -17,7 +17,6 @@ use crate::events::{InternalEvent, ObjectsWritten, ShrinkRefused, UnknownColumns
 use crate::lake::delta::{Change, Table, TableKind, day_value};
 use crate::lake::{Dropped, Identity, Replace, Selection, content_hashes};
 use crate::model::{Counts, PartitionState};
-use crate::normalize::time::day_of_micros;
 use crate::normalize::{self, Normalized, Normalizer};
 use crate::product::Product;
 
@@ -46,10 +45,11 @@ impl Pipeline {
                 std::thread::spawn(move || {
                     let mut unknown = BTreeSet::new();
                     for f in &files {
-                        let summary = decode::decode_path(f, &scratch, &limits, &mut |b| {
-                            tx.send(normalize::check(b))
-                                .map_err(|_| DecodeError::Sink("the normalizer stopped".into()))
-                        })?;
+                        let summary =
+                            decode::decode_path(product, f, &scratch, &limits, &mut |b| {
+                                tx.send(normalize::check(product, b))
+                                    .map_err(|_| DecodeError::Sink("the normalizer stopped".into()))
+                            })?;
                         unknown.extend(summary.unknown_columns);
                     }
                     Ok::<_, DecodeError>(unknown)
@@ -111,20 +111,21 @@ impl Pipeline {
             default_day,
             partitions: touched,
         } = replace.select(
-            &normalized.status_days,
+            &normalized.window_days,
             normalized.rows.partitions.keys().copied(),
             &held,
         );
         let normalized = Arc::new(normalized);
         let mut merged: HashSet<Identity> = HashSet::new();
         for (date, p) in &normalized.rows.partitions {
-            if !p.status_days.is_disjoint(&merged_days)
+            if !p.window_days.is_disjoint(&merged_days)
                 && let Some((batch, _)) = load(&normalized, *date).await?
             {
                 merged.extend(
-                    crate::lake::identities(&batch)
+                    crate::lake::identities(product, &batch, *date)
                         .into_iter()
-                        .filter(|id| merged_days.contains(&day_of_micros(id.3))),
+                        .filter(|(_, day)| merged_days.contains(day))
+                        .map(|(id, _)| id),
                 );
             }
         }
@@ -147,7 +148,7 @@ impl Pipeline {
             .rows
             .partitions
             .iter()
-            .map(|(date, p)| (*date, p.status_days.clone()))
+            .map(|(date, p)| (*date, p.window_days.clone()))
             .collect();
         // What each partition holds now, recorded with the rewrite before anything is put.
         let before: BTreeMap<NaiveDate, Vec<object_store::ObjectMeta>> = match &tables {
@@ -171,7 +172,11 @@ impl Pipeline {
             let mut unrecorded = BTreeMap::new();
             for (date, objects) in &before {
                 if !held.contains_key(date) && !objects.is_empty() {
-                    for (day, n) in self.lake.rows_per_status_day(objects).await? {
+                    for (day, n) in self
+                        .lake
+                        .rows_per_window_day(product, *date, objects)
+                        .await?
+                    {
                         *unrecorded.entry(day).or_insert(0) += n;
                     }
                 }
@@ -332,7 +337,10 @@ impl Pipeline {
                 continue;
             };
             let (hashes, added) = match load(normalized, *date).await? {
-                Some((b, dropped)) => (content_hashes(&b), (b.num_rows() as u64, dropped)),
+                Some((b, dropped)) => (
+                    content_hashes(product, &b, *date),
+                    (b.num_rows() as u64, dropped),
+                ),
                 None => (BTreeMap::new(), (0, 0)),
             };
             let only_replaced = hashes.keys().all(|d| replaced.contains(d));
@@ -375,10 +383,10 @@ impl Pipeline {
         }
         let mut after: BTreeMap<NaiveDate, u64> = guarded.keys().map(|d| (*d, 0)).collect();
         for (date, p) in &normalized.rows.partitions {
-            if p.status_days.iter().any(|d| after.contains_key(d))
+            if p.window_days.iter().any(|d| after.contains_key(d))
                 && let Some((batch, _)) = load(normalized, *date).await?
             {
-                for (d, n) in crate::lake::status_day_rows(&batch) {
+                for (d, n) in crate::lake::window_day_rows(product, &batch, *date) {
                     if let Some(total) = after.get_mut(&d) {
                         *total += n;
                     }

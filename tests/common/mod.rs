@@ -17,7 +17,9 @@ use dpss_sync::product::Product;
 use dpss_sync::sim::data::{SimRow, expected_valid};
 use dpss_sync::sim::{self, Faults, SimConfig, SimHandle};
 
-pub const P: Product = Product::HidWorkOrders;
+/// HID work orders, the product most tests sync.
+pub static P: std::sync::LazyLock<Product> =
+    std::sync::LazyLock::new(|| dpss_sync::product::builtin("hid_work_orders").unwrap());
 
 /// A row as the lake holds it: (service_point_id, phase, issue_id, status, status_datetime µs,
 /// reason, event_date, work_order_id).
@@ -150,7 +152,7 @@ pub async fn lake_rows_at(root: &Path) -> Vec<Row> {
 pub async fn lake_rows_in(settings: &dpss_sync::config::LakeSettings, scratch: &Path) -> Vec<Row> {
     let lake = Lake::open(settings, scratch).unwrap();
     let mut out = Vec::new();
-    for (date, b) in lake.read_table(P).await.unwrap() {
+    for (date, b) in lake.read_table(*P).await.unwrap() {
         let phase = b
             .column_by_name("phase")
             .unwrap()
@@ -246,7 +248,7 @@ pub fn expected_invalid(
 pub async fn quarantined(dir: &Path) -> Vec<(String, String, String, String, String)> {
     let lake = Lake::open(&local_lake(&dir.join("lake")), dir).unwrap();
     let mut out = Vec::new();
-    for b in lake.read_quarantine(P).await.unwrap() {
+    for b in lake.read_quarantine(*P).await.unwrap() {
         let (wo, issue, status, reason, ts) = (
             strings(&b, "work_order_id"),
             strings(&b, "issue_id"),
@@ -344,7 +346,7 @@ pub async fn recorded_jobs(state_path: &Path, keys: &[String]) -> BTreeMap<Strin
     .unwrap();
     let mut out = BTreeMap::new();
     for k in keys {
-        out.insert(k.clone(), st.jobs_for_window(P, k).await.unwrap());
+        out.insert(k.clone(), st.jobs_for_window(*P, k).await.unwrap());
     }
     st.close().await;
     out

@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_cycle_far_past_its_limit_or_a_silent_scheduler_is_wedged() {
-        let p = Product::HidWorkOrders;
+        let p = crate::product::test_support::hid();
         let limits = Limits {
             max_cycle: chrono::Duration::hours(4),
             max_idle: chrono::Duration::minutes(45),

@@ -234,17 +234,15 @@ async fn trigger(
     };
     let products: Vec<Product> = match q.product.as_deref() {
         None => shared.turns.keys().copied().collect(),
-        Some(name) => {
-            match Product::from_config_name(name).filter(|p| shared.turns.contains_key(p)) {
-                Some(p) => vec![p],
-                None => {
-                    return refuse(
-                        StatusCode::BAD_REQUEST,
-                        format!("product `{name}` is not configured in this daemon"),
-                    );
-                }
+        Some(name) => match shared.turns.keys().find(|p| p.config_name() == name) {
+            Some(p) => vec![*p],
+            None => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("product `{name}` is not configured in this daemon"),
+                );
             }
-        }
+        },
     };
     let mut runs = Vec::new();
     for product in products {

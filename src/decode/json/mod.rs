@@ -20,7 +20,7 @@ use serde::de::DeserializeSeed;
 
 use super::{DecodeError, DecodeLimits, DecodeSummary, RawBuilder, Sink};
 use crate::model::{VALUE_HEAD, value_head};
-use crate::product::Column;
+use crate::product::Product;
 use seed::{Keys, RowSeed};
 
 struct RowSink<'a, 'b> {
@@ -45,23 +45,23 @@ impl RowSink<'_, '_> {
             Some(cells) => {
                 self.objects += 1;
                 let max = self.limits.max_field;
-                if let Some(c) = Column::ALL
-                    .into_iter()
-                    .find(|c| cells[c.index()].as_ref().is_some_and(|v| v.len() > max))
+                if let Some(c) = cells
+                    .iter()
+                    .position(|v| v.as_ref().is_some_and(|v| v.len() > max))
                 {
-                    let v = cells[c.index()].as_deref().expect("found above").as_bytes();
+                    let v = cells[c].as_deref().expect("found above").as_bytes();
                     self.out.error_row(
                         format!(
                             "{} is {} bytes, more than decode.max_field_size ({max})",
-                            c.lake_name(),
+                            self.keys.product.columns[c].lake,
                             v.len()
                         ),
                         Some(value_head(v, v.len() as u64)),
                     );
                     return Ok(());
                 }
-                for c in Column::ALL {
-                    self.out.set(c, cells[c.index()].as_deref());
+                for (c, v) in cells.iter().enumerate() {
+                    self.out.set(c, v.as_deref());
                 }
                 self.out.end_row();
             }
@@ -112,16 +112,14 @@ impl RowSink<'_, '_> {
         if let Some(b) = self.out.take() {
             (self.sink)(b)?;
         }
-        if self.objects > 0
-            && let Some(c) = Column::ALL
-                .into_iter()
-                .find(|c| !self.keys.named[c.index()])
-        {
-            return Err(DecodeError::MissingColumn {
-                file: file.to_string(),
-                column: c.vendor_name(),
-                found: super::found(self.keys.columns.keys().map(String::as_str)),
-            });
+        if self.objects > 0 {
+            let keys = &self.keys;
+            super::missing(
+                keys.product,
+                |c| keys.named[c],
+                file,
+                || super::found(keys.columns.keys().map(String::as_str)),
+            )?;
         }
         Ok(())
     }
@@ -210,6 +208,7 @@ impl Scanner {
 }
 
 pub fn decode(
+    product: Product,
     reader: impl Read,
     file: Arc<str>,
     limits: &DecodeLimits,
@@ -239,8 +238,8 @@ pub fn decode(
         r.consume(ws);
     };
     let mut rows = RowSink {
-        out: RawBuilder::new(file.clone()),
-        keys: Keys::default(),
+        out: RawBuilder::new(file.clone(), product.columns.len()),
+        keys: Keys::new(product),
         rows: 0,
         objects: 0,
         limits: *limits,
@@ -332,11 +331,13 @@ fn read_line(r: &mut impl BufRead, record: &mut Record) -> std::io::Result<bool>
 mod tests {
     use super::*;
     use crate::decode::{Cell, RawBatch};
+    use crate::product::test_support::{col, hid};
 
     fn run(text: &str) -> Result<Vec<RawBatch>, DecodeError> {
         let mut batches = Vec::new();
         let mut summary = DecodeSummary::default();
         decode(
+            hid(),
             text.as_bytes(),
             Arc::from("t.json"),
             &DecodeLimits::default(),
@@ -355,9 +356,9 @@ mod tests {
     fn array_and_lines() {
         let arr = run(&format!("\u{feff}[\n{ROW},\n{ROW}\n]")).unwrap();
         assert_eq!(arr[0].num_rows(), 2);
-        let cell = |c: Column, row| arr[0].columns[c.index()].cell(row);
-        assert_eq!(cell(Column::Phase, 0), Some(Cell::Text("1")));
-        assert_eq!(cell(Column::IssueId, 1), Some(Cell::Text("7")));
+        let cell = |c: usize, row| arr[0].columns[c].cell(row);
+        assert_eq!(cell(col(hid(), "phase"), 0), Some(Cell::Text("1")));
+        assert_eq!(cell(col(hid(), "issue_id"), 1), Some(Cell::Text("7")));
         let lines = run(&format!("{ROW}\n\n{ROW}\nnot json\n")).unwrap();
         assert_eq!(lines[0].num_rows(), 3);
         assert_eq!(lines[0].errors.len(), 1);
@@ -368,7 +369,7 @@ mod tests {
     fn missing_key_is_null_and_absent_column_fails() {
         let text = format!("{ROW}\n{}\n", ROW.replace(r#""Reason":"x","#, ""));
         let b = run(&text).unwrap();
-        assert_eq!(b[0].columns[Column::Reason.index()].cell(1), None);
+        assert_eq!(b[0].columns[col(hid(), "reason")].cell(1), None);
         let err = run(&ROW.replace(r#""Reason":"x","#, ""))
             .unwrap_err()
             .to_string();
@@ -405,7 +406,7 @@ mod tests {
             b[0].errors
         );
         assert_eq!(
-            b[0].columns[Column::IssueId.index()].cell(3),
+            b[0].columns[col(hid(), "issue_id")].cell(3),
             Some(Cell::Text("7"))
         );
     }
@@ -431,6 +432,7 @@ mod tests {
         ] {
             let mut batches = Vec::new();
             decode(
+                hid(),
                 text.as_bytes(),
                 Arc::from("t.json"),
                 &limits,

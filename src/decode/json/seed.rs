@@ -9,23 +9,33 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::product::Column;
+use crate::product::Product;
 
 /// Distinct key spellings remembered with their column: a file with a million distinct keys
 /// costs this many entries, the rest are looked up each time.
 const MAX_KEYS: usize = 1024;
 
-/// The keys met in row objects: each spelling's column (up to [`MAX_KEYS`] spellings), and
-/// which columns some row named.
-#[derive(Default)]
+/// The keys met in row objects: each spelling's declared column (up to [`MAX_KEYS`]
+/// spellings), and which columns some row named.
 pub(super) struct Keys {
-    pub(super) columns: HashMap<String, Option<Column>>,
-    pub(super) named: [bool; 8],
+    pub(super) product: Product,
+    pub(super) columns: HashMap<String, Option<usize>>,
+    pub(super) named: Vec<bool>,
 }
 
-/// A row's cells by column (the last of a repeated key wins), or `None` when the value is not
-/// an object.
-pub(super) type Cells<'de> = Option<[Option<Cow<'de, str>>; 8]>;
+impl Keys {
+    pub(super) fn new(product: Product) -> Self {
+        Self {
+            product,
+            columns: HashMap::new(),
+            named: vec![false; product.columns.len()],
+        }
+    }
+}
+
+/// A row's cells by declared column (the last of a repeated key wins), or `None` when the
+/// value is not an object.
+pub(super) type Cells<'de> = Option<Vec<Option<Cow<'de, str>>>>;
 
 pub(super) struct RowSeed<'k>(pub(super) &'k mut Keys);
 
@@ -42,12 +52,13 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         f.write_str("a row object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cells<'de>, A::Error> {
-        let mut cells: [Option<Cow<'de, str>>; 8] = Default::default();
-        while let Some(col) = map.next_key_seed(KeySeed(&mut self.0.columns))? {
+        let mut cells: Vec<Option<Cow<'de, str>>> = vec![None; self.0.named.len()];
+        let product = self.0.product;
+        while let Some(col) = map.next_key_seed(KeySeed(product, &mut self.0.columns))? {
             match col {
                 Some(c) => {
-                    self.0.named[c.index()] = true;
-                    cells[c.index()] = map.next_value_seed(CellSeed)?
+                    self.0.named[c] = true;
+                    cells[c] = map.next_value_seed(CellSeed)?
                 }
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -80,28 +91,28 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     }
 }
 
-/// A key, mapped to its column once per distinct spelling.
-struct KeySeed<'k>(&'k mut HashMap<String, Option<Column>>);
+/// A key, mapped to its declared column once per distinct spelling.
+struct KeySeed<'k>(Product, &'k mut HashMap<String, Option<usize>>);
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = Option<Column>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Column>, D::Error> {
+    type Value = Option<usize>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
         d.deserialize_str(self)
     }
 }
 
 impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = Option<Column>;
+    type Value = Option<usize>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a key")
     }
-    fn visit_str<E>(self, k: &str) -> Result<Option<Column>, E> {
-        if let Some(c) = self.0.get(k) {
+    fn visit_str<E>(self, k: &str) -> Result<Option<usize>, E> {
+        if let Some(c) = self.1.get(k) {
             return Ok(*c);
         }
-        let c = Column::from_header(k);
-        if self.0.len() < MAX_KEYS {
-            self.0.insert(k.to_string(), c);
+        let c = self.0.column_of(k);
+        if self.1.len() < MAX_KEYS {
+            self.1.insert(k.to_string(), c);
         }
         Ok(c)
     }

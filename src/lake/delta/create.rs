@@ -37,7 +37,7 @@ impl Spec {
                 ),
             ),
             TableKind::Quarantine => (
-                crate::normalize::quarantine_schema(),
+                product.quarantine_schema(),
                 DataType::STRING,
                 format!("{}_quarantine", product.config_name()),
                 format!(
@@ -52,13 +52,13 @@ impl Spec {
             .expect("the lake's Arrow types all have Delta types");
         let mut columns: Vec<StructField> = kernel.fields().cloned().collect();
         columns.push(StructField::new(
-            kind.partition_column(),
+            kind.partition_column(product),
             partition_type,
             false,
         ));
         Spec {
             columns,
-            partition: kind.partition_column(),
+            partition: kind.partition_column(product),
             name,
             comment,
         }
@@ -182,9 +182,11 @@ impl Lake {
             Err(DeltaTableError::NotATable(_)) => return Ok(None),
             Err(source) => return Err(err(source)),
         }
-        let files = files_by_partition(&table, &root, kind);
+        let partition = kind.partition_column(product);
+        let files = files_by_partition(&table, &root, partition);
         Ok(Some(Table {
             kind,
+            partition,
             display,
             root,
             table,
@@ -220,14 +222,22 @@ impl Lake {
             .into_iter()
             .filter(|m| {
                 m.location.as_ref().ends_with(".parquet")
-                    && partition_value(&m.location, kind.partition_column()).is_some()
+                    && partition_value(&m.location, kind.partition_column(product)).is_some()
             })
             .map(|m| (m.location.to_string(), m.size))
             .collect();
         // Rows unknown without reading them: adopted files carry no statistics.
         let adopted: Vec<Action> = existing
             .iter()
-            .map(|(path, size)| Action::Add(add_action(&root, kind, path, *size, None)))
+            .map(|(path, size)| {
+                Action::Add(add_action(
+                    &root,
+                    kind.partition_column(product),
+                    path,
+                    *size,
+                    None,
+                ))
+            })
             .collect();
         let retention = format!("interval {} seconds", self.retention.as_secs());
         CreateBuilder::new()

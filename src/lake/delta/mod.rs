@@ -36,17 +36,19 @@ const COMMIT_INFO_KEY: &str = "dpss_sync";
 /// Which of a product's two tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableKind {
-    /// `<lake>/<product>`, partitioned by `event_date`.
+    /// `<lake>/<product>`, partitioned by the product's partition column.
     Data,
-    /// `<lake>/_quarantine/<product>`, partitioned by `status_date` (a day, or `unknown`).
+    /// `<lake>/_quarantine/<product>`, partitioned by its quarantine day (or `unknown`).
     Quarantine,
 }
 
 impl TableKind {
-    fn partition_column(self) -> &'static str {
+    /// The partition column of `product`'s table of this kind.
+    pub(super) fn partition_column(self, product: Product) -> &'static str {
+        let d = product.declaration();
         match self {
-            TableKind::Data => "event_date",
-            TableKind::Quarantine => "status_date",
+            TableKind::Data => &d.partition_name,
+            TableKind::Quarantine => &d.quarantine_partition,
         }
     }
 }
@@ -91,6 +93,8 @@ pub enum DeltaError {
 /// One loaded version of a table, with its files by partition value.
 pub struct Table {
     kind: TableKind,
+    /// The table's partition column.
+    partition: &'static str,
     display: String,
     /// The table's root in the lake's own store, to name its objects there.
     root: Path,
@@ -173,7 +177,7 @@ impl Table {
 
     /// Whether this version names the object.
     pub fn tracks(&self, location: &Path) -> bool {
-        partition_value(location, self.kind.partition_column())
+        partition_value(location, self.partition)
             .and_then(|v| self.files.get(&v))
             .is_some_and(|files| files.iter().any(|m| &m.location == location))
     }
@@ -222,7 +226,7 @@ impl Table {
     /// A remove action for each of `objects` (files of this version), stamped now.
     pub fn removes(&self, objects: &[ObjectMeta]) -> Vec<Remove> {
         let now = Utc::now().timestamp_millis();
-        let column = self.kind.partition_column();
+        let column = self.partition;
         objects
             .iter()
             .map(|m| Remove {
@@ -247,7 +251,9 @@ impl Table {
     pub fn adds(&self, objects: &[(String, u64, u64)]) -> Vec<Add> {
         objects
             .iter()
-            .map(|(path, size, rows)| add_action(&self.root, self.kind, path, *size, Some(*rows)))
+            .map(|(path, size, rows)| {
+                add_action(&self.root, self.partition, path, *size, Some(*rows))
+            })
             .collect()
     }
 
@@ -260,7 +266,7 @@ impl Table {
         change: &Change,
         note: &CommitNote,
     ) -> Result<Committed, LakeError> {
-        let column = self.kind.partition_column();
+        let column = self.partition;
         let ours = change.partitions(column);
         let mut actions: Vec<Action> = change.removes.iter().cloned().map(Action::Remove).collect();
         actions.extend(change.adds.iter().cloned().map(Action::Add));
@@ -391,7 +397,7 @@ impl Table {
 
     async fn reload(&mut self) -> Result<(), LakeError> {
         self.table.update_state().await.map_err(self.err())?;
-        self.files = files_by_partition(&self.table, &self.root, self.kind);
+        self.files = files_by_partition(&self.table, &self.root, self.partition);
         Ok(())
     }
 
@@ -404,7 +410,7 @@ impl Table {
             .await
             .map_err(self.err())?
             .unwrap_or_default();
-        Ok(SeenCommit::parse(&bytes, self.kind.partition_column()))
+        Ok(SeenCommit::parse(&bytes, self.partition))
     }
 
     /// Deletes files removed more than `retention` ago, and files no version names that are as
@@ -421,7 +427,7 @@ impl Table {
             .await
             .map_err(self.err())?;
         self.table = table;
-        self.files = files_by_partition(&self.table, &self.root, self.kind);
+        self.files = files_by_partition(&self.table, &self.root, self.partition);
         Ok(metrics.files_deleted.len())
     }
 }
@@ -435,9 +441,8 @@ fn relative_to<'a>(root: &Path, location: &'a Path) -> &'a str {
 
 /// The add action of an object at `path` in the lake's store, under the table rooted at `root`;
 /// `rows` become its statistics when known.
-fn add_action(root: &Path, kind: TableKind, path: &str, size: u64, rows: Option<u64>) -> Add {
+fn add_action(root: &Path, column: &str, path: &str, size: u64, rows: Option<u64>) -> Add {
     let location = Path::from(path);
-    let column = kind.partition_column();
     Add {
         path: relative_to(root, &location).to_string(),
         partition_values: HashMap::from([(column.to_string(), partition_value(&location, column))]),
@@ -453,7 +458,7 @@ fn add_action(root: &Path, kind: TableKind, path: &str, size: u64, rows: Option<
     }
 }
 
-/// The partition value of `column` in an object path (`…/event_date=2024-06-01/part-….parquet`).
+/// The partition value of `column` in an object path (`…/<column>=2024-06-01/part-….parquet`).
 fn partition_value(location: &Path, column: &str) -> Option<String> {
     let prefix = format!("{column}=");
     location
@@ -464,13 +469,12 @@ fn partition_value(location: &Path, column: &str) -> Option<String> {
 fn files_by_partition(
     table: &DeltaTable,
     root: &Path,
-    kind: TableKind,
+    column: &str,
 ) -> BTreeMap<String, Vec<ObjectMeta>> {
     let mut out: BTreeMap<String, Vec<ObjectMeta>> = BTreeMap::new();
     let Ok(snapshot) = table.snapshot() else {
         return out;
     };
-    let column = kind.partition_column();
     for f in snapshot.log_data().iter() {
         let value = f
             .partition_values_map()
@@ -495,7 +499,7 @@ fn files_by_partition(
     out
 }
 
-/// The `event_date` partition value of a day.
+/// The partition value of a day.
 pub fn day_value(date: NaiveDate) -> String {
     date.format("%Y-%m-%d").to_string()
 }
