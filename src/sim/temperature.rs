@@ -456,11 +456,18 @@ fn split(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The rows a consumer should end up with: valid ones, each identity once, the last served copy.
+/// The rows a consumer should end up with: valid ones, each identity once, the copy received
+/// last (ties to the one served last), as the product's `latest` column says.
 pub fn expected_valid(rows: impl IntoIterator<Item = TempRow>) -> Vec<TempRow> {
-    let mut by_identity = std::collections::HashMap::new();
+    let mut by_identity: std::collections::HashMap<(String, i64), TempRow> =
+        std::collections::HashMap::new();
     for r in rows.into_iter().filter(TempRow::is_valid) {
-        by_identity.insert(r.identity(), r);
+        match by_identity.get(&r.identity()) {
+            Some(kept) if kept.received_time > r.received_time => {}
+            _ => {
+                by_identity.insert(r.identity(), r);
+            }
+        }
     }
     let mut out: Vec<TempRow> = by_identity.into_values().collect();
     out.sort_by_key(|r| r.identity());

@@ -2,6 +2,7 @@
 //! readers of the lake (the project's own, and DuckDB as an independent one).
 #![allow(dead_code)]
 
+pub mod tables;
 pub mod vendor;
 
 use std::collections::{BTreeMap, BTreeSet};
