@@ -384,3 +384,111 @@ async fn every_command_knows_every_product() {
     assert!(err.contains("nope") && err.contains(TEMPERATURE), "{err}");
     sim.shutdown().await;
 }
+
+/// A declared product's row as the lake should hold it, from the simulator's values: `None` for
+/// a row the declaration refuses (the simulator's invalid rows leave a required text empty).
+fn declared_row(
+    product: dpss_sync::product::Product,
+    values: &[dpss_sync::sim::record::Value],
+) -> Option<JsonRow> {
+    use dpss_sync::sim::record::Value as Cell;
+    let mut row = JsonRow::new();
+    for (c, v) in product.columns.iter().zip(values) {
+        let value = match v {
+            Cell::Text(t) if t.is_empty() && c.required => return None,
+            Cell::Text(t) => json!(t),
+            Cell::Int(n) => json!(n),
+            Cell::Float(x) => json!(x),
+            Cell::Time { micros, .. } => json!(micros.expect("a valid instant")),
+            Cell::Date(d) => json!(d.to_string()),
+            Cell::Null => Value::Null,
+        };
+        row.insert(c.lake.clone(), value);
+    }
+    Some(row)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_declared_in_toml_syncs_end_to_end() {
+    let catalog = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog/atm_temperature_events.toml"),
+    )
+    .unwrap();
+    let settings = dpss_sync::config::Settings::load(&dpss_sync::config::Sources {
+        inline: vec![catalog.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    let events = settings.catalog.get("atm_temperature_events").unwrap();
+    let subscription = "00000000-0000-4000-8000-0000000e7e75";
+    let sim = start(SimConfig {
+        rows_per_day: 20,
+        job_delay: Duration::from_millis(60),
+        declared: vec![(subscription.to_string(), events)],
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = common::config_text(&sim, dir.path(), "json", 2);
+    text.push_str(&catalog);
+    text.push_str(&format!(
+        "[products.atm_temperature_events]\nsubscription_id = \"{subscription}\"\nfile_type = \"json\"\n"
+    ));
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let online = run_child(&config, &["check-config", "--online"], None);
+    assert!(
+        online.status.success(),
+        "{}",
+        String::from_utf8_lossy(&online.stderr)
+    );
+    let now = Utc::now();
+    sim.state.set_clock(Some(now));
+    let sync = run_child(
+        &config,
+        &["sync", "--product", "atm_temperature_events"],
+        None,
+    );
+    assert!(
+        sync.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    let records = sim.state.export_records(subscription, now).unwrap();
+    let valid: Vec<JsonRow> = records
+        .iter()
+        .filter_map(|r| declared_row(events, &r.values))
+        .collect();
+    assert!(valid.len() < records.len(), "some rows are invalid");
+    let Some(table) = read_table(
+        &dir.path().join("lake"),
+        "atm_temperature_events",
+        Layout::Hive,
+    ) else {
+        return;
+    };
+    assert_eq!(table.types["max_temp"], "DOUBLE");
+    assert_eq!(table.types["event_date"], "DATE");
+    let want = canonical(valid.into_iter());
+    assert_eq!(table.content().len(), want.len());
+    let got = table.content();
+    let first = got.iter().zip(&want).find(|(g, w)| g != w);
+    assert!(
+        first.is_none(),
+        "the declared product's table differs: {first:?}"
+    );
+    let q = read_table(
+        &dir.path().join("lake/_quarantine"),
+        "atm_temperature_events",
+        Layout::Files,
+    )
+    .unwrap();
+    assert_eq!(q.rows.len(), records.len() - want.len());
+    assert!(
+        q.rows
+            .iter()
+            .all(|r| r["_reason"].as_str().unwrap().contains("service_point_id"))
+    );
+    sim.shutdown().await;
+}

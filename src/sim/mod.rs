@@ -46,6 +46,7 @@ use filter::Filter;
 use hid::Hid;
 use jobs::{create_job, job_status, parameters};
 use on_demand::on_demand;
+use record::Record;
 use served::Served;
 use temperature::{TempRow, Temperature};
 
@@ -256,6 +257,21 @@ impl SimState {
             .data
             .rows_for_day(day, as_of, |r| out.push(r));
         out
+    }
+
+    /// Every row an unfiltered export of the product behind `subscription`, created at `as_of`,
+    /// would serve, in export order; `None` for a subscription the simulator does not serve.
+    pub fn export_records(&self, subscription: &str, as_of: DateTime<Utc>) -> Option<Vec<Record>> {
+        let query = self
+            .served(subscription)?
+            .query(&serde_json::Map::new())
+            .ok()?;
+        let mut out = Vec::new();
+        query.rows(self, as_of.date_naive(), as_of, &mut |r| {
+            out.push(r);
+            true
+        });
+        Some(out)
     }
 
     /// The product behind a subscription.

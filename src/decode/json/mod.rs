@@ -353,6 +353,33 @@ mod tests {
     const ROW: &str = r#"{"ServicePointId":"9000372474","Phase":1,"Issueid":"7","Status":"Accepted","StatusDatetime":"2024-06-15T00:00:12","Reason":"x","EventDate":"2024-06-13","WorkOrderId":"123456"}"#;
 
     #[test]
+    fn a_number_keeps_every_digit_it_was_printed_with() {
+        let mut batches = Vec::new();
+        let atm = crate::product::test_support::atm();
+        let row = r#"[{"ReceivedTime":"2025-12-14T00:30:34:000Z","ServicePointID":"S","MeterID":"J1",
+            "MeasurementTime":"2025-12-13T00:59:59Z","AvgTemp":29.099999999999998,"MaxTemp":1e2}]"#;
+        decode(
+            atm,
+            row.as_bytes(),
+            Arc::from("t.json"),
+            &DecodeLimits::default(),
+            &mut DecodeSummary::default(),
+            &mut |b| {
+                batches.push(b);
+                Ok(())
+            },
+        )
+        .unwrap();
+        let cell = |c| {
+            batches[0].columns[col(atm, c)]
+                .cell(0)
+                .map(|v| v.to_string())
+        };
+        assert_eq!(cell("avg_temp").as_deref(), Some("29.099999999999998"));
+        assert_eq!(cell("max_temp").as_deref(), Some("100.0"));
+    }
+
+    #[test]
     fn array_and_lines() {
         let arr = run(&format!("\u{feff}[\n{ROW},\n{ROW}\n]")).unwrap();
         assert_eq!(arr[0].num_rows(), 2);
