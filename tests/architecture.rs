@@ -132,3 +132,82 @@ fn the_check_sees_uses() {
         ["model", "lake"]
     );
 }
+
+/// The names a product's declaration owns: its columns' vendor and lake names, its partition
+/// directories and its request tokens and filter flags. Names of one word (`status`, `reason`,
+/// `phase`) are left out: they are also ordinary words of the code (a job's status, a plan's
+/// reason), and a product's column of one word is found by its vendor name's second word when
+/// it has one.
+fn declared_names() -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for p in dpss_sync::product::builtins() {
+        for c in &p.columns {
+            out.insert(c.vendor.clone());
+            out.insert(c.lake.clone());
+        }
+        out.insert(p.partition_name.clone());
+        out.insert(p.quarantine_partition.clone());
+        out.extend(p.window_tokens.iter().map(|t| t.name.clone()));
+        for f in &p.filters {
+            out.insert(f.flag.clone());
+            out.insert(f.token.clone());
+        }
+    }
+    let words = |n: &str| {
+        n.split(['_', '-']).count() > 1 || n.chars().skip(1).any(|c| c.is_ascii_uppercase())
+    };
+    out.into_iter().filter(|n| words(n)).collect()
+}
+
+/// Where in `text` (not counting its test module) one of `names` appears as a whole word.
+fn names_in(text: &str, names: &std::collections::BTreeSet<String>) -> Vec<(usize, String)> {
+    let code = text
+        .find("#[cfg(test)]\nmod tests")
+        .map_or(text, |end| &text[..end]);
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = Vec::new();
+    for (n, line) in code.lines().enumerate() {
+        for name in names {
+            let whole = line.match_indices(name.as_str()).any(|(at, _)| {
+                let before = line[..at].chars().next_back().is_none_or(|c| !word(c));
+                let after = line[at + name.len()..].chars().next().is_none_or(|c| !word(c));
+                before && after
+            });
+            if whole {
+                out.push((n + 1, name.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_product_s_column_is_named_outside_its_declaration() {
+    let names = declared_names();
+    assert!(names.contains("work_order_id") && names.contains("MeasurementTime"));
+    let mut found = Vec::new();
+    for (module, path, text) in sources() {
+        let file = path.file_name().unwrap().to_string_lossy();
+        // The declarations themselves, the simulator (which plays the vendor), and test code.
+        if module == "product" || module == "sim" || file == "tests.rs" || file == "test_support.rs"
+        {
+            continue;
+        }
+        for (line, name) in names_in(&text, &names) {
+            found.push(format!("{}:{line}: {name}", path.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a product's names belong in its declaration (src/product/*.toml):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_column_check_sees_names() {
+    let names = ["work_order_id".to_string(), "StatusDatetime".to_string()].into();
+    let text = "let a = b.column_by_name(\"work_order_id\");\n// the StatusDatetime_x and \
+                rework_order_idle are other words\n#[cfg(test)]\nmod tests { work_order_id }";
+    assert_eq!(names_in(text, &names), [(1, "work_order_id".to_string())]);
+}

@@ -35,30 +35,27 @@ pub struct QueryArgs {
     /// The product to look up (a configured one).
     #[arg(long, value_name = "NAME")]
     product: String,
-    /// A filter the product declares, as NAME=VALUE: NAME is the filter's flag (`status`) or its
-    /// token (`Status`); repeat it for several values of a list filter.
+    /// A filter the product declares, as NAME=VALUE: NAME is the filter's flag or its token;
+    /// repeat it for several values of a list filter.
     #[arg(long = "filter", value_name = "NAME=VALUE")]
     filters: Vec<String>,
-    /// The work order filter (`--filter work-order-id=…`); repeat for an In list.
-    #[arg(long = "work-order-id", hide = true)]
-    work_order: Vec<String>,
-    #[arg(long = "issue-id", hide = true)]
-    issue: Option<String>,
-    #[arg(long = "status", hide = true)]
-    state: Option<String>,
-    /// A day (YYYY-MM-DD, the whole UTC day) or an instant (YYYY-MM-DDTHH:MM:SSZ).
-    #[arg(long = "status-datetime", hide = true)]
-    when: Option<String>,
-    #[arg(long = "reason-contains", hide = true)]
-    contains: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// The product's declared filters as flags of their own, `--FLAG VALUE` or `--FLAG=VALUE`
+    /// (a flag the product does not declare is refused with the list of those it does).
+    #[arg(
+        value_name = "--FLAG VALUE",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 0..
+    )]
+    flags: Vec<String>,
 }
 
 impl QueryArgs {
-    /// Every filter asked for, as (name, value): `--filter`s, and the flags of the first
-    /// product's filters kept as flags of their own, which are its declared filters by name.
-    fn asked(&self) -> Result<Vec<(String, String)>, CliError> {
+    /// Every filter asked for, as (name, value): `--filter`s, then the declared flags. Once a
+    /// flag clap does not know is seen, the rest is read here, `--format` included.
+    fn asked(&self) -> Result<(Vec<(String, String)>, Format), CliError> {
         let mut out = Vec::new();
         for f in &self.filters {
             let (name, value) = f
@@ -66,28 +63,50 @@ impl QueryArgs {
                 .ok_or_else(|| CliError::Usage(format!("--filter `{f}` is not NAME=VALUE")))?;
             out.push((name.trim().to_string(), value.to_string()));
         }
-        out.extend(
-            self.work_order
-                .iter()
-                .map(|v| ("work-order-id".into(), v.clone())),
-        );
-        for (flag, v) in [
-            ("issue-id", &self.issue),
-            ("status", &self.state),
-            ("status-datetime", &self.when),
-            ("reason-contains", &self.contains),
-        ] {
-            if let Some(v) = v {
-                out.push((flag.into(), v.clone()));
+        let mut format = self.format;
+        let mut rest = self.flags.iter();
+        while let Some(arg) = rest.next() {
+            let Some(flag) = arg.strip_prefix("--") else {
+                return Err(CliError::Usage(format!(
+                    "`{}` is not a filter flag (--FLAG VALUE)",
+                    crate::model::shown(arg)
+                )));
+            };
+            let (name, value) = match flag.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => {
+                    let v = rest.next().ok_or_else(|| {
+                        CliError::Usage(format!("--{} needs a value", crate::model::shown(flag)))
+                    })?;
+                    (flag.to_string(), v.clone())
+                }
+            };
+            match name.as_str() {
+                "format" => {
+                    format = Format::from_str(&value, true)
+                        .map_err(|e| CliError::Usage(format!("--format: {e}")))?;
+                }
+                "filter" => match value.split_once('=') {
+                    Some((n, v)) => out.push((n.trim().to_string(), v.to_string())),
+                    None => {
+                        return Err(CliError::Usage(format!(
+                            "--filter `{value}` is not NAME=VALUE"
+                        )));
+                    }
+                },
+                _ => out.push((name, value)),
             }
         }
-        Ok(out)
+        Ok((out, format))
     }
 
     /// The on-demand tokens: each asked filter matched to the product's declaration.
-    fn tokens(&self, product: Product) -> Result<BTreeMap<String, String>, CliError> {
+    fn tokens(
+        product: Product,
+        asked: Vec<(String, String)>,
+    ) -> Result<BTreeMap<String, String>, CliError> {
         let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, value) in self.asked()? {
+        for (name, value) in asked {
             let f = product
                 .filters
                 .iter()
@@ -122,7 +141,8 @@ impl QueryArgs {
 
 pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliError> {
     let product = settings.configured(&args.product)?;
-    let tokens = args.tokens(product)?;
+    let (asked, format) = args.asked()?;
+    let tokens = QueryArgs::tokens(product, asked)?;
     settings.require_api()?;
     let sub = settings
         .product(product)?
@@ -161,7 +181,7 @@ pub async fn run(settings: Settings, args: QueryArgs) -> Result<ExitCode, CliErr
         .into_batches()
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let table = declared_columns(product, &partitions);
-    match args.format {
+    match format {
         Format::Table => println!(
             "{}",
             arrow::util::pretty::pretty_format_batches(std::slice::from_ref(&table))
