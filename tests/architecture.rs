@@ -170,7 +170,10 @@ fn names_in(text: &str, names: &std::collections::BTreeSet<String>) -> Vec<(usiz
         for name in names {
             let whole = line.match_indices(name.as_str()).any(|(at, _)| {
                 let before = line[..at].chars().next_back().is_none_or(|c| !word(c));
-                let after = line[at + name.len()..].chars().next().is_none_or(|c| !word(c));
+                let after = line[at + name.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !word(c));
                 before && after
             });
             if whole {

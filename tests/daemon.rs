@@ -678,3 +678,64 @@ async fn the_admin_endpoint_refuses_web_pages_and_idle_connections_do_not_starve
     assert!(child.wait().unwrap().success());
     sim.shutdown().await;
 }
+
+/// Two products in one daemon: each runs on its own schedule, under the one writer lease, and
+/// the metrics and `status` name each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_runs_every_product_on_its_own_schedule() {
+    let sim = sim_with(48, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = daemon_config(&sim, dir.path(), port);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[products.atm_temperature_stats]\nsubscription_id = \"{}\"\nfile_type = \"parquet\"\nschedule = \"*/3 * * * * *\"\n",
+        sim.state.config().temperature_subscription_id
+    ));
+    std::fs::write(&config, text).unwrap();
+    let mut child = spawn_daemon(&config);
+    wait_for(port, "/readyz", 200, Duration::from_secs(60)).await;
+    let cycles = |m: &str, product: &str| {
+        metric(
+            m,
+            "dpss_sync_cycles_total",
+            &[&format!("product=\"{product}\""), "outcome=\"ok\""],
+        )
+    };
+    // HID's schedule is once a year, so it ran its start-up cycle only; the temperatures' every
+    // three seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let m = wait_for(port, "/metrics", 200, Duration::from_secs(5)).await;
+        if cycles(&m, "atm_temperature_stats") >= 3.0 {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the temperatures' schedule did not run: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(cycles(&metrics, "hid_work_orders"), 1.0, "{metrics}");
+    for product in ["hid_work_orders", "atm_temperature_stats"] {
+        let p = format!("product=\"{product}\"");
+        assert!(
+            metric(&metrics, "dpss_sync_rows_written_total", &[&p]) > 0.0,
+            "{product}"
+        );
+        assert!(metrics.contains(&format!("dpss_sync_watermark_age_seconds{{{p}}}")));
+    }
+    let status = run_child(&config, &["status", "--json"], None);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["writer"]["command"], "run", "{status}");
+    let names: Vec<&str> = status["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["product"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["atm_temperature_stats", "hid_work_orders"]);
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    sim.shutdown().await;
+}
