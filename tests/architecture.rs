@@ -214,3 +214,51 @@ fn the_column_check_sees_names() {
                 rework_order_idle are other words\n#[cfg(test)]\nmod tests { work_order_id }";
     assert_eq!(names_in(text, &names), [(1, "work_order_id".to_string())]);
 }
+
+/// The files and folders a document names in backticks (`src/lake/rewrite.rs`, `cli/daemon/mod.rs`,
+/// `jobs.rs`, `migrations/`) that do not exist: a path from the repository's root or from
+/// `src/`, or a bare file name found anywhere under `src/`.
+fn missing_paths(doc: &str) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut names = Vec::new();
+    rust_files(&root.join("src"), &mut names);
+    let mut out = Vec::new();
+    for token in doc.split('`').skip(1).step_by(2) {
+        let pathlike =
+            token.contains('/') || [".rs", ".toml", ".sql"].iter().any(|e| token.ends_with(e));
+        let plain = token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
+        if !pathlike || !plain || token.starts_with("../") || token.starts_with('/') {
+            continue;
+        }
+        let found = if token.contains('/') {
+            root.join(token).exists() || root.join("src").join(token).exists()
+        } else {
+            names
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| n == token))
+                || root.join("src/product").join(token).exists()
+        };
+        if !found {
+            out.push(token.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_architecture_walk_names_only_files_that_exist() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md"))
+            .unwrap();
+    let missing = missing_paths(&doc);
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md names what is not there: {missing:?}"
+    );
+    assert_eq!(
+        missing_paths("`src/lake/rewrite.rs`, `jobs.rs`, `src/lake/gone.rs`, `nothing.rs`"),
+        ["src/lake/gone.rs", "nothing.rs"]
+    );
+}
